@@ -1,0 +1,1 @@
+//! Helpers shared by Hull's integration and lab tests.

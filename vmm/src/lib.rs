@@ -1,0 +1,1 @@
+//! `hull-vmm` as a library: building and running one KVM microVM.
