@@ -13,7 +13,13 @@ fn mount(source: &str, target: &str, fstype: &str) -> std::io::Result<()> {
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call;
     // a null data pointer is allowed by mount(2).
     let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc == 0 {
         Ok(())
@@ -32,7 +38,11 @@ fn uptime() -> String {
 fn main() {
     let pid1 = std::process::id() == 1;
     if pid1 {
-        for (src, dst, fs) in [("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs")] {
+        for (src, dst, fs) in [
+            ("proc", "/proc", "proc"),
+            ("sysfs", "/sys", "sysfs"),
+            ("devtmpfs", "/dev", "devtmpfs"),
+        ] {
             if let Err(e) = mount(src, dst, fs) {
                 eprintln!("hull-agent: mount {dst}: {e}");
             }
