@@ -2,6 +2,8 @@
 # Second stage of the lab's outer VM, run from the host tree as PID 1: scratch
 # mounts, the read-write shares, then the command; prints its status and powers off.
 exec </dev/null
+# Keep kernel chatter (e.g. harmless WRMSR notices) off the console the tests print on.
+echo 1 > /proc/sys/kernel/printk
 for d in /tmp /run /var/lib/containerd /var/run; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
