@@ -84,13 +84,23 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// Creates the cgroup; an empty one left by an earlier agent is reused.
     pub fn create(root: &Path, id: &str) -> Result<Cgroup, CgroupError> {
-        let path = root.join(id);
-        std::fs::create_dir(&path).map_err(|source| CgroupError::Create {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Cgroup { path })
+        let cgroup = Cgroup {
+            path: root.join(id),
+        };
+        match std::fs::create_dir(&cgroup.path) {
+            Ok(()) => Ok(cgroup),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists && cgroup.pids()?.is_empty() =>
+            {
+                Ok(cgroup)
+            }
+            Err(source) => Err(CgroupError::Create {
+                path: cgroup.path,
+                source,
+            }),
+        }
     }
 
     /// Writes the spec's limits (cgroup v1 style fields converted to v2, and

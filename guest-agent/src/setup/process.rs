@@ -94,9 +94,10 @@ pub fn exec(process: &Process) -> Result<(), SetupError> {
         caps::set(None, set, value)
             .map_err(|e| SetupError::Unsupported(format!("set {set:?} capabilities: {e}")))
     };
+    // Shrink effective first: capset(2) refuses an effective set wider than permitted.
+    set_caps(CapSet::Effective, &want(caps.effective()))?;
     set_caps(CapSet::Permitted, &want(caps.permitted()))?;
     set_caps(CapSet::Inheritable, &want(caps.inheritable()))?;
-    set_caps(CapSet::Effective, &want(caps.effective()))?;
     set_caps(CapSet::Ambient, &want(caps.ambient()))?;
     if process.no_new_privileges().unwrap_or(false) {
         // SAFETY: PR_SET_NO_NEW_PRIVS takes an integer flag only.
