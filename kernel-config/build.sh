@@ -15,7 +15,9 @@ die() { echo "kernel-config: $*" >&2; exit 1; }
 
 [[ -f "$tarball" ]] || die "missing $tarball; run 'make setup' (installs linux-source-6.12)"
 src_version="$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null || echo unknown)"
-key="$( (echo "$src_version"; cat "$here/hull.config" "$here/build.sh") | sha256sum | cut -c1-16)"
+# Bump when the build steps below change what they produce.
+recipe=1
+key="$( (echo "$src_version recipe=$recipe"; cat "$here/hull.config") | sha256sum | cut -c1-16)"
 out="$cache/kernel/$key"
 
 if [[ "${1:-}" == "--path" ]]; then
@@ -23,6 +25,14 @@ if [[ "${1:-}" == "--path" ]]; then
     echo "$out"
     exit 0
 fi
+if [[ -f "$out/vmlinux" ]]; then
+    echo "$out"
+    exit 0
+fi
+# One build at a time per cache; a second caller waits, then finds the result.
+mkdir -p "$cache/kernel"
+exec 9>"$cache/kernel/.lock"
+flock 9
 if [[ -f "$out/vmlinux" ]]; then
     echo "$out"
     exit 0
@@ -39,6 +49,7 @@ fi
 
 build="$cache/kernel/build-$key"
 rm -rf "$build" && mkdir -p "$build"
+trap 'rm -rf "$build"' EXIT
 start=$SECONDS
 echo "kernel-config: building Linux $src_version (key $key) with -j$jobs, ~8 min on 2 cores" >&2
 make -s -C "$srcdir" O="$build" ARCH=x86_64 tinyconfig >/dev/null

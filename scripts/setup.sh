@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One-command setup for Hull on Debian 12 (root): Debian packages, Rust targets
+# and tools, virtiofsd, the guest kernel, the guest image and the lab's VM.
+# Idempotent: a second run with everything in place takes a few seconds.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+say() { echo "setup: $*" >&2; }
+[[ $(id -u) == 0 ]] || { say "run as root (installs packages, uses /dev/kvm and /var/cache/hull)"; exit 1; }
+
+packages=(
+    build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils file kmod  # guest kernel build
+    linux-source-6.12                                                  # guest kernel source
+    protobuf-compiler                                                  # agent API codegen
+    libseccomp-dev libcap-ng-dev pkg-config                            # virtiofsd build
+    containerd runc umoci                                              # runtime and images
+    qemu-system-x86 qemu-system-common                                 # the lab, reference VMM
+    busybox-static iproute2 procps psmisc util-linux jq                  # images, debugging, tests
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    say "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's containerd unit starts it on install; Hull's tests start their own.
+
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null || { say "no cargo on PATH; install Rust with rustup first"; exit 1; }
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
+    || rustup target add x86_64-unknown-linux-musl
+for c in rustfmt clippy; do
+    rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+done
+if ! command -v virtiofsd >/dev/null; then
+    say "building virtiofsd (cargo install, ~4 min once)"
+    cargo install --locked --quiet virtiofsd
+fi
+
+say "guest kernel: $(kernel-config/build.sh)"
+say "guest image: $(rootfs/build.sh)"
+if ! scripts/kvm-check.sh >/dev/null; then
+    say "lab VM: $(tests/lab/prepare.sh)"
+fi
+say "$(scripts/kvm-check.sh)"
+say "done"

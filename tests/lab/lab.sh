@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs one command inside the lab: a nested VM under QEMU's software emulator
+# whose kvm-amd gives a /dev/kvm that boots standard guest kernels.
+#
+# usage: tests/lab/lab.sh [--timeout SECS] [--share DIR] [--mem MIB] -- CMD [ARGS...]
+#
+# Inside, the host's root is visible read-only at the same paths (with a
+# throwaway tmpfs overlay), DIR is shared read-write at its own path, /tmp and
+# /run are fresh tmpfs, cgroup2 is mounted, HULL_LAB=1 and the caller's PATH,
+# HOME, HULL_*, RUST_* and CARGO_* variables are set, and the working directory
+# is the caller's. The command's output is printed; the exit status is the
+# command's, 124 when it timed out, 125 when the lab itself failed.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+timeout_s="${HULL_LAB_TIMEOUT:-900}"
+mem="${HULL_LAB_MEM:-4096}"
+share=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --timeout) timeout_s="$2"; shift 2 ;;
+        --share) share="$(realpath "$2")"; shift 2 ;;
+        --mem) mem="$2"; shift 2 ;;
+        --) shift; break ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) break ;;
+    esac
+done
+[[ $# -gt 0 ]] || { echo "lab: no command given; usage: lab.sh [--timeout S] [--share DIR] -- CMD..." >&2; exit 125; }
+if [[ -n "$share" && ! -d "$share" ]]; then echo "lab: --share $share is not a directory" >&2; exit 125; fi
+
+qemu=/usr/bin/qemu-system-x86_64
+vfsd=/usr/lib/qemu/virtiofsd
+for t in "$qemu" "$vfsd"; do
+    [[ -x "$t" ]] || { echo "lab: missing $t; run 'make setup' (installs qemu-system-x86)" >&2; exit 125; }
+done
+labdir="$("$here/prepare.sh")" || exit 125
+
+run="$(mktemp -d /tmp/hull-lab.XXXXXX)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$run"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+{
+    echo "#!/bin/bash"
+    export -p | grep -E '^declare -x (PATH|HOME|TERM|USER|CI|HULL_[A-Z0-9_]*|RUST_[A-Z0-9_]*|CARGO_[A-Z0-9_]*)=' || true
+    printf 'cd %q || exit 125\n' "$PWD"
+    printf '%q ' "$@"; echo
+} > "$run/cmd.sh"
+
+start_vfsd() { # tag-socket source
+    "$vfsd" --socket-path="$1" -o source="$2" -o cache=none -o sandbox=chroot >/dev/null 2>&1 &
+    pids+=($!)
+}
+start_vfsd "$run/root.sock" /
+start_vfsd "$run/run.sock" "$run"
+fs_args=(-chardev "socket,id=root,path=$run/root.sock" -device vhost-user-fs-pci,chardev=root,tag=hostroot
+         -chardev "socket,id=run,path=$run/run.sock" -device vhost-user-fs-pci,chardev=run,tag=run)
+if [[ -n "$share" ]]; then
+    start_vfsd "$run/share.sock" "$share"
+    fs_args+=(-chardev "socket,id=share,path=$run/share.sock" -device vhost-user-fs-pci,chardev=share,tag=share)
+fi
+socks=(root run); [[ -n "$share" ]] && socks+=(share)
+for _ in $(seq 100); do
+    ready=1; for s in "${socks[@]}"; do [[ -S "$run/$s.sock" ]] || ready=0; done
+    [[ $ready == 1 ]] && break
+    sleep 0.05
+done
+
+cmdline="console=ttyS0 panic=-1 quiet rdinit=/init LAB_STAGE2=$here/stage2.sh LAB_RUN=$run"
+[[ -n "$share" ]] && cmdline+=" LAB_SHARE=$share"
+
+set +e
+timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${mem}M" -smp 1 \
+    -display none -monitor none -serial stdio -no-reboot -nodefaults \
+    -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -machine q35,memory-backend=mem \
+    "${fs_args[@]}" -kernel "$labdir/vmlinuz" -initrd "$labdir/initrd.gz" -append "$cmdline" \
+    </dev/null | tr -d '\r' | grep -v -E '^(HULL_LAB_EXIT=|\[ *[0-9.]+\] (sysrq: Power Off|reboot: Power down))'
+qrc=${PIPESTATUS[0]}
+set -e
+if [[ -f "$run/exit" ]]; then
+    exit "$(cat "$run/exit")"
+fi
+if [[ $qrc -eq 124 || $qrc -eq 137 ]]; then
+    echo "lab: timed out after ${timeout_s}s (the command or a guest boot hung); raise with --timeout" >&2
+    exit 124
+fi
+echo "lab: the lab VM stopped without the command's exit status (qemu status $qrc); see the console output above" >&2
+exit 125

@@ -1,0 +1,24 @@
+#!/bin/bash
+# Second stage of the lab's outer VM, run from the host tree as PID 1: scratch
+# mounts, the read-write shares, then the command; prints its status and powers off.
+exec </dev/null
+# Keep kernel chatter (e.g. harmless WRMSR notices) off the console the tests print on.
+echo 1 > /proc/sys/kernel/printk
+for d in /tmp /run /var/lib/containerd /var/run; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true
+mkdir -p "$LAB_RUN" && mount -t virtiofs run "$LAB_RUN"
+if [[ -n "${LAB_SHARE:-}" ]]; then mkdir -p "$LAB_SHARE" && mount -t virtiofs share "$LAB_SHARE"; fi
+ip link set lo up 2>/dev/null || true
+(
+    export HULL_LAB=1
+    bash "$LAB_RUN/cmd.sh"
+)
+rc=$?
+echo "$rc" > "$LAB_RUN/exit"
+sync
+echo "HULL_LAB_EXIT=$rc"
+echo o > /proc/sysrq-trigger
+sleep 30
