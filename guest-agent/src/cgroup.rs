@@ -56,8 +56,19 @@ fn read(path: &Path) -> Result<String, CgroupError> {
 /// Prepares the agent's cgroup root: creates it and enables the controllers
 /// for its children (and in the parent, which must offer them first).
 pub fn setup_root(root: &Path) -> Result<(), CgroupError> {
-    if let Some(parent) = root.parent() {
-        enable_controllers(parent);
+    // Every cgroup between the hierarchy's root and ours must pass them down.
+    let mut ancestors: Vec<&Path> = root
+        .ancestors()
+        .skip(1)
+        .take_while(|dir| !dir.exists() || dir.join("cgroup.controllers").exists())
+        .collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        std::fs::create_dir_all(dir).map_err(|source| CgroupError::Create {
+            path: dir.into(),
+            source,
+        })?;
+        enable_controllers(dir);
     }
     std::fs::create_dir_all(root).map_err(|source| CgroupError::Create {
         path: root.into(),
@@ -72,7 +83,8 @@ fn enable_controllers(dir: &Path) {
     let file = dir.join("cgroup.subtree_control");
     for c in CONTROLLERS.split(' ') {
         if let Err(e) = write(&file, c) {
-            tracing::warn!(error = %e, "cgroup controller not enabled");
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            tracing::warn!(error = %e, cause, "cgroup controller not enabled");
         }
     }
 }

@@ -41,12 +41,14 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
     if let Some(res) = resources {
         cgroup.apply(&res).map_err(|e| undo(e.into()))?;
     }
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let terminal = process.terminal().unwrap_or(false);
     let streams = dial_all(&req.stdio, terminal).map_err(|e| undo(e.into()))?;
     let config = SetupConfig {
         container_id: id.into(),
         cgroup: cgroup.path.clone(),
         process,
+        seccomp: seccomp.clone(),
         kind: SetupKind::Create {
             rootfs,
             spec: Box::new(spec),
@@ -58,6 +60,7 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
         id: id.into(),
         cgroup,
         init,
+        seccomp,
         start: Mutex::new(Some(chan)),
         execs: Mutex::default(),
     });

@@ -37,6 +37,7 @@ pub fn do_exec(container: &Container, req: &ExecProcessRequest) -> Result<u32, C
         container_id: container.id.clone(),
         cgroup: container.cgroup.path.clone(),
         process,
+        seccomp: container.seccomp.clone(),
         kind: SetupKind::Exec {
             init_pid: container.init.pid,
         },

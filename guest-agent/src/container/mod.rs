@@ -77,6 +77,8 @@ pub struct Container {
     pub id: String,
     pub cgroup: Cgroup,
     pub init: Arc<Process>,
+    /// Applied to exec'd processes too.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     /// Channel to the waiting init until StartContainer.
     start: Mutex<Option<Channel>>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,

@@ -12,6 +12,7 @@ mod mount_opts;
 mod namespaces;
 mod process;
 mod rootfs;
+mod seccomp;
 
 pub use namespaces::flag as namespace_flag;
 
@@ -20,7 +21,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::unistd::{fork, ForkResult};
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{Channel, ChannelError, Msg};
@@ -39,6 +40,8 @@ pub struct SetupConfig {
     /// The container's cgroup directory.
     pub cgroup: PathBuf,
     pub process: Process,
+    /// The container's seccomp profile, for its init and every exec.
+    pub seccomp: Option<LinuxSeccomp>,
     pub kind: SetupKind,
 }
 
@@ -164,5 +167,5 @@ fn child(chan: &Channel, config: &SetupConfig) -> Result<(), SetupError> {
             chan.send(&Msg::Ready, None)?;
         }
     }
-    process::exec(&config.process)
+    process::exec(&config.process, config.seccomp.as_ref())
 }

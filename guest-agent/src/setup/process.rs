@@ -13,7 +13,7 @@ use nix::pty::{grantpt, unlockpt};
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{chdir, execve, setgroups, setresgid, setresuid, setsid, Gid, Uid};
-use oci_spec::runtime::{PosixRlimitType, Process};
+use oci_spec::runtime::{LinuxSeccomp, PosixRlimitType, Process};
 
 use super::{io, sys, SetupError};
 use crate::channel::{Channel, Msg};
@@ -51,7 +51,9 @@ pub fn session(chan: &Channel, terminal: bool) -> Result<(), SetupError> {
 }
 
 /// Applies the process spec and executes it; returns only on failure.
-pub fn exec(process: &Process) -> Result<(), SetupError> {
+pub fn exec(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<(), SetupError> {
+    let filter = seccomp.map(super::seccomp::compile).transpose()?;
+    let nnp = process.no_new_privileges().unwrap_or(false);
     for rl in process.rlimits().clone().unwrap_or_default() {
         setrlimit(resource(rl.typ()), rl.soft(), rl.hard())
             .map_err(sys(format!("setrlimit {}", rl.typ())))?;
@@ -78,6 +80,11 @@ pub fn exec(process: &Process) -> Result<(), SetupError> {
                 .map_err(|e| SetupError::Unsupported(format!("drop bounding {cap}: {e}")))?;
         }
     }
+    // Without no_new_privileges the filter needs CAP_SYS_ADMIN: install it
+    // while we still have it (the remaining setup calls are ordinary ones).
+    if let (Some(filter), false) = (&filter, nnp) {
+        super::seccomp::install(filter)?;
+    }
     // SAFETY: PR_SET_KEEPCAPS takes an integer flag only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     let groups: Vec<Gid> = user
@@ -99,13 +106,16 @@ pub fn exec(process: &Process) -> Result<(), SetupError> {
     set_caps(CapSet::Permitted, &want(caps.permitted()))?;
     set_caps(CapSet::Inheritable, &want(caps.inheritable()))?;
     set_caps(CapSet::Ambient, &want(caps.ambient()))?;
-    if process.no_new_privileges().unwrap_or(false) {
+    if nnp {
         // SAFETY: PR_SET_NO_NEW_PRIVS takes an integer flag only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(io("set no_new_privileges")(std::io::Error::last_os_error()));
         }
     }
 
+    if let (Some(filter), true) = (&filter, nnp) {
+        super::seccomp::install(filter)?;
+    }
     let args = process.args().clone().unwrap_or_default();
     let env = process.env().clone().unwrap_or_default();
     let Some(arg0) = args.first() else {
