@@ -9,11 +9,16 @@
 //! `hull.selftest=ready` on the kernel command line it prints the marker and
 //! powers off instead. As a normal process (host tests) it serves on the given
 //! socket and leaves guest-wide settings (hostname, mounts) alone.
+//!
+//! Kernel command-line words read as PID 1: `hull.selftest=ready` (see above)
+//! and `hull.log_port=PORT` (also send logs on a vsock stream to that host port).
+//! `HULL_AGENT_LOG` sets the log filter (default `info`).
 
 mod cgroup;
 mod channel;
 mod container;
 mod init;
+mod logging;
 mod oom;
 mod paths;
 mod reaper;
@@ -65,14 +70,23 @@ fn run() -> anyhow::Result<()> {
         init::mount_all().context("mount the guest filesystems")?;
     }
     init::ensure_stdio();
+    let cmdline = if pid1 {
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let (sink, log_error) = logging::Sink::from_cmdline(&cmdline);
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(sink)
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HULL_AGENT_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if let Some(e) = log_error {
+        tracing::warn!(error = %e, "logging to the console only");
+    }
     if pid1 && init::cmdline_has(init::SELFTEST_READY) {
         init::print_ready();
         init::power_off();
