@@ -131,6 +131,10 @@ pub fn exec(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<(), Set
         .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
     let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
+    // Rust's runtime ignores SIGPIPE, and an ignored signal survives execve:
+    // give the program the default (`yes | head` must end `yes`).
+    // SAFETY: setting a default disposition installs no handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     execve(&path, &argv, &envp).map_err(sys(format!("execute {}", program.display())))?;
     Ok(())
 }
