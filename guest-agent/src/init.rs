@@ -141,12 +141,18 @@ pub fn uptime() -> Option<f64> {
         .ok()
 }
 
-/// The line boot tests wait for.
-pub fn print_ready() {
+/// The line boot tests wait for: when the agent started and when it serves,
+/// both in seconds since boot on the guest's clock, then `status`.
+pub fn print_ready(started: Option<f64>, status: &str) {
     use std::io::Write;
-    let up = uptime().map_or_else(|| "?".into(), |u| format!("{u:.2}"));
+    let secs = |t: Option<f64>| t.map_or_else(|| "?".into(), |u| format!("{u:.2}"));
+    let (up, start) = (secs(uptime()), secs(started));
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{} uptime={up}", hull_protocol::READY_MARKER);
+    let _ = writeln!(
+        out,
+        "{} uptime={up} init_start={start} {status}",
+        hull_protocol::READY_MARKER
+    );
     let _ = out.flush();
 }
 

@@ -4,10 +4,12 @@
 //!   hull-agent [--listen unix:/path | vsock:PORT] [--containers-root DIR]
 //!              [--cgroup-root DIR] [--state-dir DIR]
 //!
-//! As PID 1 it mounts the guest's filesystems, prints the ready marker
-//! (`HULL_AGENT_READY uptime=<secs>`) and serves on vsock port 1024; with
-//! `hull.selftest=ready` on the kernel command line it prints the marker and
-//! powers off instead. As a normal process (host tests) it serves on the given
+//! As PID 1 it mounts the guest's filesystems, starts serving on vsock port
+//! 1024 and prints the ready marker
+//! (`HULL_AGENT_READY uptime=<secs> init_start=<secs> listen=<addr>`, both
+//! times from /proc/uptime); with `hull.selftest=ready` on the kernel command
+//! line it then powers off at once (printing `error="..."` instead of
+//! `listen=` if the server could not start). As a normal process (host tests) it serves on the given
 //! socket and leaves guest-wide settings (hostname, mounts) alone.
 //!
 //! Kernel command-line words read as PID 1: `hull.selftest=ready` (see above)
@@ -69,6 +71,7 @@ fn run() -> anyhow::Result<()> {
     if pid1 {
         init::mount_all().context("mount the guest filesystems")?;
     }
+    let started = init::uptime();
     init::ensure_stdio();
     let cmdline = if pid1 {
         std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
@@ -87,10 +90,6 @@ fn run() -> anyhow::Result<()> {
     if let Some(e) = log_error {
         tracing::warn!(error = %e, "logging to the console only");
     }
-    if pid1 && init::cmdline_has(init::SELFTEST_READY) {
-        init::print_ready();
-        init::power_off();
-    }
     let args = parse_args(pid1)?;
     if !pid1 {
         reaper::become_subreaper().context("become a child subreaper")?;
@@ -100,15 +99,16 @@ fn run() -> anyhow::Result<()> {
     }
     reaper::reaper();
     let sandbox = Arc::new(Sandbox::new(args.config).context("prepare the sandbox")?);
-    let _server = server::start(&args.listen, sandbox).context("start the API server")?;
-    if pid1 {
-        init::print_ready();
-    } else {
-        println!(
-            "{} uptime={:.2}",
-            hull_protocol::READY_MARKER,
-            init::uptime().unwrap_or(0.0)
-        );
+    let selftest = pid1 && init::cmdline_has(init::SELFTEST_READY);
+    let (_server, status) = match server::start(&args.listen, sandbox) {
+        Ok(server) => (Some(server), format!("listen={}", args.listen)),
+        // The boot self-test still reports (and powers off) without a server.
+        Err(e) if selftest => (None, format!("error=\"{:#}\"", anyhow::Error::from(e))),
+        Err(e) => return Err(e).context("start the API server"),
+    };
+    init::print_ready(started, &status);
+    if selftest {
+        init::power_off();
     }
     loop {
         std::thread::park();
