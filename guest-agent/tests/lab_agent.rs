@@ -645,3 +645,71 @@ fn seccomp_profile_from_the_spec_is_enforced() {
     assert_eq!((status, out.as_str()), (0, "mkdir=1\n"), "stderr: {err}");
     assert!(err.contains("Operation not permitted"), "stderr: {err}");
 }
+
+#[test]
+#[ignore = "lab: needs root and a cgroup v2 hierarchy (make test-lab)"]
+fn stdin_reaches_the_process_and_close_stdin_ends_it() {
+    let a = Agent::start("stdin");
+    let io = Io::new(&a.dir, "in", false);
+    a.create("c1", &spec(&["cat"]), io.stdio()).unwrap();
+    let (mut stdin, _) = io.stdin.accept().unwrap();
+    let read_all = |l: UnixListener| {
+        let (mut s, _) = l.accept().unwrap();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            s.read_to_end(&mut v).unwrap();
+            v
+        })
+    };
+    let (out, _err) = (read_all(io.stdout), read_all(io.stderr.unwrap()));
+    a.start_c("c1");
+    stdin.write_all(b"hello through stdin\n").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut req = CloseStdinRequest::new();
+    req.container_id = "c1".into();
+    a.client.close_stdin(ctx(), &req).unwrap();
+    assert_eq!(a.wait("c1", ""), 0);
+    assert_eq!(text(&out.join().unwrap()), "hello through stdin\n");
+    a.remove("c1");
+}
+
+#[test]
+#[ignore = "lab: needs root and a cgroup v2 hierarchy (make test-lab)"]
+fn sandbox_files_limits_and_destroy() {
+    let mut a = Agent::start("sandbox");
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "pod1".into();
+    req.hostname = "ignored-on-the-host".into();
+    req.resolv_conf = b"nameserver 10.0.0.1\n".to_vec();
+    req.hosts = b"127.0.0.1 localhost\n".to_vec();
+    req.pids_limit = 100;
+    a.client.create_sandbox(ctx(), &req).unwrap();
+    let state = a.dir.join("state");
+    let resolv = std::fs::read_to_string(state.join("resolv.conf")).unwrap();
+    assert_eq!(resolv, "nameserver 10.0.0.1\n");
+    let pids_max = std::fs::read_to_string(a.cgroup_root.join("pids.max")).unwrap();
+    assert_eq!(pids_max.trim(), "100");
+
+    let io = Io::new(&a.dir, "d", false);
+    let pid = a
+        .create("c1", &spec(&["sleep", "1000"]), io.stdio())
+        .unwrap();
+    let _streams = io.collect();
+    a.start_c("c1");
+    a.client
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .unwrap();
+    let status = a.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "agent exits after DestroySandbox: {status}"
+    );
+    assert!(
+        !a.cgroup_root.join("c1").exists(),
+        "container cgroup removed"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "container process gone"
+    );
+}
