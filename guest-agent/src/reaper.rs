@@ -89,6 +89,16 @@ impl Reaper {
         }
     }
 
+    /// Like [`Reaper::wait`], giving up after `timeout`.
+    pub fn wait_timeout(&self, pid: i32, timeout: Duration) -> Option<Exit> {
+        let exits = self.exits.lock().expect("reaper lock");
+        let (exits, _) = self
+            .changed
+            .wait_timeout_while(exits, timeout, |e| !e.contains_key(&pid))
+            .expect("reaper lock");
+        exits.get(&pid).copied()
+    }
+
     /// Whether `pid` has exited, without blocking.
     pub fn exited(&self, pid: i32) -> Option<Exit> {
         self.exits.lock().expect("reaper lock").get(&pid).copied()
