@@ -326,14 +326,18 @@ fn exit_codes_output_and_pid1() {
 #[ignore = "lab: needs root and a cgroup v2 hierarchy (make test-lab)"]
 fn hostname_and_env() {
     let a = Agent::start("env");
-    let mut s = sh("hostname; echo $FOO; id -u");
+    let mut s = sh("hostname; cat /proc/sys/kernel/domainname; echo $FOO; id -u");
     s["hostname"] = json!("box-one");
+    s["domainname"] = json!("example.org");
     s["process"]["env"]
         .as_array_mut()
         .unwrap()
         .push(json!("FOO=bar baz"));
     let (status, out, _) = a.run("c1", &s);
-    assert_eq!((status, out.as_str()), (0, "box-one\nbar baz\n0\n"));
+    assert_eq!(
+        (status, out.as_str()),
+        (0, "box-one\nexample.org\nbar baz\n0\n")
+    );
 }
 
 #[test]

@@ -147,11 +147,10 @@ fn read_config() -> Result<SetupConfig, SetupError> {
 }
 
 fn child(chan: &Channel, config: &SetupConfig) -> Result<(), SetupError> {
-    let terminal = config.process.terminal().unwrap_or(false);
     match &config.kind {
         SetupKind::Create { rootfs, spec } => {
             rootfs::prepare(rootfs, spec, &config.cgroup)?;
-            process::session(chan, terminal)?;
+            process::session(chan, &config.process)?;
             chan.send(&Msg::Ready, None)?;
             match chan.recv()? {
                 Some((Msg::Start, _)) => {}
@@ -163,7 +162,7 @@ fn child(chan: &Channel, config: &SetupConfig) -> Result<(), SetupError> {
             }
         }
         SetupKind::Exec { .. } => {
-            process::session(chan, terminal)?;
+            process::session(chan, &config.process)?;
             chan.send(&Msg::Ready, None)?;
         }
     }

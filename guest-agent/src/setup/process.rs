@@ -22,9 +22,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// New session; with a terminal, a pty from the container's own devpts whose
 /// master goes to the agent and whose slave becomes stdio and controlling tty.
-pub fn session(chan: &Channel, terminal: bool) -> Result<(), SetupError> {
+pub fn session(chan: &Channel, process: &Process) -> Result<(), SetupError> {
     setsid().map_err(sys("setsid"))?;
-    if !terminal {
+    if !process.terminal().unwrap_or(false) {
         return Ok(());
     }
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
@@ -45,6 +45,18 @@ pub fn session(chan: &Channel, terminal: bool) -> Result<(), SetupError> {
         return Err(io("make the pty the controlling terminal")(
             std::io::Error::last_os_error(),
         ));
+    }
+    if let Some(size) = process.console_size() {
+        let size = libc::winsize {
+            ws_row: size.height().min(u16::MAX.into()) as u16,
+            ws_col: size.width().min(u16::MAX.into()) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize that lives on our stack for the call.
+        if unsafe { libc::ioctl(0, libc::TIOCSWINSZ, &size) } < 0 {
+            return Err(io("set the console size")(std::io::Error::last_os_error()));
+        }
     }
     chan.send(&Msg::PtyMaster, Some(master.as_raw_fd()))?;
     Ok(())

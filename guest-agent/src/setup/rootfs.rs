@@ -84,6 +84,13 @@ pub fn prepare(rootfs: &Path, spec: &Spec, cgroup: &Path) -> Result<(), SetupErr
     if let Some(hostname) = spec.hostname() {
         sethostname(hostname).map_err(sys("set the hostname"))?;
     }
+    if let Some(domain) = spec.domainname() {
+        let len = domain.len();
+        // SAFETY: the pointer and length describe `domain`, alive for the call.
+        if unsafe { libc::setdomainname(domain.as_ptr().cast(), len) } != 0 {
+            return Err(io("set the domain name")(std::io::Error::last_os_error()));
+        }
+    }
     if spec
         .root()
         .as_ref()
