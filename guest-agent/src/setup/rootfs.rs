@@ -91,6 +91,14 @@ pub fn prepare(rootfs: &Path, spec: &Spec, cgroup: &Path) -> Result<(), SetupErr
             return Err(io("set the domain name")(std::io::Error::last_os_error()));
         }
     }
+    if let Some(propagation) = linux.rootfs_propagation() {
+        let flags = MountOpts::parse(std::slice::from_ref(propagation)).propagation;
+        if flags.is_empty() {
+            let what = format!("rootfsPropagation {propagation:?}");
+            return Err(SetupError::Unsupported(what));
+        }
+        mount(NONE, "/", NONE, flags, NONE).map_err(sys("set the rootfs propagation"))?;
+    }
     if spec
         .root()
         .as_ref()
