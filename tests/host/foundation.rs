@@ -32,13 +32,18 @@ fn kvm_check_names_the_case_in_one_line() {
 fn missing_kernel_build_is_one_clear_line() {
     let empty = std::env::temp_dir().join(format!("hull-empty-cache-{}", std::process::id()));
     let run = run_with_deadline(
-        script("kernel-config/build.sh").arg("--path").env("HULL_CACHE", &empty),
+        script("kernel-config/build.sh")
+            .arg("--path")
+            .env("HULL_CACHE", &empty),
         Duration::from_secs(10),
     );
     assert_eq!(run.status.and_then(|s| s.code()), Some(1));
     let err = run.stderr.trim();
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("not built") && err.contains("make kernel"), "{err}");
+    assert!(
+        err.contains("not built") && err.contains("make kernel"),
+        "{err}"
+    );
     assert!(!empty.exists(), "--path creates nothing");
 }
 
@@ -55,8 +60,14 @@ fn missing_image_is_one_clear_line() {
 }
 
 fn lab_processes() -> HashSet<u32> {
-    let out = Command::new("pgrep").args(["-f", "/tmp/hull-lab\\."]).output().expect("pgrep");
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+    let out = Command::new("pgrep")
+        .args(["-f", "/tmp/hull-lab\\."])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 /// A command that hangs inside the lab ends at the deadline with exit 124 and
@@ -71,9 +82,15 @@ fn hung_lab_times_out_cleanly() {
         script("tests/lab/lab.sh").args(["--timeout", "12", "--", "sleep", "600"]),
         Duration::from_secs(120),
     );
-    let status = run.status.expect("lab.sh itself must not hang past its deadline");
+    let status = run
+        .status
+        .expect("lab.sh itself must not hang past its deadline");
     assert_eq!(status.code(), Some(124), "stderr: {}", run.stderr);
-    let err: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("lab: timed out")).collect();
+    let err: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("lab: timed out"))
+        .collect();
     assert_eq!(err.len(), 1, "one timeout line: {}", run.stderr);
     let leaked: Vec<u32> = lab_processes().difference(&before).copied().collect();
     assert!(leaked.is_empty(), "lab processes left behind: {leaked:?}");
