@@ -81,7 +81,8 @@ timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${mem}M" -smp 1 \
     -display none -monitor none -serial stdio -no-reboot -nodefaults \
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -machine q35,memory-backend=mem \
     "${fs_args[@]}" -kernel "$labdir/vmlinuz" -initrd "$labdir/initrd.gz" -append "$cmdline" \
-    </dev/null | tr -d '\r' | grep -v -E '^(HULL_LAB_EXIT=|\[ *[0-9.]+\] (sysrq: Power Off|reboot: Power down))'
+    </dev/null | sed -u -E -e 's/\r$//' -e '/^HULL_LAB_EXIT=/d' \
+        -e '/^\[ *[0-9.]+\] (sysrq: Power Off|reboot: Power down)/d'
 qrc=${PIPESTATUS[0]}
 set -e
 if [[ -f "$run/exit" ]]; then
