@@ -1,19 +1,20 @@
 //! Building a VM: a flat recipe of small steps chained with `?`. Running it lives in `vmm.rs`.
 
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{Console, VmConfig};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
+use crate::devices::virtio::{mmio, Interrupt, VirtioDevice};
 use crate::exit::{ExitNotifier, EXIT_USAGE, EXIT_VMM_ERROR};
 use crate::memory::{GuestMem, GuestRam};
 use crate::vcpu::RunControl;
@@ -58,6 +59,9 @@ pub enum Error {
     /// An eventfd could not be created or registered.
     #[error("cannot create an event file descriptor")]
     EventFd(#[source] std::io::Error),
+    /// More virtio devices than IOAPIC pins.
+    #[error("too many virtio devices (at most {} fit the IOAPIC)", mptable::IOAPIC_PINS as u32 - VIRTIO_FIRST_IRQ)]
+    TooManyDevices,
     /// A socket path the VMM must create already exists.
     #[error("{0} already exists; remove it or choose another path")]
     PathExists(String),
@@ -92,6 +96,10 @@ pub struct VmParts {
     pub control: Arc<RunControl>,
     /// Extra kernel command line words (device announcements).
     pub cmdline_extra: Vec<String>,
+    /// virtio devices, polled by the event loop.
+    pub devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    /// Files to remove when the VMM exits (sockets it created).
+    pub cleanup: Vec<PathBuf>,
 }
 
 /// Fails fast when /dev/kvm cannot boot a standard guest.
@@ -140,6 +148,8 @@ pub fn create_vm(ram: GuestRam) -> Result<VmParts, Error> {
         exit: Arc::new(ExitNotifier::new().map_err(Error::EventFd)?),
         control: Arc::new(RunControl::default()),
         cmdline_extra: Vec::new(),
+        devices: Vec::new(),
+        cleanup: Vec::new(),
     })
 }
 
@@ -201,6 +211,43 @@ pub fn attach_legacy(parts: &mut VmParts, console: &Console) -> Result<(), Error
         legacy::I8042_LEN,
         Arc::new(Mutex::new(i8042)),
     )?;
+    Ok(())
+}
+
+/// First virtio-mmio window, at the start of the MMIO gap.
+pub const VIRTIO_MMIO_BASE: u64 = memory::MMIO_GAP_START;
+/// GSI of the first virtio device; the next ones count up to the IOAPIC's last pin.
+pub const VIRTIO_FIRST_IRQ: u32 = 5;
+
+/// Places a virtio device behind the next MMIO window and IRQ, wires its queue notifications
+/// to ioeventfds and announces it on the kernel command line.
+pub fn attach_virtio(parts: &mut VmParts, dev: Arc<Mutex<dyn VirtioDevice>>) -> Result<(), Error> {
+    let n = parts.devices.len() as u64;
+    let irq = VIRTIO_FIRST_IRQ + n as u32;
+    if irq >= u32::from(mptable::IOAPIC_PINS) {
+        return Err(Error::TooManyDevices);
+    }
+    let base = VIRTIO_MMIO_BASE + n * mmio::MMIO_SIZE;
+    let interrupt = Arc::new(Interrupt::new(irq_eventfd(&parts.vm, irq)?));
+    for (i, evt) in dev
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .queue_events()
+        .iter()
+        .enumerate()
+    {
+        let addr = IoEventAddress::Mmio(base + mmio::NOTIFY_OFFSET);
+        parts
+            .vm
+            .register_ioevent(evt, &addr, i as u32)
+            .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
+    }
+    let transport = mmio::MmioTransport::new(dev.clone(), parts.ram.mem.clone(), interrupt);
+    parts
+        .mmio
+        .insert(base, mmio::MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+    parts.cmdline_extra.push(mmio::cmdline_word(base, irq));
+    parts.devices.push(dev);
     Ok(())
 }
 

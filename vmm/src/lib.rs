@@ -5,6 +5,7 @@ pub mod builder;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod event_loop;
 pub mod exit;
 pub mod memory;
 pub mod mptable;

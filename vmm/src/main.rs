@@ -45,7 +45,7 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
-    let reason = vmm.run();
+    let reason = vmm.run_with(true);
     if let hull_vmm::exit::ExitReason::GuestCrash(ref why)
     | hull_vmm::exit::ExitReason::VmmError(ref why) = reason
     {
