@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{Console, VmConfig};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
+use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::{mmio, Interrupt, VirtioDevice};
 use crate::exit::{ExitNotifier, EXIT_USAGE, EXIT_VMM_ERROR};
 use crate::memory::{GuestMem, GuestRam};
@@ -59,6 +60,9 @@ pub enum Error {
     /// An eventfd could not be created or registered.
     #[error("cannot create an event file descriptor")]
     EventFd(#[source] std::io::Error),
+    /// The vsock device.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::device::Error),
     /// More virtio devices than IOAPIC pins.
     #[error("too many virtio devices (at most {} fit the IOAPIC)", mptable::IOAPIC_PINS as u32 - VIRTIO_FIRST_IRQ)]
     TooManyDevices,
@@ -251,6 +255,14 @@ pub fn attach_virtio(parts: &mut VmParts, dev: Arc<Mutex<dyn VirtioDevice>>) -> 
     Ok(())
 }
 
+/// Adds the vsock device; its socket is removed when the VMM exits.
+pub fn attach_vsock(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
+    let Some(v) = &cfg.vsock else { return Ok(()) };
+    let dev = Vsock::new(v.cid, &v.uds)?;
+    parts.cleanup.push(v.uds.clone());
+    attach_virtio(parts, Arc::new(Mutex::new(dev)))
+}
+
 /// Loads kernel, initramfs, command line, start info and MP table.
 pub fn load_guest(parts: &VmParts, cfg: &VmConfig) -> Result<boot::BootInfo, Error> {
     let cmdline = boot::cmdline(&cfg.cmdline, &parts.cmdline_extra)?;
@@ -298,6 +310,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     let mut parts = create_vm(ram)?;
     register_memory(&parts.vm, &parts.ram.mem)?;
     attach_legacy(&mut parts, &cfg.console)?;
+    attach_vsock(&mut parts, cfg)?;
     let boot = load_guest(&parts, cfg)?;
     let vcpus = create_vcpus(&parts, cfg.vcpus, &boot)?;
     Ok(Vmm::new(parts, vcpus))

@@ -10,6 +10,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::memory::GuestMem;
 
 pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_utils;
+pub mod vsock;
 
 /// Feature bit: the device follows virtio 1.x (mandatory for MMIO version 2).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
