@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const READY: &str = "HULL_AGENT_READY";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+// Generous: the lab is 30-100x slower than hardware, and SMP guests on its single emulated CPU
+// are slower still.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -35,30 +35,40 @@ impl Trigger for IrqTrigger {
 pub type ConsoleOut = Box<dyn Write + Send>;
 
 /// COM1: output only; the guest's writes go to `out`.
-pub struct SerialDevice(Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>);
+pub struct SerialDevice {
+    serial: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>,
+    /// Set after the first output error, so a closed console is reported once.
+    failed: bool,
+}
 
 impl SerialDevice {
     /// A serial port writing to `out` and interrupting through `irq`.
     pub fn new(irq: EventFd, out: ConsoleOut) -> Self {
-        SerialDevice(Serial::new(IrqTrigger(irq), out))
+        SerialDevice {
+            serial: Serial::new(IrqTrigger(irq), out),
+            failed: false,
+        }
     }
 }
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if data.len() == 1 && offset < SERIAL_LEN {
-            data[0] = self.0.read(offset as u8);
+            data[0] = self.serial.read(offset as u8);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() == 1 && offset < SERIAL_LEN {
-            if let Err(e) = self.0.write(offset as u8, data[0]) {
-                tracing::warn!(error = ?e, "serial write failed");
+            if let Err(e) = self.serial.write(offset as u8, data[0]) {
+                if !self.failed {
+                    tracing::warn!(error = ?e, "console output failed; further output is dropped");
+                    self.failed = true;
+                }
             }
             if offset == 0 {
                 // Best effort: a console that cannot be flushed must not stop the guest.
-                let _ = self.0.writer_mut().flush();
+                let _ = self.serial.writer_mut().flush();
             }
         }
     }
