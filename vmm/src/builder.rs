@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{Console, VmConfig};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
+use crate::devices::virtio::block::device::Block;
 use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::{mmio, Interrupt, VirtioDevice};
 use crate::exit::{ExitNotifier, EXIT_USAGE, EXIT_VMM_ERROR};
@@ -60,6 +61,9 @@ pub enum Error {
     /// An eventfd could not be created or registered.
     #[error("cannot create an event file descriptor")]
     EventFd(#[source] std::io::Error),
+    /// A virtio-blk disk.
+    #[error(transparent)]
+    Disk(#[from] crate::devices::virtio::block::device::Error),
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] crate::devices::virtio::vsock::device::Error),
@@ -75,7 +79,9 @@ impl Error {
     /// Exit status for this error: configuration problems are usage errors.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Boot(_) | Error::PathExists(_) | Error::Console(..) => EXIT_USAGE,
+            Error::Boot(_) | Error::PathExists(_) | Error::Console(..) | Error::Disk(_) => {
+                EXIT_USAGE
+            }
             Error::Memory(memory::Error::TooLarge(..) | memory::Error::TooSmall(_)) => EXIT_USAGE,
             _ => EXIT_VMM_ERROR,
         }
@@ -263,6 +269,15 @@ pub fn attach_vsock(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     attach_virtio(parts, Arc::new(Mutex::new(dev)))
 }
 
+/// Adds the virtio-blk disks, in order (the guest sees vda, vdb, ...).
+pub fn attach_disks(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
+    for disk in &cfg.disks {
+        let dev = Block::new(&disk.path, disk.read_only)?;
+        attach_virtio(parts, Arc::new(Mutex::new(dev)))?;
+    }
+    Ok(())
+}
+
 /// Loads kernel, initramfs, command line, start info and MP table.
 pub fn load_guest(parts: &VmParts, cfg: &VmConfig) -> Result<boot::BootInfo, Error> {
     let cmdline = boot::cmdline(&cfg.cmdline, &parts.cmdline_extra)?;
@@ -310,6 +325,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     let mut parts = create_vm(ram)?;
     register_memory(&parts.vm, &parts.ram.mem)?;
     attach_legacy(&mut parts, &cfg.console)?;
+    attach_disks(&mut parts, cfg)?;
     attach_vsock(&mut parts, cfg)?;
     let boot = load_guest(&parts, cfg)?;
     let vcpus = create_vcpus(&parts, cfg.vcpus, &boot)?;

@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMem;
 
+pub mod block;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_utils;

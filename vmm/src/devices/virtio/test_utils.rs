@@ -48,6 +48,11 @@ impl TestQueue {
         q
     }
 
+    /// Index of the next descriptor `add_raw` or `add_chain` will use.
+    pub fn next_desc(&self) -> u16 {
+        self.next_desc
+    }
+
     /// Adds raw descriptors `(addr, len, flags, next)` and makes the first one available.
     pub fn add_raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
         let head = self.next_desc;

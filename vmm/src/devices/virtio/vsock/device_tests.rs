@@ -123,8 +123,8 @@ fn malformed_chains_are_returned_unused() {
         .unwrap();
     r.tx.add_chain(&[(BUF + 0x100, HDR_LEN as u32 + 10, false)]);
     // A descriptor loop: next points back at itself.
-    let head = 3;
-    r.tx.add_raw(&[(BUF + 0x200, 8, 1, head)]);
+    let me = r.tx.next_desc();
+    r.tx.add_raw(&[(BUF + 0x200, 8, 1, me)]);
     // Length that wraps the address space.
     r.tx.add_chain(&[(u64::MAX - 4, 64, false)]);
     r.dev.process_queue(TX);
