@@ -12,6 +12,7 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{Console, VmConfig};
+use crate::control::ControlServer;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
 use crate::devices::virtio::block::device::Block;
@@ -61,6 +62,9 @@ pub enum Error {
     /// An eventfd could not be created or registered.
     #[error("cannot create an event file descriptor")]
     EventFd(#[source] std::io::Error),
+    /// The control socket.
+    #[error(transparent)]
+    Control(#[from] crate::control::Error),
     /// A virtio-blk disk.
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::device::Error),
@@ -110,6 +114,8 @@ pub struct VmParts {
     pub devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
     /// Files to remove when the VMM exits (sockets it created).
     pub cleanup: Vec<PathBuf>,
+    /// The control socket server, if asked for.
+    pub control_server: Option<Arc<Mutex<ControlServer>>>,
 }
 
 /// Fails fast when /dev/kvm cannot boot a standard guest.
@@ -160,6 +166,7 @@ pub fn create_vm(ram: GuestRam) -> Result<VmParts, Error> {
         cmdline_extra: Vec::new(),
         devices: Vec::new(),
         cleanup: Vec::new(),
+        control_server: None,
     })
 }
 
@@ -278,6 +285,23 @@ pub fn attach_disks(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// Opens the control socket; it is removed when the VMM exits.
+pub fn attach_control(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
+    let Some(path) = &cfg.control else {
+        return Ok(());
+    };
+    let server = ControlServer::new(
+        path,
+        parts.control.clone(),
+        parts.exit.clone(),
+        cfg.memory_mib,
+        cfg.vcpus,
+    )?;
+    parts.cleanup.push(path.clone());
+    parts.control_server = Some(Arc::new(Mutex::new(server)));
+    Ok(())
+}
+
 /// Loads kernel, initramfs, command line, start info and MP table.
 pub fn load_guest(parts: &VmParts, cfg: &VmConfig) -> Result<boot::BootInfo, Error> {
     let cmdline = boot::cmdline(&cfg.cmdline, &parts.cmdline_extra)?;
@@ -327,6 +351,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     attach_legacy(&mut parts, &cfg.console)?;
     attach_disks(&mut parts, cfg)?;
     attach_vsock(&mut parts, cfg)?;
+    attach_control(&mut parts, cfg)?;
     let boot = load_guest(&parts, cfg)?;
     let vcpus = create_vcpus(&parts, cfg.vcpus, &boot)?;
     Ok(Vmm::new(parts, vcpus))
