@@ -44,7 +44,7 @@ if [[ $tier == lab || $tier == all ]]; then
         echo 'rc=0'
         for b in $bins; do
             echo "echo; echo \"--- $(basename "$b")\""
-            echo "$b --ignored --test-threads=1 || rc=1"
+            echo "$b --ignored --test-threads=1 --color never --show-output || rc=1"
         done
         echo 'exit $rc'
     } > "$runner"

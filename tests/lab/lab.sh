@@ -72,7 +72,8 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 
-cmdline="console=ttyS0 panic=-1 quiet rdinit=/init LAB_STAGE2=$here/stage2.sh LAB_RUN=$run"
+checkout="$(cd "$here/../.." && pwd)"
+cmdline="console=ttyS0 panic=-1 quiet rdinit=/init LAB_STAGE2=$here/stage2.sh LAB_RUN=$run LAB_KEEP=$checkout:$PWD"
 [[ -n "$share" ]] && cmdline+=" LAB_SHARE=$share"
 
 set +e

@@ -2,7 +2,22 @@
 # Second stage of the lab's outer VM, run from the host tree as PID 1: scratch
 # mounts, the read-write shares, then the command; prints its status and powers off.
 exec </dev/null
-for d in /tmp /run /var/lib/containerd /var/run; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
+# Keep kernel chatter (e.g. harmless WRMSR notices) off the console the tests print on.
+echo 1 > /proc/sys/kernel/printk
+# Fresh tmpfs scratch dirs; paths the command needs from under them (the
+# checkout and the working directory, e.g. a clone in /tmp) stay visible.
+scratch=(/tmp /run /var/lib/containerd /var/run)
+IFS=: read -ra keep <<< "${LAB_KEEP:-}"
+kept=()
+for k in "${keep[@]}"; do
+    for d in "${scratch[@]}"; do
+        if [[ "$k" == "$d"/* && -d "$k" ]]; then
+            mkdir -p "/.keep${#kept[@]}" && mount --bind "$k" "/.keep${#kept[@]}" && kept+=("$k")
+        fi
+    done
+done
+for d in "${scratch[@]}"; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
+for i in "${!kept[@]}"; do mkdir -p "${kept[$i]}" && mount --move "/.keep$i" "${kept[$i]}"; done
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
