@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -328,13 +328,18 @@ pub fn create_vcpus(
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let tsc_deadline = parts.kvm.check_extension(Cap::TscDeadlineTimer);
     let mut vcpus = Vec::with_capacity(count.into());
     for id in 0..count {
         let fd = parts
             .vm
             .create_vcpu(id.into())
             .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-        vcpu::configure(&fd, id, &cpuid::for_vcpu(&supported, id, count))?;
+        vcpu::configure(
+            &fd,
+            id,
+            &cpuid::for_vcpu(&supported, id, count, tsc_deadline),
+        )?;
         vcpu::set_pvh_entry(&fd, id, boot.entry)?;
         vcpus.push(fd);
     }
