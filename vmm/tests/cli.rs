@@ -129,3 +129,31 @@ fn pvm_host_fails_fast_without_override() {
         assert!(stderr(&o).contains("cannot open kernel"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn bad_initramfs_fails_clearly() {
+    let dir = scratch("initrd");
+    let kernel = dir.join("image");
+    std::fs::write(&kernel, hull_vmm::test_image::pvh_halt_image()).unwrap();
+    let junk = dir.join("junk");
+    std::fs::write(&junk, b"not a cpio archive").unwrap();
+    let sock = dir.join("v.sock");
+    for (initrd, want) in [
+        (dir.join("missing"), "cannot read initramfs"),
+        (junk, "neither a cpio"),
+    ] {
+        let o = vmm(&[
+            "--allow-pvm",
+            "--kernel",
+            &kernel.display().to_string(),
+            "--initrd",
+            &initrd.display().to_string(),
+            "--vsock",
+            &format!("3,{}", sock.display()),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+        assert!(!sock.exists(), "socket left behind");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
