@@ -15,7 +15,7 @@ if [[ "${HULL_LAB:-}" != 1 ]]; then
     exec "$root/tests/lab/lab.sh" --timeout 1500 -- "$0" "$runs"
 fi
 kernel="$HULL_KERNEL" initrd="$HULL_INITRD"
-cmdline="console=ttyS0 reboot=t panic=-1 quiet"
+cmdline="console=ttyS0 reboot=t panic=-1 quiet hull.selftest=ready"
 mem=256 vcpus=1
 
 # Prints "<wall ms> <guest uptime s>" for one boot of the given command.
