@@ -9,6 +9,9 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 runs="${1:-5}"
+if [[ -z "${HULL_LAB:-}" ]]; then
+    (cd "$root" && cargo build -q --release -p hull-vmm)
+fi
 if [[ -z "${HULL_LAB:-}" ]] && ! "$root/scripts/kvm-check.sh" >/dev/null; then
     kernel="$("$root/kernel-config/build.sh")/vmlinux" initrd="$("$root/rootfs/build.sh")"
     gz="$("$root/rootfs/build.sh" --gzip)"
@@ -25,9 +28,15 @@ qemu_microvm() { # initrd
         -m 256M -smp 1 -nodefaults -no-reboot -display none -serial stdio \
         -kernel "$kernel" -initrd "$1" -append "$cmdline" </dev/null
 }
-variants=("qemu-microvm cpio" "qemu-microvm cpio.gz")
+hull_vmm() { # initrd
+    "$root/target/release/hull-vmm" --kernel "$kernel" --initrd "$1" --memory 256 --vcpus 1 \
+        --cmdline "$cmdline" </dev/null
+}
+variants=("hull-vmm cpio" "hull-vmm cpio.gz" "qemu-microvm cpio" "qemu-microvm cpio.gz")
 run_variant() {
     case "$1" in
+        "hull-vmm cpio") hull_vmm "$initrd" ;;
+        "hull-vmm cpio.gz") hull_vmm "$gz" ;;
         "qemu-microvm cpio") qemu_microvm "$initrd" ;;
         "qemu-microvm cpio.gz") qemu_microvm "$gz" ;;
     esac
