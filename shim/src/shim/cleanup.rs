@@ -1,0 +1,61 @@
+//! `delete`: containerd runs it when a shim died, to undo what that shim left
+//! for one container (mounts, pod directories) and learn a final status.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::Flags;
+
+use super::sandbox_id;
+use crate::config::Config;
+use crate::task::rootfs;
+
+/// Status reported for a container whose shim died: killed (128 + SIGKILL).
+const DEAD_SHIM_STATUS: u32 = 137;
+
+/// Runs the `delete` subcommand and prints the `DeleteResponse`.
+pub fn run(flags: &Flags) -> anyhow::Result<()> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().context("current directory")?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let sandbox = sandbox_id(&bundle, &flags.id);
+    let config = Config::load(None).context("load the Hull config")?;
+    let state_dir = config.run_dir.join(&sandbox);
+    let share_dir = state_dir.join("shared");
+    let shared = share_dir.join(&flags.id);
+    let mut failures = Vec::new();
+    for target in [shared.clone(), bundle.join("rootfs")] {
+        if let Err(e) = rootfs::unmount(&target) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    // Only empty directories go: a mount still present is never deleted through.
+    for dir in [&shared, &share_dir, &state_dir] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "cleanup of {} left mounts: {}",
+            flags.id,
+            failures.join("; ")
+        );
+    }
+    let response = DeleteResponse {
+        pid: 0,
+        exit_status: DEAD_SHIM_STATUS,
+        exited_at: MessageField::some(crate::task::timestamp(SystemTime::now())),
+        ..Default::default()
+    };
+    let bytes = response.write_to_bytes().context("encode DeleteResponse")?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)
+        .and_then(|()| out.flush())
+        .context("print DeleteResponse")?;
+    Ok(())
+}
