@@ -403,3 +403,47 @@ fn containers_of_one_pod_share_one_shim() {
     lab.ctr_ok(&["containers", "rm", "p1", "p2"]);
     lab.assert_clean();
 }
+
+#[test]
+fn delete_subcommand_cleans_up_after_a_killed_shim() {
+    let lab = Lab::start("dead");
+    lab.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "d1",
+        "sleep",
+        "100",
+    ]);
+    let shims = lab.shim_pids();
+    assert_eq!(shims.len(), 1);
+    let _ = Command::new("kill")
+        .args(["-9", &shims[0].to_string()])
+        .status();
+    // containerd notices the dead shim and runs `containerd-shim-hull-v2 delete`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.ctr_ok(&["task", "ls"]).contains("d1") {
+        assert!(
+            Instant::now() < deadline,
+            "task not cleaned up: {}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.ctr_ok(&["containers", "rm", "d1"]);
+    lab.assert_clean();
+    let sleeping = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/root"))
+                .is_ok_and(|r| r.starts_with(lab.dir.join("run")))
+        })
+        .count();
+    assert_eq!(
+        sleeping, 0,
+        "the dead shim's container processes are killed"
+    );
+}

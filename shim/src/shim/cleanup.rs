@@ -2,17 +2,34 @@
 //! for one container (mounts, pod directories) and learn a final status.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::Context;
 use containerd_shim::api::DeleteResponse;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::Flags;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use super::sandbox_id;
 use crate::config::Config;
 use crate::task::rootfs;
+
+/// Kills every host process whose root directory is the container's share
+/// (what a chrooted process of a dead shim looks like), so the mounts can go.
+fn kill_processes_rooted_in(shared: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let rooted =
+            std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|root| root == shared);
+        if rooted {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
 
 /// Status reported for a container whose shim died: killed (128 + SIGKILL).
 const DEAD_SHIM_STATUS: u32 = 137;
@@ -29,6 +46,7 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     let state_dir = config.run_dir.join(&sandbox);
     let share_dir = state_dir.join("shared");
     let shared = share_dir.join(&flags.id);
+    kill_processes_rooted_in(&shared);
     let mut failures = Vec::new();
     for target in [shared.clone(), bundle.join("rootfs")] {
         if let Err(e) = rootfs::unmount(&target) {
