@@ -15,7 +15,7 @@ use containerd_shim::protos::ttrpc::{MethodHandler, Server};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Flags, Task};
 
-use super::{logging, socket_path, write_address, ShimError};
+use super::{logging, sandbox_id, socket_path, write_address, ShimError};
 use crate::backend;
 use crate::task::events::{Events, RemoteSink};
 use crate::task::service::Service;
@@ -26,7 +26,8 @@ type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
 /// Runs the shim server (no action on the command line).
 pub fn run(flags: &Flags) -> anyhow::Result<()> {
     anyhow::ensure!(!flags.socket.is_empty(), "-socket is required");
-    logging::init(flags.debug);
+    let bundle = std::env::current_dir().context("current directory")?;
+    logging::init(flags.debug, &sandbox_id(&bundle, &flags.id));
     let path = socket_path(&flags.socket);
     let Some(listener) = bind(path)? else {
         // Another shim of the same pod won the race: point containerd at it.

@@ -61,6 +61,9 @@ pub enum TaskError {
     },
 }
 
+/// Exit status of a process that was killed with SIGKILL (128 + 9).
+const KILLED_STATUS: u32 = 137;
+
 /// Result of task operations.
 pub type Result<T> = std::result::Result<T, TaskError>;
 
@@ -468,6 +471,11 @@ impl Pod {
                 tracing::error!(container = %cid, "wait failed, reporting exit 255: {e}");
                 255
             });
+            if eid.is_none() {
+                // The init process took its container down: what remains dies with it,
+                // as in a PID namespace.
+                let _ = backend.signal(&cid, None, libc::SIGKILL as u32, true);
+            }
             for relay in outputs {
                 let _ = relay.join();
             }
@@ -532,20 +540,23 @@ impl Pod {
             )));
         }
         let pid = process.pid;
-        let exit = process.exit.get().unwrap_or(Exit {
-            code: 0,
+        // A process deleted before it ran counts as killed; its waiters are released.
+        process.exit.set(Exit {
+            code: KILLED_STATUS,
             at: SystemTime::now(),
         });
+        let exit = process.exit.wait();
         if let Some(exec_id) = exec_id {
             container.execs.remove(exec_id);
             return Ok((pid, exit));
         }
-        if !container.execs.is_empty() {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {container_id} still has execs"
-            )));
-        }
         backend.remove_container(container_id)?;
+        for (_, exec) in container.execs.drain() {
+            exec.exit.set(Exit {
+                code: KILLED_STATUS,
+                at: SystemTime::now(),
+            });
+        }
         container.rootfs.teardown()?;
         let bundle = container.bundle.clone();
         state.containers.remove(container_id);
