@@ -287,6 +287,49 @@ fn ctr_runs_containers_through_the_shim() {
         ]
         .concat(),
     );
+    // Config from containerd's runtime options, io.hull.* annotations validated.
+    let config = lab.dir.join("h3.toml");
+    let run_dir = lab.dir.join("run");
+    std::fs::write(&config, format!("run_dir = {run_dir:?}\nvcpus = 3\n")).unwrap();
+    let config = config.to_str().unwrap();
+    lab.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        config,
+        "--annotation",
+        "io.hull.memory_mib=1024",
+        IMAGE,
+        "c6",
+        "true",
+    ]);
+    assert!(
+        lab.log().contains("vcpus=3 memory_mib=1024"),
+        "{}",
+        lab.log()
+    );
+    for bad in ["io.hull.kernel=/x", "io.hull.vcpu=2", "io.hull.vcpus=0"] {
+        let out = lab.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            bad,
+            IMAGE,
+            "c7",
+            "true",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && (err.contains("io.hull.") || err.contains("vcpus")),
+            "{bad}: {err}"
+        );
+        lab.ctr(&["containers", "rm", "c7"]);
+    }
+    lab.assert_clean();
     let busybox = std::fs::read("/bin/busybox").unwrap();
     assert!(
         out.stdout == busybox.repeat(8),
