@@ -490,3 +490,24 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
         "the dead shim's container processes are killed"
     );
 }
+
+#[test]
+fn ctr_run_t_gives_a_terminal() {
+    require("script");
+    let lab = Lab::start("tty");
+    let ctr = format!(
+        "ctr -a {}/c.sock -n hulltest run --rm -t --runtime {RUNTIME} {IMAGE} t1 \
+         sh -c 'test -t 0 && test -t 1 && echo on-a-tty; exit 3'",
+        lab.dir.display()
+    );
+    // ctr -t needs a terminal of its own: script(1) provides one.
+    let out = Command::new("timeout")
+        .args(["30", "script", "-qec", &ctr, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("on-a-tty"), "{text}\n{}", lab.log());
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    lab.assert_clean();
+}

@@ -7,13 +7,16 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::pty::openpty;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::Process as OciProcess;
@@ -31,6 +34,8 @@ struct FakeProcess {
     process: OciProcess,
     /// Child ends of the stdio pipes, until start.
     stdio: [Option<OwnedFd>; 3],
+    /// The pty master, when the process has a terminal.
+    pty: Option<File>,
     pid: Option<u32>,
     child: Option<Child>,
     exited: bool,
@@ -72,12 +77,57 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe")(e.into()))
 }
 
-/// Makes the pipes for the wanted streams: child ends, then the streams the shim keeps.
-fn make_stdio(wanted: StdioWanted) -> Result<([Option<OwnedFd>; 3], ProcessStreams)> {
+/// A pty master read as a stream: EIO (every slave closed) is its end of file.
+struct PtyReader(File);
+
+impl Read for PtyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.read(buf) {
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+            other => other,
+        }
+    }
+}
+
+fn cloexec(fd: &OwnedFd) -> Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map(drop)
+        .map_err(|e| io("set close-on-exec")(e.into()))
+}
+
+/// Child stdio ends, the streams the shim keeps, and the pty master (for resizing).
+type Stdio3 = ([Option<OwnedFd>; 3], ProcessStreams, Option<File>);
+
+/// Makes a pty: the slave on the child's 0, 1 and 2, the master as the shim's streams.
+fn make_pty(wanted: StdioWanted) -> Result<Stdio3> {
+    let pty = openpty(None, None).map_err(|e| io("openpty")(e.into()))?;
+    cloexec(&pty.master)?;
+    cloexec(&pty.slave)?;
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(io("duplicate pty fd"));
+    let child = [
+        Some(dup(&pty.slave)?),
+        Some(dup(&pty.slave)?),
+        Some(pty.slave),
+    ];
+    let master = File::from(pty.master);
+    let clone = |f: &File| f.try_clone().map_err(io("duplicate pty master"));
+    let stdin: Option<Box<dyn std::io::Write + Send>> = if wanted.stdin {
+        Some(Box::new(clone(&master)?))
+    } else {
+        None
+    };
+    let streams = ProcessStreams {
+        stdin,
+        stdout: Some(Box::new(PtyReader(clone(&master)?))),
+        stderr: None,
+    };
+    Ok((child, streams, Some(master)))
+}
+
+/// Makes the pipes (or a pty) for the wanted streams.
+fn make_stdio(wanted: StdioWanted) -> Result<Stdio3> {
     if wanted.terminal {
-        return Err(BackendError::Unsupported(
-            "a terminal (the fake backend has no pty)",
-        ));
+        return make_pty(wanted);
     }
     let mut child: [Option<OwnedFd>; 3] = [None, None, None];
     let mut streams = ProcessStreams::default();
@@ -96,7 +146,7 @@ fn make_stdio(wanted: StdioWanted) -> Result<([Option<OwnedFd>; 3], ProcessStrea
         child[2] = Some(w);
         streams.stderr = Some(Box::new(File::from(r)));
     }
-    Ok((child, streams))
+    Ok((child, streams, None))
 }
 
 /// Finds `program` inside `rootfs` along the process's PATH; returns the in-root path.
@@ -128,6 +178,7 @@ fn spawn(p: &mut FakeProcess) -> Result<Child> {
     let cwd = CString::new(p.process.cwd().as_os_str().as_bytes())
         .map_err(|_| BackendError::Invalid("cwd has a NUL byte".to_string()))?;
     let (uid, gid) = (p.process.user().uid(), p.process.user().gid());
+    let terminal = p.pty.is_some();
     let mut cmd = Command::new(&program);
     cmd.args(&args[1..]).env_clear();
     for kv in &env {
@@ -139,8 +190,9 @@ fn spawn(p: &mut FakeProcess) -> Result<Child> {
     cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from))
         .stdout(stdout.map_or_else(Stdio::null, Stdio::from))
         .stderr(stderr.map_or_else(Stdio::null, Stdio::from));
-    // SAFETY: runs in the forked child before exec and only makes async-signal-safe
-    // syscalls (setsid, chroot, chdir, setgid, setuid) on CStrings built before the fork.
+    // SAFETY: runs in the forked child before exec, after stdio redirection, and only
+    // makes async-signal-safe syscalls (setsid, ioctl, chroot, chdir, setgid, setuid)
+    // on CStrings built before the fork.
     unsafe {
         cmd.pre_exec(move || {
             let check = |rc: libc::c_int| {
@@ -151,6 +203,10 @@ fn spawn(p: &mut FakeProcess) -> Result<Child> {
                 }
             };
             check(libc::setsid())?;
+            if terminal {
+                // Stdin is the pty slave: make it the controlling terminal.
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
             check(libc::chroot(root.as_ptr()))?;
             check(libc::chdir(cwd.as_ptr()))?;
             check(libc::setgid(gid))?;
@@ -192,13 +248,14 @@ impl FakeBackend {
         process: OciProcess,
         wanted: StdioWanted,
     ) -> Result<ProcessStreams> {
-        let (stdio, streams) = make_stdio(wanted)?;
+        let (stdio, streams, pty) = make_stdio(wanted)?;
         self.lock().procs.insert(
             key,
             FakeProcess {
                 rootfs,
                 process,
                 stdio,
+                pty,
                 pid: None,
                 child: None,
                 exited: false,
@@ -303,10 +360,36 @@ impl Backend for FakeBackend {
         Self::signal_pids(&pids, signal)
     }
 
-    fn resize_pty(&self, _: &str, _: Option<&str>, _: u32, _: u32) -> Result<()> {
-        Err(BackendError::Unsupported(
-            "a terminal (the fake backend has no pty)",
-        ))
+    fn resize_pty(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        cols: u32,
+        rows: u32,
+    ) -> Result<()> {
+        let state = self.lock();
+        let pty = state
+            .procs
+            .get(&key(container_id, exec_id))
+            .ok_or_else(|| not_found(container_id, exec_id))?
+            .pty
+            .as_ref()
+            .ok_or(BackendError::Unsupported(
+                "resizing a process without a terminal",
+            ))?;
+        let size = libc::winsize {
+            ws_row: u16::try_from(rows).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(cols).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize through the pointer, which outlives the
+        // call; the fd is a pty master this backend owns.
+        let rc = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        if rc < 0 {
+            return Err(io("resize pty")(std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     fn close_stdin(&self, _: &str, _: Option<&str>) -> Result<()> {
