@@ -143,7 +143,8 @@ pub trait Backend: Send + Sync {
     fn pids(&self, container_id: &str) -> Result<Vec<u32>>;
     /// Resource usage of the container.
     fn stats(&self, container_id: &str) -> Result<ContainerStats>;
-    /// Freezes every process of the container.
+    /// Freezes every process of the container (the container's cgroup in the guest;
+    /// the VM's vCPUs keep running for the pod's other containers).
     fn pause(&self, container_id: &str) -> Result<()>;
     /// Thaws every process of the container.
     fn resume(&self, container_id: &str) -> Result<()>;

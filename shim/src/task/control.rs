@@ -1,7 +1,8 @@
 //! Operations on existing processes: exec, kill, state, pids, stats,
 //! pause/resume, pty resize and stdin close.
 
-use containerd_shim::protos::events::task::{TaskExecAdded, TaskPaused, TaskResumed};
+use containerd_shim::protos::events::task::{TaskExecAdded, TaskExit, TaskPaused, TaskResumed};
+use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
 use oci_spec::runtime::Process as OciProcess;
 
@@ -67,7 +68,8 @@ impl Pod {
         Ok(())
     }
 
-    /// Signals a process (or with `all`, every process of the container).
+    /// Signals a process (or with `all`, every process of the container). A process
+    /// that never started just ends with 128 + signal, as a created runc container does.
     pub fn kill(
         &self,
         container_id: &str,
@@ -75,20 +77,36 @@ impl Pod {
         signal: u32,
         all: bool,
     ) -> Result<()> {
-        let state = self.lock();
+        let mut state = self.lock();
         let backend = backend_of(&state)?;
-        let process = container(&state, container_id)?.process(exec_id)?;
+        let process = container_mut(&mut state, container_id)?.process_mut(exec_id)?;
+        tracing::info!(container = %container_id, exec = exec_id.unwrap_or(""), signal, all, "kill");
         match process.status {
             Status::Stopped => Err(TaskError::NotFound(format!(
                 "process {container_id}/{} already finished",
                 exec_id.unwrap_or("init")
             ))),
-            Status::Created => Err(TaskError::FailedPrecondition(format!(
-                "process {container_id}/{} is not started",
-                exec_id.unwrap_or("init")
-            ))),
+            Status::Created => {
+                process.status = Status::Stopped;
+                let exit = Exit {
+                    code: 128 + signal,
+                    at: std::time::SystemTime::now(),
+                };
+                let cell = process.exit.clone();
+                self.events().emit(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    TaskExit {
+                        container_id: container_id.to_string(),
+                        id: exec_id.unwrap_or(container_id).to_string(),
+                        exit_status: exit.code,
+                        exited_at: MessageField::some(exit.timestamp()),
+                        ..Default::default()
+                    },
+                );
+                cell.set(exit);
+                Ok(())
+            }
             Status::Running | Status::Paused => {
-                tracing::info!(container = %container_id, exec = exec_id.unwrap_or(""), signal, all, "kill");
                 Ok(backend.signal(container_id, exec_id, signal, all)?)
             }
         }

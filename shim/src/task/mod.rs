@@ -286,11 +286,13 @@ mod tests {
             !f.backend.state.lock().unwrap().destroyed,
             "c2 keeps the pod alive"
         );
+        f.pod.kill("c2", None, 15, false).unwrap();
         assert_eq!(
-            f.pod.delete("c2", None).unwrap().1.code,
-            137,
+            f.pod.wait("c2", None).unwrap().code,
+            143,
             "never started: killed"
         );
+        assert_eq!(f.pod.delete("c2", None).unwrap().1.code, 143);
         assert_eq!(
             f.topics(),
             [
@@ -303,6 +305,7 @@ mod tests {
                 "/tasks/create",
                 "/tasks/exit",
                 "/tasks/delete",
+                "/tasks/exit",
                 "/tasks/delete"
             ]
         );
@@ -320,5 +323,9 @@ mod tests {
         assert!(f.backend.state.lock().unwrap().destroyed);
         assert_eq!(std::fs::read_dir(f.run_dir()).unwrap().count(), 0);
         assert!(f.topics().is_empty());
+        f.backend.state.lock().unwrap().fail_create = false;
+        f.pod.create(f.request("c3", "pod")).unwrap();
+        let (_, exit) = f.pod.delete("c3", None).unwrap();
+        assert_eq!(exit.code, 137, "deleted before it started: killed");
     }
 }
