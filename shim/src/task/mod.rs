@@ -6,6 +6,7 @@ pub mod events;
 mod pod;
 mod process;
 pub mod rootfs;
+mod sandbox;
 pub mod service;
 pub mod stdio;
 

@@ -1,5 +1,5 @@
-//! The pod a shim serves: its sandbox (one per pod), its containers, and the
-//! lifecycle operations (create, start, wait, delete, shutdown) on them.
+//! The pod a shim serves: its containers and their lifecycle (create, start,
+//! wait, delete, shutdown); the sandbox itself is in `sandbox.rs`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecStarted, TaskExit, TaskIO, TaskStart,
 };
-use containerd_shim::protos::protobuf::rt::WireType;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::{CodedInputStream, MessageField};
+use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
 use containerd_shim::ExitSignal;
 use oci_spec::runtime::Spec;
@@ -19,10 +18,9 @@ use oci_spec::runtime::Spec;
 use super::events::Events;
 use super::process::{Exit, Process, Status, StdioPaths};
 use super::rootfs::{ContainerRootfs, MountSpec, RootfsError};
+use super::sandbox::{config_path_from_options, Sandbox};
 use super::stdio::{self, BinaryLogger, StdioError, Target};
-use crate::backend::{
-    self, Backend, BackendError, ContainerRequest, ProcessStreams, SandboxRequest, StdioWanted,
-};
+use crate::backend::{self, Backend, BackendError, ContainerRequest, ProcessStreams, StdioWanted};
 use crate::config::{Config, ConfigError};
 
 /// The annotation that names a container's pod (CRI); containers without it are their own pod.
@@ -70,14 +68,6 @@ pub type Result<T> = std::result::Result<T, TaskError>;
 /// Makes the backend for a new sandbox.
 pub type BackendFactory = Box<dyn Fn() -> backend::Result<Arc<dyn Backend>> + Send + Sync>;
 
-/// The running sandbox of the pod.
-pub(super) struct Sandbox {
-    pub id: String,
-    pub backend: Arc<dyn Backend>,
-    pub state_dir: PathBuf,
-    pub share_dir: PathBuf,
-}
-
 /// One container: its rootfs, its init process and its execs.
 pub(super) struct Container {
     pub bundle: String,
@@ -109,7 +99,7 @@ impl Container {
 }
 
 #[derive(Default)]
-pub(super) struct PodState {
+pub struct PodState {
     pub sandbox: Option<Sandbox>,
     pub containers: HashMap<String, Container>,
 }
@@ -137,27 +127,6 @@ pub struct CreateRequest {
     pub stdio: StdioPaths,
     /// containerd's runtime options (`ConfigPath`).
     pub options: Option<Any>,
-}
-
-/// Reads `config_path` (field 2) from containerd's `runtimeoptions.v1.Options`.
-fn config_path_from_options(options: Option<&Any>) -> Option<PathBuf> {
-    let any = options?;
-    if !any.type_url.ends_with("runtimeoptions.v1.Options") {
-        return None;
-    }
-    let mut input = CodedInputStream::from_bytes(&any.value);
-    while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
-        if tag == (2 << 3) | 2 {
-            return input
-                .read_string()
-                .ok()
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from);
-        }
-        let wire = WireType::new(tag & 7)?;
-        input.skip_field(wire).ok()?;
-    }
-    None
 }
 
 impl Pod {
@@ -242,57 +211,6 @@ impl Pod {
             },
         );
         Ok(pid)
-    }
-
-    /// Makes the pod's directories and boots its sandbox; undoes both on failure.
-    fn start_sandbox(&self, sandbox_id: &str, config: Config) -> Result<Sandbox> {
-        if sandbox_id.is_empty() || sandbox_id.contains('/') || sandbox_id.starts_with('.') {
-            return Err(TaskError::InvalidArgument(format!(
-                "sandbox id {sandbox_id:?} is not a valid directory name"
-            )));
-        }
-        let backend = (self.shared.factory)()?;
-        let state_dir = config.run_dir.join(sandbox_id);
-        let share_dir = state_dir.join("shared");
-        std::fs::create_dir_all(&share_dir).map_err(|source| TaskError::PodDir {
-            path: share_dir.clone(),
-            source,
-        })?;
-        let req = SandboxRequest {
-            sandbox_id: sandbox_id.to_string(),
-            share_dir: share_dir.clone(),
-            state_dir: state_dir.clone(),
-            config,
-        };
-        if let Err(e) = backend.create_sandbox(&req) {
-            remove_pod_dirs(&state_dir, &share_dir);
-            return Err(e.into());
-        }
-        self.watch_oom(backend.clone(), sandbox_id);
-        tracing::info!(sandbox = %sandbox_id, dir = %state_dir.display(), "sandbox started");
-        Ok(Sandbox {
-            id: sandbox_id.to_string(),
-            backend,
-            state_dir,
-            share_dir,
-        })
-    }
-
-    fn watch_oom(&self, backend: Arc<dyn Backend>, sandbox_id: &str) {
-        let events = self.events().clone();
-        let sandbox_id = sandbox_id.to_string();
-        std::thread::spawn(move || {
-            while let Some(container_id) = backend.next_oom() {
-                tracing::warn!(sandbox = %sandbox_id, container = %container_id, "out of memory");
-                events.emit(
-                    topics::TASK_OOM_EVENT_TOPIC,
-                    TaskOOM {
-                        container_id,
-                        ..Default::default()
-                    },
-                );
-            }
-        });
     }
 
     fn create_container(
@@ -587,27 +505,6 @@ impl Pod {
         self.destroy_sandbox(&mut state);
         self.shared.exit.signal();
     }
-
-    fn destroy_sandbox(&self, state: &mut PodState) {
-        let Some(sandbox) = state.sandbox.take() else {
-            return;
-        };
-        if let Err(e) = sandbox.backend.destroy_sandbox() {
-            tracing::error!(sandbox = %sandbox.id, "destroy sandbox: {e}");
-        }
-        remove_pod_dirs(&sandbox.state_dir, &sandbox.share_dir);
-        tracing::info!(sandbox = %sandbox.id, "sandbox stopped");
-    }
-}
-
-/// Removes the (empty) pod directories; never recursively, so a mount that is
-/// somehow still there is never deleted through.
-fn remove_pod_dirs(state_dir: &Path, share_dir: &Path) {
-    for dir in [share_dir, state_dir] {
-        if let Err(e) = std::fs::remove_dir(dir) {
-            tracing::warn!(dir = %dir.display(), "remove pod directory: {e}");
-        }
-    }
 }
 
 pub(super) fn wanted(paths: &StdioPaths) -> StdioWanted {
@@ -652,32 +549,6 @@ pub(super) fn container_mut<'a>(state: &'a mut PodState, id: &str) -> Result<&'a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_shim::protos::protobuf::Message;
-
-    #[test]
-    fn config_path_is_read_from_runtime_options() {
-        // runtimeoptions.v1.Options { type_url = "x" (1), config_path = "/etc/h.toml" (2) }
-        let mut value = vec![0x0a, 1, b'x', 0x12, 11];
-        value.extend_from_slice(b"/etc/h.toml");
-        let any = Any {
-            type_url: "runtimeoptions.v1.Options".into(),
-            value,
-            ..Default::default()
-        };
-        assert_eq!(
-            config_path_from_options(Some(&any)),
-            Some(PathBuf::from("/etc/h.toml"))
-        );
-        let other = Any {
-            type_url: "containerd.runc.v1.Options".into(),
-            value: containerd_shim::api::Options::new()
-                .write_to_bytes()
-                .unwrap(),
-            ..Default::default()
-        };
-        assert_eq!(config_path_from_options(Some(&other)), None);
-        assert_eq!(config_path_from_options(None), None);
-    }
 
     #[test]
     fn terminal_merges_stderr() {
