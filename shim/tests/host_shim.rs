@@ -462,6 +462,12 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     ]);
     let shims = lab.shim_pids();
     assert_eq!(shims.len(), 1);
+    let bundle = lab
+        .dir
+        .join("state/io.containerd.runtime.v2.task/hulltest/d1");
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists());
     let _ = Command::new("kill")
         .args(["-9", &shims[0].to_string()])
         .status();
@@ -477,6 +483,7 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     }
     lab.ctr_ok(&["containers", "rm", "d1"]);
     lab.assert_clean();
+    assert!(!socket.exists(), "the dead shim's socket is removed");
     let sleeping = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())

@@ -2,6 +2,7 @@
 //! for one container (mounts, pod directories) and learn a final status.
 
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -12,7 +13,7 @@ use containerd_shim::Flags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::sandbox_id;
+use super::{sandbox_id, socket_path};
 use crate::config::Config;
 use crate::task::rootfs;
 
@@ -28,6 +29,18 @@ fn kill_processes_rooted_in(shared: &Path) {
         if rooted {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+    }
+}
+
+/// Removes the dead shim's socket, named by `<bundle>/address`, unless a live
+/// shim (of another container of the pod) still answers on it.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = socket_path(address.trim());
+    if UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -53,6 +66,7 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
             failures.push(format!("{e:#}"));
         }
     }
+    remove_dead_socket(&bundle);
     // Only empty directories go: a mount still present is never deleted through.
     for dir in [&shared, &share_dir, &state_dir] {
         let _ = std::fs::remove_dir(dir);
