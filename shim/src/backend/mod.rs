@@ -159,18 +159,35 @@ pub trait Backend: Send + Sync {
 
 /// Picks the backend named by `$HULL_SHIM_BACKEND` (default: the microVM).
 pub fn select() -> Result<Arc<dyn Backend>> {
-    let wanted = std::env::var(BACKEND_ENV).unwrap_or_default();
-    match wanted.as_str() {
+    select_named(&std::env::var(BACKEND_ENV).unwrap_or_default())
+}
+
+fn select_named(name: &str) -> Result<Arc<dyn Backend>> {
+    match name {
         #[cfg(feature = "fake-backend")]
         "fake" => Ok(Arc::new(fake::FakeBackend::default())),
         "" | "vm" => Err(BackendError::NoVm),
         _ => Err(BackendError::Invalid(format!(
-            "{BACKEND_ENV}={wanted:?}: unknown backend (this build knows: vm{})",
+            "{BACKEND_ENV}={name:?}: unknown backend (this build knows: vm{})",
             if cfg!(feature = "fake-backend") {
                 ", fake"
             } else {
                 ""
             }
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_backend_is_the_vm_and_unknown_names_are_refused() {
+        assert!(matches!(select_named(""), Err(BackendError::NoVm)));
+        assert!(matches!(select_named("vm"), Err(BackendError::NoVm)));
+        let err = select_named("qemu").err().unwrap();
+        assert!(err.to_string().contains("unknown backend"), "{err}");
+        assert_eq!(select_named("fake").is_ok(), cfg!(feature = "fake-backend"));
     }
 }

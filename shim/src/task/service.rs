@@ -271,3 +271,45 @@ impl Task for Service {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(err: TaskError) -> Code {
+        match to_ttrpc(err) {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_the_codes_containerd_expects() {
+        assert_eq!(code(TaskError::NotFound("c".into())), Code::NOT_FOUND);
+        assert_eq!(
+            code(TaskError::AlreadyExists("c".into())),
+            Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code(TaskError::FailedPrecondition("x".into())),
+            Code::FAILED_PRECONDITION
+        );
+        assert_eq!(
+            code(TaskError::Backend(BackendError::Unsupported("pty"))),
+            Code::UNIMPLEMENTED
+        );
+        assert_eq!(code(TaskError::Backend(BackendError::NoVm)), Code::INTERNAL);
+    }
+
+    #[test]
+    fn the_cause_chain_reaches_the_message() {
+        let err = TaskError::Rootfs(super::super::rootfs::RootfsError::Unmount {
+            target: "/x".into(),
+            source: nix::Error::EPERM,
+        });
+        let ttrpc::Error::RpcStatus(s) = to_ttrpc(err) else {
+            panic!("not a status")
+        };
+        assert!(s.message.contains("unmount /x: EPERM"), "{}", s.message);
+    }
+}
