@@ -330,6 +330,57 @@ fn ctr_runs_containers_through_the_shim() {
         lab.ctr(&["containers", "rm", "c7"]);
     }
     lab.assert_clean();
+
+    // Output to file:// and to a binary:// logger instead of FIFOs.
+    let file = lab.dir.join("out/c8.log");
+    let uri = format!("file://{}", file.display());
+    lab.ctr_ok(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "c8",
+        "sh",
+        "-c",
+        "echo to-file; echo err-to-file >&2",
+    ]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("to-file\n") && text.contains("err-to-file\n"),
+        "{text}"
+    );
+    let logger = lab.dir.join("logger.sh");
+    let logged = lab.dir.join("logged");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\nexec 5>&-\ncat <&3 >{0}.out & cat <&4 >{0}.err\nwait\n",
+            logged.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}", logger.display());
+    lab.ctr_ok(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "c9",
+        "sh",
+        "-c",
+        "echo to-binary; echo err-to-binary >&2",
+    ]);
+    let read = |ext: &str| std::fs::read_to_string(format!("{}.{ext}", logged.display()));
+    assert_eq!(read("out").unwrap(), "to-binary\n");
+    assert_eq!(read("err").unwrap(), "err-to-binary\n");
+
     let busybox = std::fs::read("/bin/busybox").unwrap();
     assert!(
         out.stdout == busybox.repeat(8),
