@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+/// File in the bundle naming the container's shared directory, so the `delete`
+/// subcommand finds it after the shim died, whatever config the shim had.
+pub const SHARE_MARKER: &str = "hull-shared";
+
 /// Errors of mounting or unmounting a root filesystem.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -24,6 +28,12 @@ pub enum RootfsError {
         target: PathBuf,
         #[source]
         source: nix::Error,
+    },
+    #[error("write {path}")]
+    Marker {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("create directory {path}")]
     Mkdir {
@@ -67,6 +77,7 @@ fn split_options(options: &[String]) -> (MsFlags, Vec<&str>) {
 struct Undo {
     mounts: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
 }
 
 impl Undo {
@@ -92,6 +103,9 @@ impl Undo {
 
     fn run(&mut self) -> Result<(), RootfsError> {
         let mut first_err = None;
+        for file in self.files.drain(..) {
+            let _ = std::fs::remove_file(file);
+        }
         while let Some(target) = self.mounts.pop() {
             if let Err(e) = unmount(&target) {
                 tracing::warn!("{e}");
@@ -184,6 +198,14 @@ impl ContainerRootfs {
             "",
         )?;
         undo.mounts.push(shared.to_path_buf());
+        let marker = bundle.join(SHARE_MARKER);
+        std::fs::write(&marker, shared.as_os_str().as_encoded_bytes()).map_err(|source| {
+            RootfsError::Marker {
+                path: marker.clone(),
+                source,
+            }
+        })?;
+        undo.files.push(marker);
         Ok(())
     }
 
@@ -265,6 +287,11 @@ mod tests {
         }];
         let mut rootfs = ContainerRootfs::setup(&mounts, &bundle, &shared).unwrap();
         assert_eq!(std::fs::read_to_string(shared.join("hello")).unwrap(), "hi");
+        let marker = bundle.join(SHARE_MARKER);
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            shared.to_str().unwrap()
+        );
         assert!(
             std::fs::write(shared.join("new"), "x").is_err(),
             "ro must be enforced"
@@ -275,7 +302,7 @@ mod tests {
             !tmp.path().join("pod").exists(),
             "created directories are removed"
         );
-        assert!(!bundle.join("rootfs").exists());
+        assert!(!bundle.join("rootfs").exists() && !marker.exists());
         assert!(image.join("hello").exists(), "the source is untouched");
     }
 
