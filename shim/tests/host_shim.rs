@@ -195,6 +195,18 @@ impl Lab {
             .collect()
     }
 
+    /// Processes whose root directory is inside this lab (the fake backend's containers).
+    fn processes_rooted_here(&self) -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/root"))
+                    .is_ok_and(|r| r.starts_with(&self.dir))
+            })
+            .collect()
+    }
+
     /// Mount points under the pods' run directory.
     fn pod_mounts(&self) -> Vec<String> {
         let run = format!("{}/run", self.dir.display());
@@ -231,10 +243,24 @@ fn nix_is_root() -> bool {
 impl Drop for Lab {
     fn drop(&mut self) {
         for pid in self.shim_pids() {
+            let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = args
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            // A killed shim leaves its socket behind.
+            if let Some(socket) = args.iter().skip_while(|a| *a != "-socket").nth(1) {
+                let _ = std::fs::remove_file(socket.trim_start_matches("unix://"));
+            }
         }
         let _ = self.containerd.kill();
         let _ = self.containerd.wait();
+        // Container processes of killed shims run chrooted under the lab directory;
+        // they go before the unmounts (a lazily unmounted root reads as "/").
+        for pid in self.processes_rooted_here() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         let prefix = format!("{}/", self.dir.display());
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
             .unwrap_or_default()
@@ -513,6 +539,13 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     ]);
     let shims = lab.shim_pids();
     assert_eq!(shims.len(), 1);
+    let tasks = lab.ctr_ok(&["task", "ls"]);
+    let task_pid: i32 = tasks
+        .lines()
+        .find(|l| l.starts_with("d1"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid for d1 in {tasks}"));
+    assert_eq!(lab.processes_rooted_here(), vec![task_pid]);
     let bundle = lab
         .dir
         .join("state/io.containerd.runtime.v2.task/hulltest/d1");
@@ -535,17 +568,22 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     lab.ctr_ok(&["containers", "rm", "d1"]);
     lab.assert_clean();
     assert!(!socket.exists(), "the dead shim's socket is removed");
-    let sleeping = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/root"))
-                .is_ok_and(|r| r.starts_with(lab.dir.join("run")))
+    // Gone, or a zombie waiting for its new parent to reap it.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{task_pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
         })
-        .count();
-    assert_eq!(
-        sleeping, 0,
-        "the dead shim's container processes are killed"
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !alive(),
+        "the dead shim's container process {task_pid} is killed"
     );
 }
 
