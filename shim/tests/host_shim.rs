@@ -446,6 +446,13 @@ fn task_operations_and_events_in_order() {
         "from-exec",
     ]);
     assert_eq!(out, "from-exec\n");
+    // stdin of an exec reaches it, and its end (CloseIO) ends the exec.
+    let out = lab.ctr_stdin(
+        &["task", "exec", "--exec-id", "e2", "long", "cat"],
+        Some(b"piped into exec\n"),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped into exec\n");
+    assert!(out.status.success());
     let ps = lab.ctr_ok(&["task", "ps", "long"]);
     assert_eq!(ps.lines().count(), 2, "{ps}");
     let metrics = lab.ctr_ok(&["task", "metrics", "long"]);
@@ -475,6 +482,9 @@ fn task_operations_and_events_in_order() {
         [
             "/tasks/create",
             "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
             "/tasks/exec-added",
             "/tasks/exec-started",
             "/tasks/exit",
@@ -605,5 +615,41 @@ fn ctr_run_t_gives_a_terminal() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("on-a-tty"), "{text}\n{}", lab.log());
     assert_eq!(out.status.code(), Some(3), "{text}");
+
+    // An exec with a terminal (ctr also resizes it) in a running container.
+    lab.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t2",
+        "sleep",
+        "100",
+    ]);
+    let exec = format!(
+        "ctr -a {}/c.sock -n hulltest task exec -t --exec-id e1 t2 \
+         sh -c 'test -t 0 && echo exec-on-a-tty'",
+        lab.dir.display()
+    );
+    let out = Command::new("timeout")
+        .args(["30", "script", "-qec", &exec, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("exec-on-a-tty") && out.status.success(),
+        "{text}\n{}",
+        lab.log()
+    );
+    lab.ctr_ok(&["task", "kill", "-s", "KILL", "t2"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.ctr_ok(&["task", "ls"]).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "t2 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.ctr_ok(&["task", "delete", "t2"]);
+    lab.ctr_ok(&["containers", "rm", "t2"]);
     lab.assert_clean();
 }
