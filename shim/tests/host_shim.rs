@@ -502,12 +502,18 @@ fn task_operations_and_events_in_order() {
 #[test]
 fn containers_of_one_pod_share_one_shim() {
     let lab = Lab::start("pod");
+    let vol = lab.dir.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("f"), "in a volume").unwrap();
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:ro", vol.display());
     for id in ["p1", "p2"] {
         lab.ctr_ok(&[
             "run",
             "-d",
             "--annotation",
             "io.kubernetes.cri.sandbox-id=pod1",
+            "--mount",
+            &mount,
             "--runtime",
             RUNTIME,
             IMAGE,
@@ -519,6 +525,15 @@ fn containers_of_one_pod_share_one_shim() {
     assert_eq!(lab.shim_pids().len(), 1, "one shim per pod");
     let shared = lab.dir.join("run/pod1/shared");
     assert!(shared.join("p1/bin/busybox").exists() && shared.join("p2/bin/busybox").exists());
+    let in_share = shared.join(".volumes/p1/0");
+    assert_eq!(
+        std::fs::read_to_string(in_share.join("f")).unwrap(),
+        "in a volume"
+    );
+    assert!(
+        std::fs::write(in_share.join("g"), "x").is_err(),
+        "ro volume, enforced on the host"
+    );
     for id in ["p1", "p2"] {
         lab.ctr_ok(&["task", "kill", "-s", "KILL", id]);
     }

@@ -290,6 +290,15 @@ impl Backend for FakeBackend {
             .clone()
             .ok_or_else(|| BackendError::Invalid("the spec has no process".to_string()))?;
         let rootfs = share.join(req.rootfs_in_share);
+        for v in req.volumes {
+            tracing::info!(
+                container = req.container_id,
+                destination = %v.destination.display(),
+                share = %v.path_in_share,
+                readonly = v.readonly,
+                "volume shared (the fake does not mount it in the container)"
+            );
+        }
         self.add(key(req.container_id, None), rootfs, process, req.stdio)
     }
 
