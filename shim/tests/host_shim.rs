@@ -571,6 +571,8 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or_else(|| panic!("no pid for d1 in {tasks}"));
     assert_eq!(lab.processes_rooted_here(), vec![task_pid]);
+    let recorded = std::fs::read_to_string(lab.dir.join("run/d1/host-pids")).unwrap();
+    assert!(recorded.starts_with(&format!("{task_pid} ")), "{recorded}");
     let bundle = lab
         .dir
         .join("state/io.containerd.runtime.v2.task/hulltest/d1");

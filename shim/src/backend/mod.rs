@@ -8,6 +8,7 @@
 
 #[cfg(feature = "fake-backend")]
 pub mod fake;
+pub mod host_pids;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{sandbox_id, socket_path};
+use crate::backend::host_pids;
 use crate::config::Config;
 use crate::task::rootfs;
 
@@ -81,6 +82,12 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
             (share_dir.join(&flags.id), share_dir, state_dir)
         }
     };
+    // The shim served the whole pod: whatever its sandbox started on the host goes.
+    let killed = host_pids::kill_recorded(&state_dir);
+    if killed > 0 {
+        eprintln!("killed {killed} host process(es) of the dead shim's pod");
+    }
+    host_pids::clear(&state_dir);
     kill_processes_rooted_in(&shared);
     let mut failures = Vec::new();
     for target in [shared.clone(), bundle.join("rootfs")] {
