@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs Hull for containerd: release binaries on containerd's PATH, the guest
+# kernel and image under $PREFIX/share/hull, and /etc/hull/config.toml pointing
+# at them (kept when an administrator has edited it). Prints the containerd CRI
+# snippet for the runtime class `hull`. Called by `make setup`.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+prefix="${PREFIX:-/usr/local}"
+say() { echo "install: $*" >&2; }
+
+cargo build -q --release -p hull-vmm -p containerd-shim-hull-v2
+install -D -m 0755 target/release/hull-vmm "$prefix/bin/hull-vmm"
+install -D -m 0755 target/release/containerd-shim-hull-v2 "$prefix/bin/containerd-shim-hull-v2"
+install -D -m 0644 "$(kernel-config/build.sh)/vmlinux" "$prefix/share/hull/vmlinux"
+install -D -m 0644 "$(rootfs/build.sh)" "$prefix/share/hull/initramfs.cpio"
+
+virtiofsd="$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")"
+config=/etc/hull/config.toml
+marker="# Written by Hull's scripts/install.sh; delete this line to keep your edits."
+if [[ ! -f "$config" ]] || head -1 "$config" | grep -qxF "$marker"; then
+    mkdir -p /etc/hull
+    cat > "$config" <<CFG
+$marker
+kernel = "$prefix/share/hull/vmlinux"
+initrd = "$prefix/share/hull/initramfs.cpio"
+hull_vmm = "$prefix/bin/hull-vmm"
+virtiofsd = "$virtiofsd"
+vcpus = 1
+memory_mib = 512
+CFG
+else
+    say "keeping $config (edited by hand)"
+fi
+say "installed hull-vmm and containerd-shim-hull-v2 in $prefix/bin, guest images in $prefix/share/hull, config $config"
+if [[ "${1:-}" == "--print-cri" ]]; then
+    cat <<'SNIPPET'
+# containerd config.toml (version 2): Kubernetes RuntimeClass "hull"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
+  runtime_type = "io.containerd.hull.v2"
+  pod_annotations = ["io.hull.*"]
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull.options]
+    ConfigPath = "/etc/hull/config.toml"
+SNIPPET
+fi

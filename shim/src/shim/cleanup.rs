@@ -1,0 +1,148 @@
+//! `delete`: containerd runs it when a shim died, to undo what that shim left
+//! for one container (mounts, pod directories) and learn a final status.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::Context;
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::Flags;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{sandbox_id, socket_path};
+use crate::backend::host_pids;
+use crate::config::Config;
+use crate::task::rootfs;
+
+/// The shared directory the shim recorded in the bundle, if it is well formed
+/// (`<state_dir>/shared/<container_id>`, absolute, without `..`).
+fn read_marker(bundle: &Path, container_id: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(bundle.join(rootfs::SHARE_MARKER)).ok()?;
+    let path = PathBuf::from(text);
+    let well_formed = path.is_absolute()
+        && path
+            .components()
+            .all(|c| c != std::path::Component::ParentDir)
+        && path.file_name()? == container_id
+        && path.parent()?.file_name()? == "shared";
+    well_formed.then_some(path)
+}
+
+/// Kills every host process whose root directory is the container's share
+/// (what a chrooted process of a dead shim looks like), so the mounts can go.
+fn kill_processes_rooted_in(shared: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let rooted =
+            std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|root| root == shared);
+        if rooted {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Removes the dead shim's socket, named by `<bundle>/address`, unless a live
+/// shim (of another container of the pod) still answers on it.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = socket_path(address.trim());
+    if UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Status reported for a container whose shim died: killed (128 + SIGKILL).
+const DEAD_SHIM_STATUS: u32 = 137;
+
+/// Runs the `delete` subcommand and prints the `DeleteResponse`.
+pub fn run(flags: &Flags) -> anyhow::Result<()> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().context("current directory")?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let (shared, share_dir, state_dir) = match read_marker(&bundle, &flags.id) {
+        Some(shared) => {
+            let share_dir = shared.parent().unwrap_or(&shared).to_path_buf();
+            let state_dir = share_dir.parent().unwrap_or(&share_dir).to_path_buf();
+            (shared, share_dir, state_dir)
+        }
+        None => {
+            let config = Config::load(None).context("load the Hull config")?;
+            let state_dir = config.run_dir.join(sandbox_id(&bundle, &flags.id));
+            let share_dir = state_dir.join("shared");
+            (share_dir.join(&flags.id), share_dir, state_dir)
+        }
+    };
+    // The shim served the whole pod: whatever its sandbox started on the host goes.
+    let killed = host_pids::kill_recorded(&state_dir);
+    if killed > 0 {
+        eprintln!("killed {killed} host process(es) of the dead shim's pod");
+    }
+    host_pids::clear(&state_dir);
+    kill_processes_rooted_in(&shared);
+    let mut failures = Vec::new();
+    for target in [shared.clone(), bundle.join("rootfs")] {
+        if let Err(e) = rootfs::unmount(&target) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    remove_dead_socket(&bundle);
+    // Only empty directories go: a mount still present is never deleted through.
+    for dir in [&shared, &share_dir, &state_dir] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "cleanup of {} left mounts: {}",
+            flags.id,
+            failures.join("; ")
+        );
+    }
+    let response = DeleteResponse {
+        pid: 0,
+        exit_status: DEAD_SHIM_STATUS,
+        exited_at: MessageField::some(crate::task::timestamp(SystemTime::now())),
+        ..Default::default()
+    };
+    let bytes = response.write_to_bytes().context("encode DeleteResponse")?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)
+        .and_then(|()| out.flush())
+        .context("print DeleteResponse")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_well_formed_marker_is_trusted() {
+        let bundle = tempfile::tempdir().unwrap();
+        let write = |text: &str| std::fs::write(bundle.path().join(rootfs::SHARE_MARKER), text);
+        assert_eq!(read_marker(bundle.path(), "c1"), None);
+        write("/run/hull/pod/shared/c1").unwrap();
+        assert_eq!(
+            read_marker(bundle.path(), "c1"),
+            Some("/run/hull/pod/shared/c1".into())
+        );
+        for bad in [
+            "/run/hull/pod/shared/c2",
+            "relative/shared/c1",
+            "/a/../shared/c1",
+            "/x/c1",
+        ] {
+            write(bad).unwrap();
+            assert_eq!(read_marker(bundle.path(), "c1"), None, "{bad}");
+        }
+    }
+}
