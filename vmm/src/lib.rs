@@ -1,1 +1,13 @@
 //! `hull-vmm` as a library: building and running one KVM microVM.
+
+pub mod boot;
+pub mod builder;
+pub mod config;
+pub mod cpuid;
+pub mod devices;
+pub mod event_loop;
+pub mod exit;
+pub mod memory;
+pub mod mptable;
+pub mod vcpu;
+pub mod vmm;

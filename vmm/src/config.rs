@@ -1,0 +1,416 @@
+//! The VM description: from `--config vm.json` or command-line flags, validated before anything
+//! is created.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default guest command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+/// Default vCPU count.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Default guest memory in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// Lowest CID a guest may have (0-2 are reserved by the vsock spec).
+pub const MIN_GUEST_CID: u64 = 3;
+
+/// Errors in the VM description.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or value the VMM does not know.
+    #[error("{0}")]
+    Usage(String),
+    /// The JSON file could not be read.
+    #[error("cannot read config file {0}")]
+    ReadConfig(String, #[source] std::io::Error),
+    /// The JSON file is malformed.
+    #[error("invalid config file {0}")]
+    ParseConfig(String, #[source] serde_json::Error),
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Console {
+    /// The VMM's stdout.
+    #[default]
+    Stdout,
+    /// Dropped.
+    None,
+    /// Appended to a file (or written to a FIFO).
+    File(PathBuf),
+}
+
+/// The vsock device.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's CID.
+    #[serde(default = "default_cid")]
+    pub cid: u64,
+    /// Unix socket the host connects to; guest connections to host port P go to `<uds>_P`.
+    pub uds: PathBuf,
+}
+
+fn default_cid() -> u64 {
+    MIN_GUEST_CID
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Backing file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A vhost-user-fs share served by virtiofsd.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
+    /// The tag the guest mounts (`mount -t virtiofs TAG /dir`).
+    pub tag: String,
+}
+
+/// Everything needed to build one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// ELF vmlinux with a PVH entry.
+    pub kernel: PathBuf,
+    /// cpio (optionally gzip) initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; the VMM appends its device announcements.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// vCPUs, 1 to 8.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Serial console destination.
+    #[serde(default)]
+    pub console: Console,
+    /// Optional vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// virtio-blk disks.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// vhost-user-fs shares.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    /// Control socket path.
+    #[serde(default)]
+    pub control: Option<PathBuf>,
+    /// Run even on a PVM-backed /dev/kvm (only tiny guests work there).
+    #[serde(default)]
+    pub allow_pvm: bool,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY_MIB
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Print the help text.
+    Help,
+    /// Build and run a VM.
+    Run(Box<VmConfig>),
+}
+
+/// Help text for `--help`.
+pub const HELP: &str = "\
+hull-vmm: run one KVM microVM (Hull's VMM, built on rust-vmm)
+
+USAGE:
+    hull-vmm --kernel VMLINUX [--initrd INITRAMFS] [OPTIONS]
+    hull-vmm --config vm.json
+
+OPTIONS:
+    --kernel PATH      guest kernel: ELF vmlinux with a PVH entry note (CONFIG_PVH=y)
+    --initrd PATH      initramfs: cpio archive, plain or gzip; its /init runs as PID 1
+    --cmdline TEXT     guest kernel command line
+                       [default: \"console=ttyS0 reboot=t panic=-1 quiet\"];
+                       virtio_mmio.device=... words for the devices are appended
+    --vcpus N          number of vCPUs, 1 to 8 [default: 1]
+    --memory MIB       guest RAM in MiB, at least 16, at most the host's RAM [default: 128]
+    --console DEST     serial console (COM1, ttyS0): 'stdout', 'none' or a file path
+                       [default: stdout]
+    --vsock CID,PATH   virtio-vsock device with guest CID (>= 3) and a hybrid Unix socket at
+                       PATH: the host connects to PATH and sends 'CONNECT <port>\\n' (answer
+                       'OK <n>\\n'); guest connections to host port P go to PATH_P.
+                       PATH must not exist yet; it is removed when the VMM exits
+    --disk PATH[,ro]   virtio-blk disk backed by a file, read-write unless ',ro'; repeatable
+    --fs TAG,SOCKET    virtio-fs share served by virtiofsd listening on SOCKET; the guest
+                       mounts it with 'mount -t virtiofs TAG DIR'; repeatable
+    --control PATH     control socket (JSON lines, see the README); removed on exit
+    --config FILE      read the whole VM description from a JSON file (same fields:
+                       kernel, initrd, cmdline, vcpus, memory_mib, console, vsock {cid, uds},
+                       disks [{path, read_only}], fs [{socket, tag}], control, allow_pvm)
+    --allow-pvm        run even on a PVM-backed /dev/kvm, which cannot boot a standard
+                       kernel (only for tiny test guests)
+    -h, --help         print this help
+
+EXIT STATUS:
+    0  the guest powered off, rebooted or reset (a guest booted with reboot=t restarts
+       by triple fault: that is its normal way out)
+    1  VMM error (KVM unavailable or unusable, I/O error, device failure)
+    2  bad command line or configuration (missing/corrupt kernel or initramfs, existing
+       socket path, memory larger than the host's RAM)
+    3  the guest crashed in a way KVM reports (failed entry, emulation failure)
+    4  stopped by SIGTERM/SIGINT or a control-socket shutdown
+";
+
+fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a String>) -> Result<&'a String, Error> {
+    it.next()
+        .ok_or_else(|| Error::Usage(format!("{flag} needs a value (see --help)")))
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, Error> {
+    v.parse()
+        .map_err(|_| Error::Usage(format!("{flag}: '{v}' is not a valid number")))
+}
+
+fn parse_vsock(v: &str) -> Result<VsockConfig, Error> {
+    let (cid, uds) = v
+        .split_once(',')
+        .ok_or_else(|| Error::Usage(format!("--vsock: expected CID,PATH, got '{v}'")))?;
+    Ok(VsockConfig {
+        cid: number("--vsock", cid)?,
+        uds: PathBuf::from(uds),
+    })
+}
+
+fn parse_disk(v: &str) -> DiskConfig {
+    match v.strip_suffix(",ro") {
+        Some(path) => DiskConfig {
+            path: PathBuf::from(path),
+            read_only: true,
+        },
+        None => DiskConfig {
+            path: PathBuf::from(v.strip_suffix(",rw").unwrap_or(v)),
+            read_only: false,
+        },
+    }
+}
+
+fn parse_fs(v: &str) -> Result<FsConfig, Error> {
+    let (tag, socket) = v
+        .split_once(',')
+        .ok_or_else(|| Error::Usage(format!("--fs: expected TAG,SOCKET, got '{v}'")))?;
+    Ok(FsConfig {
+        tag: tag.to_string(),
+        socket: PathBuf::from(socket),
+    })
+}
+
+/// Reads a JSON VM description.
+pub fn from_file(path: &Path) -> Result<VmConfig, Error> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::ReadConfig(name.clone(), e))?;
+    serde_json::from_str(&text).map_err(|e| Error::ParseConfig(name, e))
+}
+
+/// Parses the command line (without the program name).
+pub fn parse_args(args: &[String]) -> Result<Command, Error> {
+    let mut it = args.iter();
+    let mut config_file = None;
+    let mut kernel = None;
+    let mut cfg = VmConfig {
+        kernel: PathBuf::new(),
+        initrd: None,
+        cmdline: default_cmdline(),
+        vcpus: DEFAULT_VCPUS,
+        memory_mib: DEFAULT_MEMORY_MIB,
+        console: Console::Stdout,
+        vsock: None,
+        disks: Vec::new(),
+        fs: Vec::new(),
+        control: None,
+        allow_pvm: false,
+    };
+    let mut flags = false;
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut val = || -> Result<String, Error> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => value(flag, &mut it).cloned(),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--config" => config_file = Some(PathBuf::from(val()?)),
+            "--allow-pvm" => cfg.allow_pvm = true,
+            other => {
+                flags = true;
+                match other {
+                    "--kernel" => kernel = Some(PathBuf::from(val()?)),
+                    "--initrd" => cfg.initrd = Some(PathBuf::from(val()?)),
+                    "--cmdline" => cfg.cmdline = val()?,
+                    "--vcpus" => cfg.vcpus = number(flag, &val()?)?,
+                    "--memory" => cfg.memory_mib = number(flag, &val()?)?,
+                    "--console" => {
+                        cfg.console = match val()?.as_str() {
+                            "stdout" | "-" => Console::Stdout,
+                            "none" => Console::None,
+                            path => Console::File(PathBuf::from(path)),
+                        }
+                    }
+                    "--vsock" => cfg.vsock = Some(parse_vsock(&val()?)?),
+                    "--disk" => cfg.disks.push(parse_disk(&val()?)),
+                    "--fs" => cfg.fs.push(parse_fs(&val()?)?),
+                    "--control" => cfg.control = Some(PathBuf::from(val()?)),
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "unknown argument '{arg}' (see --help)"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    let cfg = match config_file {
+        Some(_) if flags => {
+            return Err(Error::Usage(
+                "--config cannot be combined with other VM flags".into(),
+            ))
+        }
+        Some(path) => {
+            let mut file_cfg = from_file(&path)?;
+            file_cfg.allow_pvm |= cfg.allow_pvm;
+            file_cfg
+        }
+        None => {
+            cfg.kernel =
+                kernel.ok_or_else(|| Error::Usage("--kernel is required (see --help)".into()))?;
+            cfg
+        }
+    };
+    validate(&cfg)?;
+    Ok(Command::Run(Box::new(cfg)))
+}
+
+/// Checks the values that need no file system access.
+pub fn validate(cfg: &VmConfig) -> Result<(), Error> {
+    if !(1..=crate::mptable::MAX_VCPUS).contains(&cfg.vcpus) {
+        return Err(Error::Usage(format!(
+            "--vcpus must be 1 to 8, not {}",
+            cfg.vcpus
+        )));
+    }
+    if let Some(v) = &cfg.vsock {
+        if v.cid < MIN_GUEST_CID || v.cid > u64::from(u32::MAX) {
+            return Err(Error::Usage(format!(
+                "vsock CID must be 3 to 2^32-1, not {}",
+                v.cid
+            )));
+        }
+    }
+    for fs in &cfg.fs {
+        if fs.tag.is_empty() || fs.tag.len() > 36 {
+            return Err(Error::Usage(format!(
+                "virtio-fs tag '{}' must be 1 to 36 bytes",
+                fs.tag
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn run(s: &str) -> VmConfig {
+        match parse_args(&args(s)).unwrap() {
+            Command::Run(c) => *c,
+            Command::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn flags() {
+        let c = run("--kernel k --initrd i --vcpus 2 --memory=256 --console none --vsock 3,/tmp/v.sock --disk d,ro --disk e --fs share,/tmp/fs.sock");
+        assert_eq!(c.kernel, PathBuf::from("k"));
+        assert_eq!(c.initrd, Some(PathBuf::from("i")));
+        assert_eq!((c.vcpus, c.memory_mib, c.console), (2, 256, Console::None));
+        assert_eq!(
+            c.vsock,
+            Some(VsockConfig {
+                cid: 3,
+                uds: "/tmp/v.sock".into()
+            })
+        );
+        assert_eq!(c.disks, vec![parse_disk("d,ro"), parse_disk("e")]);
+        assert!(c.disks[0].read_only && !c.disks[1].read_only);
+        assert_eq!(c.fs[0].tag, "share");
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            "",
+            "--kernel",
+            "--kernel k --vcpus 9",
+            "--kernel k --vcpus 0",
+            "--kernel k --memory lots",
+            "--kernel k --vsock 2,/x",
+            "--kernel k --vsock /x",
+            "--kernel k --bogus",
+            "--config c.json --kernel k",
+        ] {
+            assert!(
+                matches!(parse_args(&args(bad)), Err(Error::Usage(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_args(&args("--help")).unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn json_config() {
+        let dir = std::env::temp_dir().join(format!("hull-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.json");
+        std::fs::write(
+            &path,
+            r#"{"kernel":"/k","vcpus":2,"console":{"file":"/tmp/c"},"vsock":{"uds":"/tmp/v"},"disks":[{"path":"/d","read_only":true}]}"#,
+        )
+        .unwrap();
+        let c = run(&format!("--config {}", path.display()));
+        assert_eq!((c.vcpus, c.memory_mib), (2, DEFAULT_MEMORY_MIB));
+        assert_eq!(c.console, Console::File("/tmp/c".into()));
+        assert_eq!(c.vsock.unwrap().cid, MIN_GUEST_CID);
+        std::fs::write(&path, r#"{"kernel":"/k","typo":1}"#).unwrap();
+        assert!(matches!(
+            parse_args(&args(&format!("--config {}", path.display()))),
+            Err(Error::ParseConfig(..))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

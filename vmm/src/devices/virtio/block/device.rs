@@ -1,0 +1,274 @@
+//! The virtio-blk device: a file-backed disk, read-only or read-write, with flush. Requests are
+//! bounds-checked against the disk and guest memory; a malformed one fails with an error status
+//! (or is returned unused when there is nowhere to put a status), never panics.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT, Reader, Writer};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
+};
+use crate::memory::GuestMem;
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+/// Queue size.
+pub const QUEUE_SIZE: u16 = 256;
+const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+const REQ_HDR_LEN: usize = 16;
+const ID_LEN: usize = 20;
+const CHUNK: usize = 64 * 1024;
+
+/// Errors opening the disk.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backing file cannot be opened.
+    #[error("cannot open disk image {0}")]
+    Open(String, #[source] std::io::Error),
+    /// An eventfd could not be created.
+    #[error("cannot create the disk's queue event")]
+    EventFd(#[source] std::io::Error),
+}
+
+struct Active {
+    mem: GuestMem,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+/// A file-backed virtio-blk disk.
+pub struct Block {
+    file: File,
+    read_only: bool,
+    capacity_sectors: u64,
+    acked: u64,
+    evts: Vec<EventFd>,
+    active: Option<Active>,
+}
+
+impl Block {
+    /// Opens `path` as a disk; its size is rounded down to whole sectors.
+    pub fn new(path: &Path, read_only: bool) -> Result<Self, Error> {
+        let name = path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| Error::Open(name.clone(), e))?;
+        let len = file.metadata().map_err(|e| Error::Open(name, e))?.len();
+        Ok(Block {
+            file,
+            read_only,
+            capacity_sectors: len / SECTOR_SIZE,
+            acked: 0,
+            evts: vec![EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
+            active: None,
+        })
+    }
+
+    /// Disk size in sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity_sectors
+    }
+
+    /// Byte offset of `sector` if `len` bytes from there fit the disk.
+    fn range(&self, sector: u64, len: usize) -> Option<u64> {
+        let start = sector.checked_mul(SECTOR_SIZE)?;
+        let end = start.checked_add(len as u64)?;
+        (end <= self.capacity_sectors * SECTOR_SIZE).then_some(start)
+    }
+
+    fn read_into(&self, offset: u64, len: usize, w: &mut Writer<'_>) -> bool {
+        let mut buf = vec![0u8; CHUNK.min(len)];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            if self
+                .file
+                .read_exact_at(&mut buf[..n], offset + done as u64)
+                .is_err()
+                || w.write_all(&buf[..n]).is_err()
+            {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    fn write_from(&self, offset: u64, len: usize, r: &mut Reader<'_>) -> bool {
+        let mut buf = vec![0u8; CHUNK.min(len)];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            if r.read_exact(&mut buf[..n]).is_err()
+                || self
+                    .file
+                    .write_all_at(&buf[..n], offset + done as u64)
+                    .is_err()
+            {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    /// Serves one request; returns the bytes written to guest memory, or None when the chain
+    /// has no room for a status byte.
+    fn serve<M>(&self, mem: &GuestMem, chain: virtio_queue::DescriptorChain<M>) -> Option<u32>
+    where
+        M: std::ops::Deref + Clone,
+        M::Target: vm_memory::GuestMemory + Sized,
+    {
+        let mut reader = Reader::new(mem, chain.clone()).ok()?;
+        let writer = Writer::new(mem, chain).ok()?;
+        let room = writer.available_bytes();
+        if room == 0 {
+            return None;
+        }
+        let mut status_writer = writer;
+        let mut data = status_writer.split_at(room - 1).ok()?;
+        // `data` is now everything but the last byte; `status_writer` holds the status byte.
+        std::mem::swap(&mut data, &mut status_writer);
+        let data_len = room - 1;
+
+        let mut hdr = [0u8; REQ_HDR_LEN];
+        let status = if reader.read_exact(&mut hdr).is_err() {
+            S_IOERR
+        } else {
+            let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&hdr[8..16]);
+            let sector = u64::from_le_bytes(s);
+            self.execute(kind, sector, &mut reader, &mut data, data_len)
+        };
+        let written = if status == S_OK {
+            data.bytes_written()
+        } else {
+            0
+        };
+        status_writer.write_all(&[status]).ok()?;
+        Some(written as u32 + 1)
+    }
+
+    fn execute(
+        &self,
+        kind: u32,
+        sector: u64,
+        reader: &mut Reader<'_>,
+        data: &mut Writer<'_>,
+        data_len: usize,
+    ) -> u8 {
+        let ok = |b: bool| if b { S_OK } else { S_IOERR };
+        match kind {
+            T_IN => match self.range(sector, data_len) {
+                Some(off) if (data_len as u64).is_multiple_of(SECTOR_SIZE) => {
+                    ok(self.read_into(off, data_len, data))
+                }
+                _ => S_IOERR,
+            },
+            T_OUT => {
+                let len = reader.available_bytes();
+                match self.range(sector, len) {
+                    Some(off) if !self.read_only && (len as u64).is_multiple_of(SECTOR_SIZE) => {
+                        ok(self.write_from(off, len, reader))
+                    }
+                    _ => S_IOERR,
+                }
+            }
+            T_FLUSH if self.acked & F_FLUSH != 0 => {
+                ok(self.read_only || self.file.sync_data().is_ok())
+            }
+            T_GET_ID => {
+                let mut id = [0u8; ID_LEN];
+                id[..8].copy_from_slice(b"hull-blk");
+                let n = ID_LEN.min(data_len);
+                ok(data.write_all(&id[..n]).is_ok())
+            }
+            _ => S_UNSUPP,
+        }
+    }
+
+    /// Serves every available request. Returns true if any was completed.
+    pub fn process_requests(&mut self) -> bool {
+        let Some(mut a) = self.active.take() else {
+            return false;
+        };
+        let mut used = false;
+        while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
+            let head = chain.head_index();
+            let len = self.serve(&a.mem, chain).unwrap_or(0);
+            if a.queue.add_used(&a.mem, head, len).is_err() {
+                tracing::warn!("virtio-blk: cannot return a request");
+            }
+            used = true;
+        }
+        if used {
+            a.interrupt.trigger(INT_VRING);
+        }
+        self.active = Some(a);
+        used
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | F_FLUSH | if self.read_only { F_RO } else { 0 }
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.capacity_sectors.to_le_bytes(), offset, data)
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let queue = queues.into_iter().next().ok_or(ActivateError::BadQueues)?;
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
+        Ok(())
+    }
+    fn reset(&mut self) -> bool {
+        self.active = None;
+        true
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.evts
+    }
+    fn process_queue(&mut self, _index: usize) {
+        self.process_requests();
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

@@ -1,0 +1,228 @@
+//! The virtio-vsock device: moves packets between the guest's RX/TX queues and the muxer.
+//! Every descriptor chain is checked; a malformed one is returned unused, never followed
+//! outside guest memory.
+
+use std::io::{Read, Write};
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::muxer::{self, Muxer, MAX_RX_PAYLOAD};
+use super::packet::{Header, Packet, HDR_LEN, OP_RW};
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1,
+};
+use crate::memory::GuestMem;
+
+/// Queue size of each of the three queues.
+pub const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+const EVT: usize = 2;
+
+/// Errors creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backend socket could not be created.
+    #[error(transparent)]
+    Backend(#[from] muxer::Error),
+    /// An eventfd could not be created.
+    #[error("cannot create vsock queue events")]
+    EventFd(#[source] std::io::Error),
+}
+
+struct Active {
+    mem: GuestMem,
+    queues: Vec<Queue>,
+    interrupt: Arc<Interrupt>,
+}
+
+/// A vsock device with guest CID `cid`.
+pub struct Vsock {
+    cid: u64,
+    muxer: Muxer,
+    evts: Vec<EventFd>,
+    active: Option<Active>,
+}
+
+impl Vsock {
+    /// Creates the device and its listening socket at `uds`.
+    pub fn new(cid: u64, uds: &Path) -> Result<Self, Error> {
+        let evts = (0..3)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::EventFd)?;
+        Ok(Vsock {
+            cid,
+            muxer: Muxer::new(cid, uds)?,
+            evts,
+            active: None,
+        })
+    }
+
+    /// The muxer, for tests and statistics.
+    pub fn muxer(&self) -> &Muxer {
+        &self.muxer
+    }
+
+    /// Takes every packet the guest queued on TX. Returns true if any chain was used.
+    pub fn process_tx(&mut self) -> bool {
+        let Some(a) = self.active.as_mut() else {
+            return false;
+        };
+        let mut used = false;
+        while !self.muxer.control_full() {
+            let Some(chain) = a.queues[TX].pop_descriptor_chain(&a.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            if let Some(pkt) = read_packet(&a.mem, chain) {
+                self.muxer.handle_guest_packet(pkt);
+            }
+            if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
+                tracing::warn!("vsock: cannot return a TX buffer");
+            }
+            used = true;
+        }
+        used
+    }
+
+    /// Fills guest RX buffers with whatever the muxer has. Returns true if any chain was used.
+    pub fn process_rx(&mut self) -> bool {
+        let Some(a) = self.active.as_mut() else {
+            return false;
+        };
+        let mut used = false;
+        while self.muxer.has_rx() {
+            let Some(chain) = a.queues[RX].pop_descriptor_chain(&a.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut writer = match Writer::new(&a.mem, chain) {
+                Ok(w) if w.available_bytes() >= HDR_LEN => w,
+                _ => {
+                    // Malformed or too small: hand it back empty.
+                    let _ = a.queues[RX].add_used(&a.mem, head, 0);
+                    used = true;
+                    continue;
+                }
+            };
+            let room = (writer.available_bytes() - HDR_LEN).min(MAX_RX_PAYLOAD);
+            let Some(pkt) = self.muxer.next_rx_packet(room) else {
+                a.queues[RX].go_to_previous_position();
+                break;
+            };
+            let mut hdr = pkt.hdr;
+            hdr.len = pkt.data.len() as u32;
+            let ok = writer.write_all(&hdr.bytes()).is_ok() && writer.write_all(&pkt.data).is_ok();
+            let len = if ok { writer.bytes_written() as u32 } else { 0 };
+            let _ = a.queues[RX].add_used(&a.mem, head, len);
+            used = true;
+        }
+        used
+    }
+
+    fn notify(&mut self) {
+        if let Some(a) = self.active.as_mut() {
+            a.interrupt.trigger(INT_VRING);
+        }
+    }
+
+    fn pump(&mut self) {
+        let mut used = false;
+        loop {
+            let tx = self.process_tx();
+            let rx = self.process_rx();
+            used |= tx || rx;
+            if !tx {
+                break;
+            }
+        }
+        if used {
+            self.notify();
+        }
+    }
+}
+
+/// Reads one TX packet; None for a malformed chain or header.
+fn read_packet<M>(mem: &GuestMem, chain: virtio_queue::DescriptorChain<M>) -> Option<Packet>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory + Sized,
+{
+    let mut reader = Reader::new(mem, chain).ok()?;
+    let mut raw = [0u8; HDR_LEN];
+    reader.read_exact(&mut raw).ok()?;
+    let hdr = Header::parse(&raw);
+    let len = hdr.len as usize;
+    if hdr.op != OP_RW && len != 0 {
+        return None;
+    }
+    if len > muxer::TX_BUF_SIZE as usize || len > reader.available_bytes() {
+        return None;
+    }
+    let mut data = vec![0u8; len];
+    reader.read_exact(&mut data).ok()?;
+    Some(Packet { hdr, data })
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn ack_features(&mut self, _features: u64) {}
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data)
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 3 {
+            return Err(ActivateError::BadQueues);
+        }
+        self.active = Some(Active {
+            mem,
+            queues,
+            interrupt,
+        });
+        self.pump();
+        Ok(())
+    }
+    fn reset(&mut self) -> bool {
+        self.active = None;
+        self.muxer.reset_all();
+        true
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.evts
+    }
+    fn backend_fds(&self) -> Vec<RawFd> {
+        vec![self.muxer.poll_fd()]
+    }
+    fn process_queue(&mut self, index: usize) {
+        if index != EVT {
+            self.pump();
+        }
+    }
+    fn process_backend(&mut self, _fd: RawFd) {
+        self.muxer.process_events();
+        self.pump();
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

@@ -1,0 +1,6 @@
+//! virtio-vsock with a hybrid Unix-socket backend: packet format, the connection muxer, and the
+//! device's queue handling.
+
+pub mod device;
+pub mod muxer;
+pub mod packet;

@@ -1,0 +1,178 @@
+//! The VMM's event loop thread: one epoll over the exit event, termination signals, device queue
+//! notifications and device backend sockets. Dispatch only; the work happens in the devices.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::devices::virtio::VirtioDevice;
+use crate::exit::{ExitNotifier, ExitReason};
+
+/// Errors of the event loop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// epoll or signalfd setup failed.
+    #[error("event loop setup failed")]
+    Setup(#[source] std::io::Error),
+}
+
+/// Something that handles readiness of a descriptor registered with the loop.
+pub trait EventHandler: Send {
+    /// Called when `fd` is ready.
+    fn handle(&mut self, fd: RawFd);
+}
+
+enum Source {
+    Exit,
+    Signal,
+    Queue(Arc<Mutex<dyn VirtioDevice>>, usize),
+    Backend(Arc<Mutex<dyn VirtioDevice>>, RawFd),
+    Handler(Arc<Mutex<dyn EventHandler>>, RawFd),
+}
+
+/// The epoll set and what each registered descriptor means.
+pub struct EventLoop {
+    epoll: Epoll,
+    sources: Vec<Source>,
+    signal_fd: Option<OwnedFd>,
+    exit: Arc<ExitNotifier>,
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and threads it spawns later) so that only
+/// the event loop's signalfd sees them.
+pub fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset/pthread_sigmask only touch it and
+    // the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+impl EventLoop {
+    /// A loop that ends when `exit` is notified.
+    pub fn new(exit: Arc<ExitNotifier>) -> Result<Self, Error> {
+        let mut el = EventLoop {
+            epoll: Epoll::new().map_err(Error::Setup)?,
+            sources: Vec::new(),
+            signal_fd: None,
+            exit,
+        };
+        let fd = el.exit.event().as_raw_fd();
+        el.add(fd, Source::Exit)?;
+        Ok(el)
+    }
+
+    fn add(&mut self, fd: RawFd, source: Source) -> Result<(), Error> {
+        let token = self.sources.len() as u64;
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(Error::Setup)?;
+        self.sources.push(source);
+        Ok(())
+    }
+
+    /// Turns SIGTERM/SIGINT into a clean stop (they must be blocked in every thread).
+    pub fn watch_termination_signals(&mut self) -> Result<(), Error> {
+        let set = block_termination_signals();
+        // SAFETY: `set` is initialised; the result is checked.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(Error::Setup(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        self.add(owned.as_raw_fd(), Source::Signal)?;
+        self.signal_fd = Some(owned);
+        Ok(())
+    }
+
+    /// Polls a device's queue events and backend descriptors.
+    pub fn add_device(&mut self, dev: Arc<Mutex<dyn VirtioDevice>>) -> Result<(), Error> {
+        let (queue_fds, backend_fds) = {
+            let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            let q: Vec<RawFd> = d.queue_events().iter().map(|e| e.as_raw_fd()).collect();
+            (q, d.backend_fds())
+        };
+        for (i, fd) in queue_fds.into_iter().enumerate() {
+            self.add(fd, Source::Queue(dev.clone(), i))?;
+        }
+        for fd in backend_fds {
+            self.add(fd, Source::Backend(dev.clone(), fd))?;
+        }
+        Ok(())
+    }
+
+    /// Polls `fd` on behalf of `handler`.
+    pub fn add_handler(
+        &mut self,
+        fd: RawFd,
+        handler: Arc<Mutex<dyn EventHandler>>,
+    ) -> Result<(), Error> {
+        self.add(fd, Source::Handler(handler, fd))
+    }
+
+    /// Runs until the VM exits or a termination signal arrives.
+    pub fn run(&mut self) -> ExitReason {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return ExitReason::VmmError(format!("epoll_wait: {e}")),
+            };
+            for ev in &events[..n] {
+                match self.sources.get(ev.data() as usize) {
+                    Some(Source::Exit) => {
+                        let _ = self.exit.event().read();
+                        if let Some(reason) = self.exit.reason() {
+                            return reason;
+                        }
+                    }
+                    Some(Source::Signal) => {
+                        tracing::info!("termination signal: stopping the VM");
+                        self.exit.notify(ExitReason::Stopped);
+                    }
+                    Some(Source::Queue(dev, idx)) => {
+                        let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(evt) = d.queue_events().get(*idx) {
+                            // Non-blocking: an empty counter just means a spurious wakeup.
+                            let _ = evt.read();
+                        }
+                        d.process_queue(*idx);
+                    }
+                    Some(Source::Backend(dev, fd)) => dev
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .process_backend(*fd),
+                    Some(Source::Handler(h, fd)) => {
+                        h.lock().unwrap_or_else(|e| e.into_inner()).handle(*fd)
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_event_ends_the_loop() {
+        let exit = Arc::new(ExitNotifier::new().unwrap());
+        let mut el = EventLoop::new(exit.clone()).unwrap();
+        exit.notify(ExitReason::GuestPowerOff);
+        assert_eq!(el.run(), ExitReason::GuestPowerOff);
+    }
+}

@@ -1,0 +1,80 @@
+//! Running a built VM: start the event loop and the vCPU threads, wait for the exit, clean up.
+
+use std::sync::Arc;
+
+use kvm_ioctls::VcpuFd;
+
+use crate::builder::VmParts;
+use crate::event_loop::EventLoop;
+use crate::exit::ExitReason;
+use crate::vcpu::{self, Vcpu};
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    parts: VmParts,
+    vcpus: Vec<VcpuFd>,
+}
+
+impl Vmm {
+    /// Wraps the parts and vCPUs made by the builder.
+    pub fn new(parts: VmParts, vcpus: Vec<VcpuFd>) -> Self {
+        Vmm { parts, vcpus }
+    }
+
+    fn event_loop(&self, signals: bool) -> Result<EventLoop, crate::event_loop::Error> {
+        let mut el = EventLoop::new(self.parts.exit.clone())?;
+        if signals {
+            el.watch_termination_signals()?;
+        }
+        for dev in &self.parts.devices {
+            el.add_device(dev.clone())?;
+        }
+        Ok(el)
+    }
+
+    fn start_vcpus(&mut self) -> Result<(), String> {
+        vcpu::install_kick_handler()
+            .map_err(|e| format!("cannot install the vCPU kick handler: {e}"))?;
+        let pio = Arc::new(std::mem::take(&mut self.parts.pio));
+        let mmio = Arc::new(std::mem::take(&mut self.parts.mmio));
+        for (id, fd) in self.vcpus.drain(..).enumerate() {
+            let vcpu = Vcpu {
+                fd,
+                id: id as u8,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                exit: self.parts.exit.clone(),
+                control: self.parts.control.clone(),
+            };
+            vcpu.start().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn run_inner(&mut self, signals: bool) -> ExitReason {
+        let mut el = match self.event_loop(signals) {
+            Ok(el) => el,
+            Err(e) => return ExitReason::VmmError(e.to_string()),
+        };
+        if let Err(e) = self.start_vcpus() {
+            return ExitReason::VmmError(e);
+        }
+        el.run()
+    }
+
+    /// Runs the VM until it stops and returns why. With `signals`, SIGTERM and SIGINT stop the
+    /// VM cleanly. The vCPUs are stopped and the VMM's sockets removed before returning.
+    pub fn run_with(mut self, signals: bool) -> ExitReason {
+        let reason = self.run_inner(signals);
+        self.parts.control.stop();
+        for path in &self.parts.cleanup {
+            let _ = std::fs::remove_file(path);
+        }
+        reason
+    }
+
+    /// Runs the VM (without signal handling: for embedding and tests).
+    pub fn run(self) -> ExitReason {
+        self.run_with(false)
+    }
+}
