@@ -1,60 +1,129 @@
-//! `hull-agent`: the guest's `/init`.
+//! `hull-agent`: the guest's `/init`, and the container engine inside it.
 //!
-//! For now it proves the boot path: mounts the basics, prints the ready marker
-//! on the console and restarts the VM, which the VMM treats as power-off.
+//! Usage:
+//!   hull-agent [--listen unix:/path | vsock:PORT] [--containers-root DIR]
+//!              [--cgroup-root DIR] [--state-dir DIR]
+//!
+//! As PID 1 it mounts the guest's filesystems, starts serving on vsock port
+//! 1024 and prints the ready marker
+//! (`HULL_AGENT_READY uptime=<secs> init_start=<secs> listen=<addr>`, both
+//! times from /proc/uptime); with `hull.selftest=ready` on the kernel command
+//! line it then powers off at once (printing `error="..."` instead of
+//! `listen=` if the server could not start). As a normal process (host tests) it serves on the given
+//! socket and leaves guest-wide settings (hostname, mounts) alone.
+//!
+//! Kernel command-line words read as PID 1: `hull.selftest=ready` (see above)
+//! and `hull.log_port=PORT` (also send logs on a vsock stream to that host port).
+//! `HULL_AGENT_LOG` sets the log filter (default `info`).
 
-use std::ffi::CString;
-use std::io::Write;
+mod cgroup;
+mod channel;
+mod container;
+mod init;
+mod logging;
+mod oom;
+mod paths;
+mod reaper;
+mod rpc;
+mod sandbox;
+mod server;
+mod setup;
+mod stdio;
 
-fn mount(source: &str, target: &str, fstype: &str) -> std::io::Result<()> {
-    std::fs::create_dir_all(target)?;
-    let c = |s: &str| CString::new(s).expect("static mount arguments have no NUL");
-    let (source, target, fstype) = (c(source), c(target), c(fstype));
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call;
-    // a null data pointer is allowed by mount(2).
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::sandbox::{Config, Sandbox};
+
+struct Args {
+    listen: String,
+    config: Config,
 }
 
-fn uptime() -> String {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
+fn parse_args(guest: bool) -> anyhow::Result<Args> {
+    let mut args = Args {
+        listen: format!("vsock:{}", hull_protocol::AGENT_PORT),
+        config: Config {
+            containers_root: PathBuf::from(sandbox::SHARED_DIR),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup/hull"),
+            state_dir: PathBuf::from("/run/hull"),
+            guest,
+        },
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => args.listen = value()?,
+            "--containers-root" => args.config.containers_root = value()?.into(),
+            "--cgroup-root" => args.config.cgroup_root = value()?.into(),
+            "--state-dir" => args.config.state_dir = value()?.into(),
+            other => bail!("unknown argument {other:?}; see the usage in the source header"),
+        }
+    }
+    Ok(args)
+}
+
+fn run() -> anyhow::Result<()> {
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        init::mount_all().context("mount the guest filesystems")?;
+    }
+    let started = init::uptime();
+    init::ensure_stdio();
+    let cmdline = if pid1 {
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let (sink, log_error) = logging::Sink::from_cmdline(&cmdline);
+    tracing_subscriber::fmt()
+        .with_writer(sink)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HULL_AGENT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if let Some(e) = log_error {
+        tracing::warn!(error = %e, "logging to the console only");
+    }
+    let args = parse_args(pid1)?;
+    if !pid1 {
+        reaper::become_subreaper().context("become a child subreaper")?;
+    }
+    if !init::is_cgroup2(std::path::Path::new("/sys/fs/cgroup")) {
+        tracing::warn!("/sys/fs/cgroup is not cgroup v2: container limits will fail");
+    }
+    reaper::reaper();
+    let sandbox = Arc::new(Sandbox::new(args.config).context("prepare the sandbox")?);
+    let selftest = pid1 && init::cmdline_has(init::SELFTEST_READY);
+    let (_server, status) = match server::start(&args.listen, sandbox) {
+        Ok(server) => (Some(server), format!("listen={}", args.listen)),
+        // The boot self-test still reports (and powers off) without a server.
+        Err(e) if selftest => (None, format!("error=\"{:#}\"", anyhow::Error::from(e))),
+        Err(e) => return Err(e).context("start the API server"),
+    };
+    init::print_ready(started, &status);
+    if selftest {
+        init::power_off();
+    }
+    loop {
+        std::thread::park();
+    }
 }
 
 fn main() {
-    let pid1 = std::process::id() == 1;
-    if pid1 {
-        for (src, dst, fs) in [
-            ("proc", "/proc", "proc"),
-            ("sysfs", "/sys", "sysfs"),
-            ("devtmpfs", "/dev", "devtmpfs"),
-        ] {
-            if let Err(e) = mount(src, dst, fs) {
-                eprintln!("hull-agent: mount {dst}: {e}");
-            }
-        }
+    if std::env::args().nth(1).as_deref() == Some(setup::SETUP_ARG) {
+        setup::main();
     }
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{} uptime={}", hull_protocol::READY_MARKER, uptime());
-    let _ = out.flush();
-    if pid1 {
-        // SAFETY: sync(2) takes no arguments and cannot fail.
-        unsafe { libc::sync() };
-        // SAFETY: reboot(2) with a valid command; as PID 1 we own the machine.
-        unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    if let Err(e) = run() {
+        eprintln!("hull-agent: {e:#}");
+        if std::process::id() == 1 {
+            init::power_off();
+        }
+        std::process::exit(1);
     }
 }

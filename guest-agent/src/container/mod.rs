@@ -1,0 +1,131 @@
+//! Containers and their processes, one file per operation.
+
+mod create;
+mod exec;
+mod remove;
+mod signal;
+mod spawn;
+mod start;
+mod tty;
+mod wait;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+pub use create::do_create;
+pub use exec::do_exec;
+pub use remove::do_remove;
+pub use signal::do_signal;
+pub use start::do_start;
+pub use tty::{do_close_stdin, do_resize};
+pub use wait::do_wait;
+
+use crate::cgroup::{Cgroup, CgroupError};
+use crate::channel::{Channel, ChannelError};
+use crate::paths::PathError;
+use crate::stdio::{Drained, StdioError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("invalid id {0:?}: use 1-64 characters of [A-Za-z0-9_.-]")]
+    InvalidId(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("process {exec} of container {id} not found")]
+    ProcessNotFound { id: String, exec: String },
+    #[error("invalid OCI spec")]
+    Spec(#[source] serde_json::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unsafe or missing path")]
+    Path(#[from] PathError),
+    #[error("cgroup")]
+    Cgroup(#[from] CgroupError),
+    #[error("stdio")]
+    Stdio(#[from] StdioError),
+    #[error("setup channel")]
+    Channel(#[from] ChannelError),
+    #[error("cannot start the setup helper")]
+    Helper(#[source] std::io::Error),
+    #[error("container setup failed: {0}")]
+    Setup(String),
+    #[error("container {0} was already started")]
+    AlreadyStarted(String),
+    #[error("process has no terminal")]
+    NoTerminal,
+    #[error("{what}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// One process of a container: its init or an exec.
+pub struct Process {
+    pub pid: i32,
+    /// Our copy of the stdin stream, to end it on CloseStdin.
+    pub stdin: Mutex<Option<OwnedFd>>,
+    /// The pty master and its relay's progress, with a terminal.
+    pub pty: Option<(OwnedFd, Arc<Drained>)>,
+}
+
+pub struct Container {
+    pub id: String,
+    pub cgroup: Cgroup,
+    pub init: Arc<Process>,
+    /// Applied to exec'd processes too.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// Channel to the waiting init until StartContainer.
+    start: Mutex<Option<Channel>>,
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+impl Container {
+    /// The init process for an empty `exec_id`, else that exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>, ContainerError> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .expect("execs lock")
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ContainerError::ProcessNotFound {
+                id: self.id.clone(),
+                exec: exec_id.into(),
+            })
+    }
+}
+
+/// Ids become cgroup directory names and log fields: keep them plain.
+pub fn check_id(id: &str) -> Result<(), ContainerError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ContainerError::InvalidId(id.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_plain() {
+        assert!(check_id("abc-1_2.3").is_ok());
+        for bad in ["", "..", "a/b", ".hidden", &"x".repeat(65), "a b"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Starts the setup helper (`hull-agent __setup`) for a new process and
+//! collects what it reports: PID, pty master, ready or error.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
+
+use super::{ContainerError, Process};
+use crate::channel::{Channel, Msg};
+use crate::reaper::reaper;
+use crate::setup::{SetupConfig, CHANNEL_FD, CONFIG_FD, SETUP_ARG};
+use crate::stdio::{relay_pty, Streams};
+
+/// Descriptors at or above this are free while the child rearranges its table.
+const SCRATCH_FD: i32 = 10;
+
+/// Runs the helper until the process is set up (`Ready`); returns the process
+/// and the channel, which reaches end-of-file once the program is executed.
+pub fn spawn(
+    config: &SetupConfig,
+    streams: Streams,
+) -> Result<(Arc<Process>, Channel), ContainerError> {
+    let id = &config.container_id;
+    let (ours, theirs) = Channel::pair()?;
+    let (config_r, config_w) = pipe2(OFlag::O_CLOEXEC).map_err(|source| ContainerError::Sys {
+        what: "pipe for the setup config",
+        source,
+    })?;
+    let stdin_copy = streams
+        .stdin
+        .as_ref()
+        .map(OwnedFd::try_clone)
+        .transpose()
+        .map_err(ContainerError::Helper)?;
+    let terminal = config.process.terminal().unwrap_or(false);
+    let stdio = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
+    let (pty_stream, helper_stdin) = if terminal {
+        (streams.stdin, None)
+    } else {
+        (None, streams.stdin)
+    };
+    let (chan_fd, cfg_fd) = (theirs.fd().as_raw_fd(), config_r.as_raw_fd());
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(SETUP_ARG)
+        .env_clear()
+        .stdin(stdio(helper_stdin))
+        .stdout(stdio(streams.stdout))
+        .stderr(stdio(streams.stderr));
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // async-signal-safe fcntl/dup2/close on descriptors we own.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (fd, target) in [(chan_fd, CHANNEL_FD), (cfg_fd, CONFIG_FD)] {
+                let scratch = libc::fcntl(fd, libc::F_DUPFD, SCRATCH_FD);
+                if scratch < 0 || libc::dup2(scratch, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(scratch);
+            }
+            Ok(())
+        })
+    };
+    let helper = cmd.spawn().map_err(ContainerError::Helper)?;
+    drop(theirs);
+    drop(config_r);
+    let json = serde_json::to_vec(config).map_err(ContainerError::Spec)?;
+    std::fs::File::from(config_w)
+        .write_all(&json)
+        .map_err(ContainerError::Helper)?;
+
+    let mut pid = None;
+    let mut master = None;
+    let result = loop {
+        match ours.recv()? {
+            Some((Msg::Pid(p), _)) => pid = Some(p),
+            Some((Msg::PtyMaster, fd)) => master = fd,
+            Some((Msg::Ready, _)) => break Ok(()),
+            Some((Msg::Error(e), _)) => break Err(ContainerError::Setup(e)),
+            Some((other, _)) => break Err(ContainerError::Setup(format!("unexpected {other:?}"))),
+            None => {
+                break Err(ContainerError::Setup(
+                    "setup helper exited without a word".into(),
+                ))
+            }
+        }
+    };
+    let helper_pid = helper.id() as i32;
+    reaper().wait(helper_pid);
+    reaper().forget(helper_pid);
+    result?;
+    let pid = pid.ok_or_else(|| ContainerError::Setup("no PID reported".into()))?;
+    let pty = match (terminal, master) {
+        (true, Some(master)) => {
+            let drained = relay_pty(id, &master, pty_stream)?;
+            Some((master, drained))
+        }
+        (true, None) => return Err(ContainerError::Setup("no pty master received".into())),
+        (false, _) => None,
+    };
+    tracing::info!(container = %id, pid, terminal, "process set up");
+    let process = Process {
+        pid,
+        stdin: Mutex::new(if terminal { None } else { stdin_copy }),
+        pty,
+    };
+    Ok((Arc::new(process), ours))
+}
+
+/// After `Start` (or right away for exec): end-of-file means executed.
+pub fn await_exec(chan: &Channel) -> Result<(), ContainerError> {
+    match chan.recv()? {
+        None => Ok(()),
+        Some((Msg::Error(e), _)) => Err(ContainerError::Setup(e)),
+        Some((other, _)) => Err(ContainerError::Setup(format!("unexpected {other:?}"))),
+    }
+}

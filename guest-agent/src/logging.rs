@@ -1,0 +1,94 @@
+//! Logs: `tracing` lines on stderr (the serial console in the guest) and,
+//! when the kernel command line has `hull.log_port=PORT`, on a vsock stream
+//! the agent dials to that host port.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Kernel command-line key naming the host vsock port for the log stream.
+pub const LOG_PORT_KEY: &str = "hull.log_port=";
+
+/// Writes every log line to stderr and, if connected, to the vsock stream.
+#[derive(Clone, Default)]
+pub struct Sink {
+    stream: Option<Arc<Mutex<std::fs::File>>>,
+}
+
+impl Sink {
+    /// Dials the log port if the kernel command line names one.
+    pub fn from_cmdline(cmdline: &str) -> (Sink, Option<String>) {
+        let Some(port) = cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(LOG_PORT_KEY))
+        else {
+            return (Sink::default(), None);
+        };
+        match port.parse().map_err(|_| nix::Error::EINVAL).and_then(dial) {
+            Ok(fd) => (
+                Sink {
+                    stream: Some(Arc::new(Mutex::new(fd.into()))),
+                },
+                None,
+            ),
+            Err(e) => (
+                Sink::default(),
+                Some(format!("log stream to vsock port {port}: {e}")),
+            ),
+        }
+    }
+}
+
+fn dial(port: u32) -> nix::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(
+        fd.as_raw_fd(),
+        &VsockAddr::new(hull_protocol::HOST_CID, port),
+    )?;
+    Ok(fd)
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(stream) = &self.stream {
+            // A host that stopped reading must not stop the agent: drop the line.
+            let _ = stream.lock().map(|mut s| s.write_all(buf));
+        }
+        std::io::stderr().write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for Sink {
+    type Writer = Sink;
+
+    fn make_writer(&'a self) -> Sink {
+        self.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_port_no_stream() {
+        let (sink, err) = Sink::from_cmdline("console=ttyS0 quiet");
+        assert!(sink.stream.is_none() && err.is_none());
+        let (sink, err) = Sink::from_cmdline("hull.log_port=notanumber");
+        assert!(sink.stream.is_none());
+        assert!(err.unwrap().contains("notanumber"));
+    }
+}

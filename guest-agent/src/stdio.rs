@@ -1,0 +1,154 @@
+//! Stdio streams: the agent dials each one (host vsock port in the guest,
+//! Unix socket in host tests) and hands it to the process as is; with a pty
+//! it relays between the pty master and the one stream instead.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use hull_protocol::agent::{stream_endpoint::Endpoint, Stdio, StreamEndpoint};
+use nix::sys::socket::{
+    connect, shutdown, socket, AddressFamily, Shutdown, SockFlag, SockType, VsockAddr,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("cannot dial stdio endpoint {endpoint}")]
+    Dial {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot duplicate a stdio descriptor")]
+    Dup(#[source] std::io::Error),
+}
+
+/// The dialed streams of one process; `None` means /dev/null.
+#[derive(Default)]
+pub struct Streams {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Dials the streams the host asked for (only stdin, both ways, with a terminal).
+pub fn dial_all(stdio: &Stdio, terminal: bool) -> Result<Streams, StdioError> {
+    let one = |ep: &protobuf::MessageField<StreamEndpoint>| match ep.as_ref() {
+        Some(ep) => dial(ep),
+        None => Ok(None),
+    };
+    if terminal {
+        return Ok(Streams {
+            stdin: one(&stdio.stdin)?,
+            ..Default::default()
+        });
+    }
+    Ok(Streams {
+        stdin: one(&stdio.stdin)?,
+        stdout: one(&stdio.stdout)?,
+        stderr: one(&stdio.stderr)?,
+    })
+}
+
+fn dial(ep: &StreamEndpoint) -> Result<Option<OwnedFd>, StdioError> {
+    match &ep.endpoint {
+        None => Ok(None),
+        Some(Endpoint::UnixPath(path)) => UnixStream::connect(path)
+            .map(|s| Some(s.into()))
+            .map_err(|source| StdioError::Dial {
+                endpoint: format!("unix:{path}"),
+                source,
+            }),
+        Some(Endpoint::VsockPort(port)) => {
+            dial_vsock(*port).map(Some).map_err(|e| StdioError::Dial {
+                endpoint: format!("vsock:{port}"),
+                source: e.into(),
+            })
+        }
+        Some(_) => Ok(None),
+    }
+}
+
+fn dial_vsock(port: u32) -> nix::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(
+        fd.as_raw_fd(),
+        &VsockAddr::new(hull_protocol::HOST_CID, port),
+    )?;
+    Ok(fd)
+}
+
+/// Set once the pty output has been relayed to its end.
+#[derive(Default)]
+pub struct Drained {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Drained {
+    fn set(&self) {
+        *self.done.lock().expect("drained lock") = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits for the relay to finish, at most `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        let done = self.done.lock().expect("drained lock");
+        let _ = self.cv.wait_timeout_while(done, timeout, |d| !*d);
+    }
+}
+
+/// Relays host input to the pty master and pty output to the host; the
+/// returned flag is set when the output side reached its end (all slaves closed).
+pub fn relay_pty(
+    id: &str,
+    master: &OwnedFd,
+    stream: Option<OwnedFd>,
+) -> Result<Arc<Drained>, StdioError> {
+    let drained = Arc::new(Drained::default());
+    let Some(stream) = stream else {
+        drained.set();
+        return Ok(drained);
+    };
+    let dup = |fd: &OwnedFd| fd.try_clone().map(File::from).map_err(StdioError::Dup);
+    let (mut master_in, mut master_out) = (dup(master)?, dup(master)?);
+    let (mut stream_in, mut stream_out) = (dup(&stream)?, File::from(stream));
+    let id_in = id.to_owned();
+    std::thread::spawn(move || {
+        if let Err(e) = std::io::copy(&mut stream_in, &mut master_in) {
+            tracing::debug!(container = %id_in, error = %e, "pty input relay ended");
+        }
+    });
+    let id_out = id.to_owned();
+    let flag = drained.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // EIO once every slave is closed: the normal end of a pty.
+            let n = match master_out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Err(e) = stream_out.write_all(&buf[..n]) {
+                tracing::debug!(container = %id_out, error = %e, "pty output relay ended");
+                break;
+            }
+        }
+        let _ = shutdown(stream_out.as_raw_fd(), Shutdown::Write);
+        flag.set();
+    });
+    Ok(drained)
+}
+
+/// Makes the process read end-of-file on its stdin stream.
+pub fn close_read(fd: &OwnedFd) -> nix::Result<()> {
+    shutdown(fd.as_raw_fd(), Shutdown::Read)
+}
