@@ -26,6 +26,11 @@ if [[ $tier == unit || $tier == all ]]; then
     step "clippy"; cargo clippy --quiet --workspace --all-targets -- -D warnings
     step "unit and host tests (tests marked 'lab:' run in the lab tier)"
     set +e; cargo test --workspace 2>&1 | tee "$logs/unit.log"; rc=${PIPESTATUS[0]}; set -e
+    [[ $rc == 0 ]] || failed=1
+    # The shim's host tests drive it through a real containerd with its test-double backend.
+    step "shim host tests (fake backend, real containerd)"
+    cargo clippy --quiet -p containerd-shim-hull-v2 --all-targets --features fake-backend -- -D warnings
+    set +e; cargo test -p containerd-shim-hull-v2 --features fake-backend --test host_shim 2>&1 | tee -a "$logs/unit.log"; rc=${PIPESTATUS[0]}; set -e
     read -r unit_p unit_f unit_i < <(count "$logs/unit.log")
     [[ $rc == 0 ]] || failed=1
 fi

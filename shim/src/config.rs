@@ -1,0 +1,362 @@
+//! Shim configuration: `/etc/hull/config.toml` with built-in defaults, and the
+//! allowlisted `io.hull.*` annotations that may override it for one pod.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the configuration lives unless containerd's `ConfigPath` or `HULL_CONFIG` say otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
+/// Environment variable naming another configuration file.
+pub const CONFIG_ENV: &str = "HULL_CONFIG";
+/// Prefix of the annotations Hull reads; every other `io.hull.` key is refused.
+pub const ANNOTATION_PREFIX: &str = "io.hull.";
+
+const MAX_VCPUS: u32 = 64;
+const MIN_MEMORY_MIB: u32 = 64;
+const MAX_MEMORY_MIB: u32 = 256 * 1024;
+
+/// Errors of loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{field} = {value}: must be between {min} and {max}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("{field}: {path:?} must be an absolute path without `..`")]
+    BadPath { field: &'static str, path: PathBuf },
+    #[error("annotation {key}={value:?}: {reason}")]
+    Annotation {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The shim's configuration, after defaults and validation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Guest kernel (`vmlinux`, ELF with a PVH entry).
+    pub kernel: PathBuf,
+    /// Guest initramfs holding `hull-agent` as `/init`.
+    pub initrd: PathBuf,
+    /// vCPUs of each pod VM.
+    pub vcpus: u32,
+    /// Guest memory of each pod VM, in MiB.
+    pub memory_mib: u32,
+    /// The `hull-vmm` binary.
+    pub hull_vmm: PathBuf,
+    /// The `virtiofsd` binary.
+    pub virtiofsd: PathBuf,
+    /// Per-pod state (shared directory, sockets, console log) lives in `<run_dir>/<sandbox-id>`.
+    pub run_dir: PathBuf,
+    /// Debug logs from the shim, the VMM and the agent.
+    pub debug: bool,
+    /// Whether `io.hull.kernel` / `io.hull.initrd` annotations may choose guest images.
+    pub allow_path_annotations: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kernel: PathBuf::from("/usr/share/hull/vmlinux"),
+            initrd: PathBuf::from("/usr/share/hull/initramfs.cpio.gz"),
+            vcpus: 1,
+            memory_mib: 512,
+            hull_vmm: PathBuf::from("/usr/bin/hull-vmm"),
+            virtiofsd: PathBuf::from("/usr/libexec/virtiofsd"),
+            run_dir: PathBuf::from("/run/hull"),
+            debug: false,
+            allow_path_annotations: false,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: `explicit` (containerd's `ConfigPath`) first, then
+    /// `$HULL_CONFIG`, then [`DEFAULT_CONFIG_PATH`]. Only the default file may be absent.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let env = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty());
+        match (explicit, env) {
+            (Some(path), _) => Self::from_file(path),
+            (None, Some(path)) => Self::from_file(Path::new(&path)),
+            (None, None) => match Self::from_file(Path::new(DEFAULT_CONFIG_PATH)) {
+                Err(ConfigError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(Self::default())
+                }
+                other => other,
+            },
+        }
+    }
+
+    /// Reads and validates one TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_range("vcpus", self.vcpus, 1, MAX_VCPUS)?;
+        check_range(
+            "memory_mib",
+            self.memory_mib,
+            MIN_MEMORY_MIB,
+            MAX_MEMORY_MIB,
+        )?;
+        for (field, path) in [
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("hull_vmm", &self.hull_vmm),
+            ("virtiofsd", &self.virtiofsd),
+            ("run_dir", &self.run_dir),
+        ] {
+            check_path(field, path)?;
+        }
+        Ok(())
+    }
+
+    /// Returns this configuration with the pod's `io.hull.*` annotations applied.
+    /// Unknown `io.hull.*` keys and invalid values are refused, not ignored.
+    pub fn with_annotations(
+        &self,
+        annotations: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = self.clone();
+        let mut keys: Vec<_> = annotations
+            .iter()
+            .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+            .collect();
+        keys.sort();
+        for (key, value) in keys {
+            let bad = |reason: &str| ConfigError::Annotation {
+                key: key.clone(),
+                value: value.clone(),
+                reason: reason.to_string(),
+            };
+            match &key[ANNOTATION_PREFIX.len()..] {
+                "vcpus" => config.vcpus = value.parse().map_err(|_| bad("not a number"))?,
+                "memory_mib" => {
+                    config.memory_mib = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "debug" => config.debug = value.parse().map_err(|_| bad("not true or false"))?,
+                name @ ("kernel" | "initrd") => {
+                    if !self.allow_path_annotations {
+                        return Err(bad("guest image paths from annotations are refused; set \
+                             allow_path_annotations = true in the config to allow them"));
+                    }
+                    let path = PathBuf::from(value);
+                    if name == "kernel" {
+                        config.kernel = path;
+                    } else {
+                        config.initrd = path;
+                    }
+                }
+                _ => {
+                    return Err(bad(
+                        "unknown Hull annotation (allowed: io.hull.vcpus, io.hull.memory_mib, \
+                         io.hull.debug, io.hull.kernel, io.hull.initrd)",
+                    ))
+                }
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn check_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            field,
+            value: value.into(),
+            min: min.into(),
+            max: max.into(),
+        })
+    }
+}
+
+fn check_path(field: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let clean = path.is_absolute() && path.components().all(|c| c != Component::ParentDir);
+    if clean {
+        Ok(())
+    } else {
+        Err(ConfigError::BadPath {
+            field,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_override_defaults() {
+        let c =
+            Config::parse("vcpus = 2\nmemory_mib = 1024\nkernel = \"/k\"\ndebug = true\n").unwrap();
+        assert_eq!((c.vcpus, c.memory_mib, c.debug), (2, 1024, true));
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.initrd, Config::default().initrd);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(matches!(
+            Config::parse("vcpu = 2"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            Config::parse("vcpus = 0"),
+            Err(ConfigError::OutOfRange { field: "vcpus", .. })
+        ));
+        assert!(matches!(
+            Config::parse("memory_mib = 1"),
+            Err(ConfigError::OutOfRange {
+                field: "memory_mib",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Config::parse("kernel = \"vmlinux\""),
+            Err(ConfigError::BadPath {
+                field: "kernel",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Config::parse("run_dir = \"/run/../etc\""),
+            Err(ConfigError::BadPath {
+                field: "run_dir",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn explicit_path_must_exist_and_default_may_be_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        assert!(matches!(
+            Config::load(Some(&missing)),
+            Err(ConfigError::Read { .. })
+        ));
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "vcpus = 3\n").unwrap();
+        assert_eq!(Config::load(Some(&file)).unwrap().vcpus, 3);
+        let err = Config::from_file(&{
+            std::fs::write(&missing, "vcpus = \"x\"").unwrap();
+            missing.clone()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("none.toml"), "{err}");
+    }
+
+    #[test]
+    fn allowlisted_annotations_apply() {
+        let c = Config::default()
+            .with_annotations(&annotations(&[
+                ("io.hull.vcpus", "4"),
+                ("io.hull.memory_mib", "2048"),
+                ("io.kubernetes.cri.sandbox-id", "abc"),
+            ]))
+            .unwrap();
+        assert_eq!((c.vcpus, c.memory_mib), (4, 2048));
+    }
+
+    #[test]
+    fn bad_annotations_are_refused_with_the_key() {
+        for (key, value) in [
+            ("io.hull.vcpus", "many"),
+            ("io.hull.vcpus", "1000"),
+            ("io.hull.memory_mib", "-5"),
+            ("io.hull.cpus", "2"),
+        ] {
+            let err = Config::default()
+                .with_annotations(&annotations(&[(key, value)]))
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Annotation { .. } | ConfigError::OutOfRange { .. }
+                ),
+                "{key}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn path_annotations_need_explicit_permission() {
+        let a = annotations(&[("io.hull.kernel", "/tmp/evil")]);
+        let err = Config::default().with_annotations(&a).unwrap_err();
+        assert!(err.to_string().contains("allow_path_annotations"), "{err}");
+        let allowed = Config {
+            allow_path_annotations: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            allowed.with_annotations(&a).unwrap().kernel,
+            PathBuf::from("/tmp/evil")
+        );
+        let relative = annotations(&[("io.hull.initrd", "../x")]);
+        assert!(matches!(
+            allowed.with_annotations(&relative),
+            Err(ConfigError::BadPath {
+                field: "initrd",
+                ..
+            })
+        ));
+    }
+}

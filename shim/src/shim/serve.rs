@@ -1,0 +1,126 @@
+//! Serving: bind the shim socket, register the Task service under both the
+//! `containerd.task.v2` (containerd 1.6/1.7) and `v3` (2.x) names, and run
+//! until the pod's last container is gone.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use containerd_shim::protos::shim::shim_ttrpc::create_task;
+use containerd_shim::protos::ttrpc::{MethodHandler, Server};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{ExitSignal, Flags, Task};
+
+use super::{logging, sandbox_id, socket_path, write_address, ShimError};
+use crate::backend;
+use crate::task::events::{Events, RemoteSink};
+use crate::task::service::Service;
+use crate::task::Pod;
+
+type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
+
+/// Runs the shim server (no action on the command line).
+pub fn run(flags: &Flags) -> anyhow::Result<()> {
+    anyhow::ensure!(!flags.socket.is_empty(), "-socket is required");
+    let bundle = std::env::current_dir().context("current directory")?;
+    logging::init(flags.debug, &sandbox_id(&bundle, &flags.id));
+    let path = socket_path(&flags.socket);
+    let Some(listener) = bind(path)? else {
+        // Another shim of the same pod won the race: point containerd at it.
+        write_address(&flags.socket)?;
+        release_start_process();
+        return Ok(());
+    };
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let publisher = RemotePublisher::new(&ttrpc_address).map_err(ShimError::Shim)?;
+    let (events, _publisher_thread) = Events::start(RemoteSink {
+        publisher,
+        namespace: flags.namespace.clone(),
+    });
+    let exit = Arc::new(ExitSignal::default());
+    let pod = Pod::new(
+        &flags.namespace,
+        events,
+        Box::new(backend::select),
+        exit.clone(),
+    );
+    let service: Arc<dyn Task + Send + Sync> = Arc::new(Service { pod });
+    let mut server = Server::new()
+        .add_listener(listener.into_raw_fd())
+        .map_err(ShimError::Ttrpc)?
+        .register_service(create_task(service.clone()))
+        .register_service(task_v2_aliases(create_task(service)));
+    server.start().map_err(ShimError::Ttrpc)?;
+    tracing::info!(container = %flags.id, socket = %flags.socket, "shim serving");
+    release_start_process();
+    exit.wait();
+    tracing::info!(container = %flags.id, "shim exiting");
+    server.shutdown();
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// containerd 1.6/1.7 call `/containerd.task.v2.Task/*`; the messages are the same as v3's.
+fn task_v2_aliases(methods: Methods) -> Methods {
+    methods
+        .into_iter()
+        .map(|(name, handler)| {
+            (
+                name.replace("/containerd.task.v3.", "/containerd.task.v2."),
+                handler,
+            )
+        })
+        .collect()
+}
+
+/// Binds the socket; `None` when a live shim already listens there.
+fn bind(path: &str) -> Result<Option<UnixListener>, ShimError> {
+    let io = |context: String| move |source| ShimError::Io { context, source };
+    if let Some(dir) = Path::new(path).parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    }
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Ok(None);
+            }
+            std::fs::remove_file(path).map_err(io(format!("remove stale socket {path}")))?;
+            UnixListener::bind(path)
+                .map(Some)
+                .map_err(io(format!("bind {path}")))
+        }
+        Err(e) => Err(io(format!("bind {path}"))(e)),
+    }
+}
+
+/// The `start` process reads our stdout until EOF; point stdout at stderr
+/// (/dev/null) so it returns once we serve.
+fn release_start_process() {
+    // SAFETY: dup2 on the process's own standard descriptors; no Rust object owns fd 1.
+    if unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) } < 0 {
+        tracing::warn!("release start process: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl containerd_shim::protos::shim::shim_ttrpc::Task for Nop {}
+
+    #[test]
+    fn every_v3_method_has_a_v2_alias() {
+        let service: Arc<dyn Task + Send + Sync> = Arc::new(Nop);
+        let v3 = create_task(service.clone());
+        let v2 = task_v2_aliases(create_task(service));
+        assert_eq!(v2.len(), v3.len());
+        assert!(v2.contains_key("/containerd.task.v2.Task/Create"));
+        assert!(v2.contains_key("/containerd.task.v2.Task/Wait"));
+    }
+}

@@ -1,0 +1,228 @@
+//! Operations on existing processes: exec, kill, state, pids, stats,
+//! pause/resume, pty resize and stdin close.
+
+use containerd_shim::protos::events::task::{TaskExecAdded, TaskExit, TaskPaused, TaskResumed};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics;
+use oci_spec::runtime::Process as OciProcess;
+
+use super::pod::{
+    backend_of, container, container_mut, sandbox_id_of, wanted, Pod, Result, TaskError,
+};
+use super::process::{Exit, Process, Status, StdioPaths};
+use crate::backend::{ContainerStats, ExecRequest};
+
+/// A snapshot of one process for `State`.
+#[derive(Debug, Clone)]
+pub struct ProcessState {
+    pub bundle: String,
+    pub pid: u32,
+    pub status: Status,
+    pub stdio: StdioPaths,
+    pub exit: Option<Exit>,
+}
+
+impl Pod {
+    /// Adds an exec process to a running container; it waits for `start`.
+    pub fn exec(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        stdio: StdioPaths,
+        process_json: &[u8],
+    ) -> Result<()> {
+        let process: OciProcess = serde_json::from_slice(process_json)
+            .map_err(|e| TaskError::InvalidArgument(format!("exec process spec: {e}")))?;
+        let mut state = self.lock();
+        let backend = backend_of(&state)?;
+        let sandbox_id = sandbox_id_of(&state);
+        let container = container(&state, container_id)?;
+        if container.execs.contains_key(exec_id) {
+            return Err(TaskError::AlreadyExists(format!("exec {exec_id}")));
+        }
+        if container.init.status != Status::Running {
+            return Err(TaskError::FailedPrecondition(format!(
+                "container {container_id} is not running"
+            )));
+        }
+        let streams = backend.exec(&ExecRequest {
+            container_id,
+            exec_id,
+            process: &process,
+            stdio: wanted(&stdio),
+        })?;
+        let mut proc = Process::new(stdio);
+        self.wire_stdio(&mut proc, streams, &backend, container_id, Some(exec_id))?;
+        container_mut(&mut state, container_id)?
+            .execs
+            .insert(exec_id.to_string(), proc);
+        tracing::info!(sandbox = %sandbox_id, container = %container_id, exec = %exec_id, "exec added");
+        self.events().emit(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.to_string(),
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+
+    /// Signals a process (or with `all`, every process of the container). A process
+    /// that never started just ends with 128 + signal, as a created runc container does.
+    pub fn kill(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        signal: u32,
+        all: bool,
+    ) -> Result<()> {
+        let mut state = self.lock();
+        let backend = backend_of(&state)?;
+        let process = container_mut(&mut state, container_id)?.process_mut(exec_id)?;
+        tracing::info!(container = %container_id, exec = exec_id.unwrap_or(""), signal, all, "kill");
+        match process.status {
+            Status::Stopped => Err(TaskError::NotFound(format!(
+                "process {container_id}/{} already finished",
+                exec_id.unwrap_or("init")
+            ))),
+            Status::Created => {
+                process.status = Status::Stopped;
+                let exit = Exit {
+                    code: 128 + signal,
+                    at: std::time::SystemTime::now(),
+                };
+                let cell = process.exit.clone();
+                self.events().emit(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    TaskExit {
+                        container_id: container_id.to_string(),
+                        id: exec_id.unwrap_or(container_id).to_string(),
+                        exit_status: exit.code,
+                        exited_at: MessageField::some(exit.timestamp()),
+                        ..Default::default()
+                    },
+                );
+                cell.set(exit);
+                Ok(())
+            }
+            Status::Running | Status::Paused => {
+                Ok(backend.signal(container_id, exec_id, signal, all)?)
+            }
+        }
+    }
+
+    /// The state of a process.
+    pub fn state(&self, container_id: &str, exec_id: Option<&str>) -> Result<ProcessState> {
+        let state = self.lock();
+        let container = container(&state, container_id)?;
+        let p = container.process(exec_id)?;
+        Ok(ProcessState {
+            bundle: container.bundle.clone(),
+            pid: p.pid,
+            status: p.status,
+            stdio: p.stdio.clone(),
+            exit: p.exit.get(),
+        })
+    }
+
+    /// The pid of a container's init process.
+    pub fn init_pid(&self, container_id: &str) -> Result<u32> {
+        Ok(container(&self.lock(), container_id)?.init.pid)
+    }
+
+    /// Pids of the container's processes.
+    pub fn pids(&self, container_id: &str) -> Result<Vec<u32>> {
+        let state = self.lock();
+        container(&state, container_id)?;
+        Ok(backend_of(&state)?.pids(container_id)?)
+    }
+
+    /// Resource usage of the container.
+    pub fn stats(&self, container_id: &str) -> Result<ContainerStats> {
+        let state = self.lock();
+        container(&state, container_id)?;
+        Ok(backend_of(&state)?.stats(container_id)?)
+    }
+
+    /// Freezes (`pause = true`) or thaws the container.
+    pub fn set_paused(&self, container_id: &str, pause: bool) -> Result<()> {
+        let mut state = self.lock();
+        let backend = backend_of(&state)?;
+        let container = container_mut(&mut state, container_id)?;
+        let (from, to) = if pause {
+            (Status::Running, Status::Paused)
+        } else {
+            (Status::Paused, Status::Running)
+        };
+        if container.init.status != from {
+            return Err(TaskError::FailedPrecondition(format!(
+                "container {container_id} is {:?}, not {from:?}",
+                container.init.status
+            )));
+        }
+        if pause {
+            backend.pause(container_id)?;
+        } else {
+            backend.resume(container_id)?;
+        }
+        container.init.status = to;
+        tracing::info!(container = %container_id, paused = pause, "pause state changed");
+        let id = container_id.to_string();
+        if pause {
+            self.events().emit(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                TaskPaused {
+                    container_id: id,
+                    ..Default::default()
+                },
+            );
+        } else {
+            self.events().emit(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                TaskResumed {
+                    container_id: id,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Resizes a process's terminal.
+    pub fn resize_pty(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        cols: u32,
+        rows: u32,
+    ) -> Result<()> {
+        let state = self.lock();
+        let backend = backend_of(&state)?;
+        let p = container(&state, container_id)?.process(exec_id)?;
+        if !p.stdio.terminal {
+            return Err(TaskError::FailedPrecondition(format!(
+                "process {container_id}/{} has no terminal",
+                exec_id.unwrap_or("init")
+            )));
+        }
+        Ok(backend.resize_pty(container_id, exec_id, cols, rows)?)
+    }
+
+    /// Closes a process's stdin.
+    pub fn close_stdin(&self, container_id: &str, exec_id: Option<&str>) -> Result<()> {
+        let state = self.lock();
+        let backend = backend_of(&state)?;
+        let p = container(&state, container_id)?.process(exec_id)?;
+        let had = p
+            .stdin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some();
+        if had {
+            backend.close_stdin(container_id, exec_id)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! The pod's sandbox: its directories, the backend that runs it (the VM), its
+//! OOM watch, and its teardown with the pod's last container.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim::protos::events::task::TaskOOM;
+use containerd_shim::protos::protobuf::rt::WireType;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::CodedInputStream;
+use containerd_shim::protos::topics;
+
+use super::pod::{Pod, PodState, Result, TaskError};
+use crate::backend::{Backend, SandboxRequest};
+use crate::config::Config;
+
+/// The running sandbox of the pod.
+pub struct Sandbox {
+    pub id: String,
+    pub backend: Arc<dyn Backend>,
+    pub state_dir: PathBuf,
+    pub share_dir: PathBuf,
+}
+
+/// Reads `config_path` (field 2) from containerd's `runtimeoptions.v1.Options`.
+pub(super) fn config_path_from_options(options: Option<&Any>) -> Option<PathBuf> {
+    let any = options?;
+    if !any.type_url.ends_with("runtimeoptions.v1.Options") {
+        return None;
+    }
+    let mut input = CodedInputStream::from_bytes(&any.value);
+    while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
+        if tag == (2 << 3) | 2 {
+            return input
+                .read_string()
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from);
+        }
+        let wire = WireType::new(tag & 7)?;
+        input.skip_field(wire).ok()?;
+    }
+    None
+}
+
+impl Pod {
+    /// Makes the pod's directories and boots its sandbox; undoes both on failure.
+    pub(super) fn start_sandbox(&self, sandbox_id: &str, config: Config) -> Result<Sandbox> {
+        if sandbox_id.is_empty() || sandbox_id.contains('/') || sandbox_id.starts_with('.') {
+            return Err(TaskError::InvalidArgument(format!(
+                "sandbox id {sandbox_id:?} is not a valid directory name"
+            )));
+        }
+        let backend = (self.shared.factory)()?;
+        let state_dir = config.run_dir.join(sandbox_id);
+        let share_dir = state_dir.join("shared");
+        std::fs::create_dir_all(&share_dir).map_err(|source| TaskError::PodDir {
+            path: share_dir.clone(),
+            source,
+        })?;
+        let req = SandboxRequest {
+            sandbox_id: sandbox_id.to_string(),
+            share_dir: share_dir.clone(),
+            state_dir: state_dir.clone(),
+            config,
+        };
+        if let Err(e) = backend.create_sandbox(&req) {
+            remove_pod_dirs(&state_dir, &share_dir);
+            return Err(e.into());
+        }
+        self.watch_oom(backend.clone(), sandbox_id);
+        tracing::info!(sandbox = %sandbox_id, dir = %state_dir.display(), "sandbox started");
+        Ok(Sandbox {
+            id: sandbox_id.to_string(),
+            backend,
+            state_dir,
+            share_dir,
+        })
+    }
+
+    fn watch_oom(&self, backend: Arc<dyn Backend>, sandbox_id: &str) {
+        let events = self.events().clone();
+        let sandbox_id = sandbox_id.to_string();
+        std::thread::spawn(move || {
+            while let Some(container_id) = backend.next_oom() {
+                tracing::warn!(sandbox = %sandbox_id, container = %container_id, "out of memory");
+                events.emit(
+                    topics::TASK_OOM_EVENT_TOPIC,
+                    TaskOOM {
+                        container_id,
+                        ..Default::default()
+                    },
+                );
+            }
+        });
+    }
+
+    pub(super) fn destroy_sandbox(&self, state: &mut PodState) {
+        let Some(sandbox) = state.sandbox.take() else {
+            return;
+        };
+        if let Err(e) = sandbox.backend.destroy_sandbox() {
+            tracing::error!(sandbox = %sandbox.id, "destroy sandbox: {e}");
+        }
+        remove_pod_dirs(&sandbox.state_dir, &sandbox.share_dir);
+        tracing::info!(sandbox = %sandbox.id, "sandbox stopped");
+    }
+}
+
+/// Removes the (empty) pod directories; never recursively, so a mount that is
+/// somehow still there is never deleted through.
+fn remove_pod_dirs(state_dir: &Path, share_dir: &Path) {
+    for dir in [share_dir, state_dir] {
+        if let Err(e) = std::fs::remove_dir(dir) {
+            tracing::warn!(dir = %dir.display(), "remove pod directory: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim::protos::protobuf::Message;
+
+    #[test]
+    fn config_path_is_read_from_runtime_options() {
+        // runtimeoptions.v1.Options { type_url = "x" (1), config_path = "/etc/h.toml" (2) }
+        let mut value = vec![0x0a, 1, b'x', 0x12, 11];
+        value.extend_from_slice(b"/etc/h.toml");
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        };
+        assert_eq!(
+            config_path_from_options(Some(&any)),
+            Some(PathBuf::from("/etc/h.toml"))
+        );
+        let other = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: containerd_shim::api::Options::new()
+                .write_to_bytes()
+                .unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(config_path_from_options(Some(&other)), None);
+        assert_eq!(config_path_from_options(None), None);
+    }
+}
