@@ -195,6 +195,18 @@ impl Lab {
             .collect()
     }
 
+    /// Processes whose root directory is inside this lab (the fake backend's containers).
+    fn processes_rooted_here(&self) -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/root"))
+                    .is_ok_and(|r| r.starts_with(&self.dir))
+            })
+            .collect()
+    }
+
     /// Mount points under the pods' run directory.
     fn pod_mounts(&self) -> Vec<String> {
         let run = format!("{}/run", self.dir.display());
@@ -231,10 +243,24 @@ fn nix_is_root() -> bool {
 impl Drop for Lab {
     fn drop(&mut self) {
         for pid in self.shim_pids() {
+            let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = args
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            // A killed shim leaves its socket behind.
+            if let Some(socket) = args.iter().skip_while(|a| *a != "-socket").nth(1) {
+                let _ = std::fs::remove_file(socket.trim_start_matches("unix://"));
+            }
         }
         let _ = self.containerd.kill();
         let _ = self.containerd.wait();
+        // Container processes of killed shims run chrooted under the lab directory;
+        // they go before the unmounts (a lazily unmounted root reads as "/").
+        for pid in self.processes_rooted_here() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         let prefix = format!("{}/", self.dir.display());
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
             .unwrap_or_default()
@@ -420,6 +446,13 @@ fn task_operations_and_events_in_order() {
         "from-exec",
     ]);
     assert_eq!(out, "from-exec\n");
+    // stdin of an exec reaches it, and its end (CloseIO) ends the exec.
+    let out = lab.ctr_stdin(
+        &["task", "exec", "--exec-id", "e2", "long", "cat"],
+        Some(b"piped into exec\n"),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped into exec\n");
+    assert!(out.status.success());
     let ps = lab.ctr_ok(&["task", "ps", "long"]);
     assert_eq!(ps.lines().count(), 2, "{ps}");
     let metrics = lab.ctr_ok(&["task", "metrics", "long"]);
@@ -452,6 +485,9 @@ fn task_operations_and_events_in_order() {
             "/tasks/exec-added",
             "/tasks/exec-started",
             "/tasks/exit",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
             "/tasks/paused",
             "/tasks/resumed",
             "/tasks/exit",
@@ -466,12 +502,18 @@ fn task_operations_and_events_in_order() {
 #[test]
 fn containers_of_one_pod_share_one_shim() {
     let lab = Lab::start("pod");
+    let vol = lab.dir.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("f"), "in a volume").unwrap();
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:ro", vol.display());
     for id in ["p1", "p2"] {
         lab.ctr_ok(&[
             "run",
             "-d",
             "--annotation",
             "io.kubernetes.cri.sandbox-id=pod1",
+            "--mount",
+            &mount,
             "--runtime",
             RUNTIME,
             IMAGE,
@@ -483,6 +525,15 @@ fn containers_of_one_pod_share_one_shim() {
     assert_eq!(lab.shim_pids().len(), 1, "one shim per pod");
     let shared = lab.dir.join("run/pod1/shared");
     assert!(shared.join("p1/bin/busybox").exists() && shared.join("p2/bin/busybox").exists());
+    let in_share = shared.join(".volumes/p1/0");
+    assert_eq!(
+        std::fs::read_to_string(in_share.join("f")).unwrap(),
+        "in a volume"
+    );
+    assert!(
+        std::fs::write(in_share.join("g"), "x").is_err(),
+        "ro volume, enforced on the host"
+    );
     for id in ["p1", "p2"] {
         lab.ctr_ok(&["task", "kill", "-s", "KILL", id]);
     }
@@ -513,6 +564,15 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     ]);
     let shims = lab.shim_pids();
     assert_eq!(shims.len(), 1);
+    let tasks = lab.ctr_ok(&["task", "ls"]);
+    let task_pid: i32 = tasks
+        .lines()
+        .find(|l| l.starts_with("d1"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid for d1 in {tasks}"));
+    assert_eq!(lab.processes_rooted_here(), vec![task_pid]);
+    let recorded = std::fs::read_to_string(lab.dir.join("run/d1/host-pids")).unwrap();
+    assert!(recorded.starts_with(&format!("{task_pid} ")), "{recorded}");
     let bundle = lab
         .dir
         .join("state/io.containerd.runtime.v2.task/hulltest/d1");
@@ -535,17 +595,22 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     lab.ctr_ok(&["containers", "rm", "d1"]);
     lab.assert_clean();
     assert!(!socket.exists(), "the dead shim's socket is removed");
-    let sleeping = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/root"))
-                .is_ok_and(|r| r.starts_with(lab.dir.join("run")))
+    // Gone, or a zombie waiting for its new parent to reap it.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{task_pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
         })
-        .count();
-    assert_eq!(
-        sleeping, 0,
-        "the dead shim's container processes are killed"
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !alive(),
+        "the dead shim's container process {task_pid} is killed"
     );
 }
 
@@ -567,5 +632,41 @@ fn ctr_run_t_gives_a_terminal() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("on-a-tty"), "{text}\n{}", lab.log());
     assert_eq!(out.status.code(), Some(3), "{text}");
+
+    // An exec with a terminal (ctr also resizes it) in a running container.
+    lab.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t2",
+        "sleep",
+        "100",
+    ]);
+    let exec = format!(
+        "ctr -a {}/c.sock -n hulltest task exec -t --exec-id e1 t2 \
+         sh -c 'test -t 0 && echo exec-on-a-tty'",
+        lab.dir.display()
+    );
+    let out = Command::new("timeout")
+        .args(["30", "script", "-qec", &exec, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("exec-on-a-tty") && out.status.success(),
+        "{text}\n{}",
+        lab.log()
+    );
+    lab.ctr_ok(&["task", "kill", "-s", "KILL", "t2"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.ctr_ok(&["task", "ls"]).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "t2 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.ctr_ok(&["task", "delete", "t2"]);
+    lab.ctr_ok(&["containers", "rm", "t2"]);
     lab.assert_clean();
 }

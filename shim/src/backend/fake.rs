@@ -22,8 +22,8 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Process as OciProcess;
 
 use super::{
-    Backend, BackendError, ContainerRequest, ContainerStats, ExecRequest, ProcessStreams, Result,
-    SandboxRequest, StdioWanted,
+    host_pids, Backend, BackendError, ContainerRequest, ContainerStats, ExecRequest,
+    ProcessStreams, Result, SandboxRequest, StdioWanted,
 };
 
 type Key = (String, Option<String>);
@@ -44,6 +44,7 @@ struct FakeProcess {
 #[derive(Default)]
 struct State {
     share_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     procs: HashMap<Key, FakeProcess>,
     destroyed: bool,
 }
@@ -274,7 +275,9 @@ impl Backend for FakeBackend {
             memory_mib = req.config.memory_mib,
             "fake sandbox: no VM, processes run on the host"
         );
-        self.lock().share_dir = Some(req.share_dir.clone());
+        let mut state = self.lock();
+        state.share_dir = Some(req.share_dir.clone());
+        state.state_dir = Some(req.state_dir.clone());
         Ok(())
     }
 
@@ -290,6 +293,15 @@ impl Backend for FakeBackend {
             .clone()
             .ok_or_else(|| BackendError::Invalid("the spec has no process".to_string()))?;
         let rootfs = share.join(req.rootfs_in_share);
+        for v in req.volumes {
+            tracing::info!(
+                container = req.container_id,
+                destination = %v.destination.display(),
+                share = %v.path_in_share,
+                readonly = v.readonly,
+                "volume shared (the fake does not mount it in the container)"
+            );
+        }
         self.add(key(req.container_id, None), rootfs, process, req.stdio)
     }
 
@@ -314,6 +326,11 @@ impl Backend for FakeBackend {
         let pid = child.id();
         p.pid = Some(pid);
         p.child = Some(child);
+        if let Some(dir) = &state.state_dir {
+            if let Err(e) = host_pids::record(dir, pid) {
+                tracing::warn!(container = container_id, pid, "record host pid: {e}");
+            }
+        }
         Ok(pid)
     }
 
@@ -450,6 +467,9 @@ impl Backend for FakeBackend {
             .collect();
         Self::signal_pids(&pids, Signal::SIGKILL)?;
         state.procs.clear();
+        if let Some(dir) = &state.state_dir {
+            host_pids::clear(dir);
+        }
         state.destroyed = true;
         self.destroyed.notify_all();
         Ok(())

@@ -8,6 +8,7 @@
 
 #[cfg(feature = "fake-backend")]
 pub mod fake;
+pub mod host_pids;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -70,13 +71,25 @@ pub struct StdioWanted {
     pub terminal: bool,
 }
 
+/// A host bind mount of the spec (a volume), already mounted inside the share
+/// (read-only on the host when the spec says `ro`); the guest mounts it at `destination`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedVolume {
+    pub destination: PathBuf,
+    /// Relative to the share, e.g. `.volumes/<container_id>/0`.
+    pub path_in_share: String,
+    pub readonly: bool,
+}
+
 /// A container to create; its init process waits for [`Backend::start`].
 #[derive(Debug)]
 pub struct ContainerRequest<'a> {
     pub container_id: &'a str,
+    /// The OCI spec as containerd wrote it; its bind mounts are in `volumes`.
     pub spec: &'a Spec,
     /// The container's root inside the share (`<container_id>`), relative to the share.
     pub rootfs_in_share: &'a str,
+    pub volumes: &'a [SharedVolume],
     pub stdio: StdioWanted,
 }
 

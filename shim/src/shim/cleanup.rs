@@ -14,8 +14,23 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{sandbox_id, socket_path};
+use crate::backend::host_pids;
 use crate::config::Config;
 use crate::task::rootfs;
+
+/// The shared directory the shim recorded in the bundle, if it is well formed
+/// (`<state_dir>/shared/<container_id>`, absolute, without `..`).
+fn read_marker(bundle: &Path, container_id: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(bundle.join(rootfs::SHARE_MARKER)).ok()?;
+    let path = PathBuf::from(text);
+    let well_formed = path.is_absolute()
+        && path
+            .components()
+            .all(|c| c != std::path::Component::ParentDir)
+        && path.file_name()? == container_id
+        && path.parent()?.file_name()? == "shared";
+    well_formed.then_some(path)
+}
 
 /// Kills every host process whose root directory is the container's share
 /// (what a chrooted process of a dead shim looks like), so the mounts can go.
@@ -54,11 +69,25 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     } else {
         PathBuf::from(&flags.bundle)
     };
-    let sandbox = sandbox_id(&bundle, &flags.id);
-    let config = Config::load(None).context("load the Hull config")?;
-    let state_dir = config.run_dir.join(&sandbox);
-    let share_dir = state_dir.join("shared");
-    let shared = share_dir.join(&flags.id);
+    let (shared, share_dir, state_dir) = match read_marker(&bundle, &flags.id) {
+        Some(shared) => {
+            let share_dir = shared.parent().unwrap_or(&shared).to_path_buf();
+            let state_dir = share_dir.parent().unwrap_or(&share_dir).to_path_buf();
+            (shared, share_dir, state_dir)
+        }
+        None => {
+            let config = Config::load(None).context("load the Hull config")?;
+            let state_dir = config.run_dir.join(sandbox_id(&bundle, &flags.id));
+            let share_dir = state_dir.join("shared");
+            (share_dir.join(&flags.id), share_dir, state_dir)
+        }
+    };
+    // The shim served the whole pod: whatever its sandbox started on the host goes.
+    let killed = host_pids::kill_recorded(&state_dir);
+    if killed > 0 {
+        eprintln!("killed {killed} host process(es) of the dead shim's pod");
+    }
+    host_pids::clear(&state_dir);
     kill_processes_rooted_in(&shared);
     let mut failures = Vec::new();
     for target in [shared.clone(), bundle.join("rootfs")] {
@@ -90,4 +119,30 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
         .and_then(|()| out.flush())
         .context("print DeleteResponse")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_well_formed_marker_is_trusted() {
+        let bundle = tempfile::tempdir().unwrap();
+        let write = |text: &str| std::fs::write(bundle.path().join(rootfs::SHARE_MARKER), text);
+        assert_eq!(read_marker(bundle.path(), "c1"), None);
+        write("/run/hull/pod/shared/c1").unwrap();
+        assert_eq!(
+            read_marker(bundle.path(), "c1"),
+            Some("/run/hull/pod/shared/c1".into())
+        );
+        for bad in [
+            "/run/hull/pod/shared/c2",
+            "relative/shared/c1",
+            "/a/../shared/c1",
+            "/x/c1",
+        ] {
+            write(bad).unwrap();
+            assert_eq!(read_marker(bundle.path(), "c1"), None, "{bad}");
+        }
+    }
 }

@@ -26,6 +26,9 @@ type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
 /// Runs the shim server (no action on the command line).
 pub fn run(flags: &Flags) -> anyhow::Result<()> {
     anyhow::ensure!(!flags.socket.is_empty(), "-socket is required");
+    // Daemonize: leave containerd's session and process group, so signals sent to
+    // them (a Ctrl-C on a containerd in a terminal) do not reach the pod's shim.
+    let _ = nix::unistd::setsid();
     let bundle = std::env::current_dir().context("current directory")?;
     logging::init(flags.debug, &sandbox_id(&bundle, &flags.id));
     let path = socket_path(&flags.socket);

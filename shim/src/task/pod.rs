@@ -17,7 +17,7 @@ use oci_spec::runtime::Spec;
 
 use super::events::Events;
 use super::process::{Exit, Process, Status, StdioPaths};
-use super::rootfs::{ContainerRootfs, MountSpec, RootfsError};
+use super::rootfs::{bind_volumes, ContainerRootfs, MountSpec, RootfsError, VOLUMES_DIR};
 use super::sandbox::{config_path_from_options, Sandbox};
 use super::stdio::{self, BinaryLogger, StdioError, Target};
 use crate::backend::{self, Backend, BackendError, ContainerRequest, ProcessStreams, StdioWanted};
@@ -233,11 +233,21 @@ impl Pod {
             Path::new(&req.bundle),
             &sandbox.share_dir.join(&req.id),
         )?;
+        let volumes_dir = format!("{VOLUMES_DIR}/{}", req.id);
+        let volumes =
+            match rootfs.share_volumes(&bind_volumes(spec), &sandbox.share_dir, &volumes_dir) {
+                Ok(volumes) => volumes,
+                Err(e) => {
+                    rootfs.teardown()?;
+                    return Err(e.into());
+                }
+            };
         let wanted = wanted(&req.stdio);
         let streams = match sandbox.backend.create_container(&ContainerRequest {
             container_id: &req.id,
             spec,
             rootfs_in_share: &req.id,
+            volumes: &volumes,
             stdio: wanted,
         }) {
             Ok(streams) => streams,

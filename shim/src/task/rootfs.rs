@@ -5,6 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use oci_spec::runtime::Spec;
+
+use crate::backend::SharedVolume;
+
+/// File in the bundle naming the container's shared directory, so the `delete`
+/// subcommand finds it after the shim died, whatever config the shim had.
+pub const SHARE_MARKER: &str = "hull-shared";
+
+/// Directory of the share holding the containers' volumes, `<VOLUMES_DIR>/<container_id>/<n>`
+/// (container ids never start with a dot, so it cannot clash with a rootfs).
+pub const VOLUMES_DIR: &str = ".volumes";
 
 /// Errors of mounting or unmounting a root filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -25,12 +36,50 @@ pub enum RootfsError {
         #[source]
         source: nix::Error,
     },
+    #[error("write {path}")]
+    Marker {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume source {0} does not exist")]
+    MissingSource(PathBuf),
     #[error("create directory {path}")]
     Mkdir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A bind mount of the OCI spec whose source is on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub options: Vec<String>,
+}
+
+/// The spec's bind mounts with an absolute host source (volumes, CRI's
+/// `/etc/hosts` and the like); other mounts (proc, tmpfs...) are the guest's.
+pub fn bind_volumes(spec: &Spec) -> Vec<VolumeSpec> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter(|m| {
+            let options = m.options().as_deref().unwrap_or_default();
+            m.typ().as_deref() == Some("bind")
+                || options.iter().any(|o| o == "bind" || o == "rbind")
+        })
+        .filter_map(|m| {
+            let source = m.source().clone()?;
+            source.is_absolute().then(|| VolumeSpec {
+                source,
+                destination: m.destination().clone(),
+                options: m.options().clone().unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// One mount containerd passes in `CreateTaskRequest.rootfs`.
@@ -67,6 +116,7 @@ fn split_options(options: &[String]) -> (MsFlags, Vec<&str>) {
 struct Undo {
     mounts: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
 }
 
 impl Undo {
@@ -97,6 +147,9 @@ impl Undo {
                 tracing::warn!("{e}");
                 first_err.get_or_insert(e);
             }
+        }
+        for file in self.files.drain(..) {
+            let _ = std::fs::remove_file(file);
         }
         while let Some(dir) = self.dirs.pop() {
             if let Err(e) = std::fs::remove_dir(&dir) {
@@ -184,7 +237,64 @@ impl ContainerRootfs {
             "",
         )?;
         undo.mounts.push(shared.to_path_buf());
+        let marker = bundle.join(SHARE_MARKER);
+        std::fs::write(&marker, shared.as_os_str().as_encoded_bytes()).map_err(|source| {
+            RootfsError::Marker {
+                path: marker.clone(),
+                source,
+            }
+        })?;
+        undo.files.push(marker);
         Ok(())
+    }
+
+    /// Binds each volume at `<dir>/<index>` (a directory Hull creates inside the share,
+    /// so no path from the image is followed), read-only when its options say `ro`.
+    /// Undone by [`ContainerRootfs::teardown`].
+    pub fn share_volumes(
+        &mut self,
+        volumes: &[VolumeSpec],
+        share_dir: &Path,
+        dir_in_share: &str,
+    ) -> Result<Vec<SharedVolume>, RootfsError> {
+        let mut shared = Vec::new();
+        for (index, volume) in volumes.iter().enumerate() {
+            let rel = format!("{dir_in_share}/{index}");
+            let target = share_dir.join(&rel);
+            let meta = std::fs::metadata(&volume.source)
+                .map_err(|_| RootfsError::MissingSource(volume.source.clone()))?;
+            if meta.is_dir() {
+                self.undo.mkdir_all(&target)?;
+            } else {
+                self.undo.mkdir_all(target.parent().unwrap_or(share_dir))?;
+                std::fs::write(&target, b"").map_err(|source| RootfsError::Marker {
+                    path: target.clone(),
+                    source,
+                })?;
+                self.undo.files.push(target.clone());
+            }
+            let (flags, _) = split_options(&volume.options);
+            let recursive = flags & MsFlags::MS_REC;
+            do_mount(
+                &volume.source.to_string_lossy(),
+                &target,
+                None,
+                MsFlags::MS_BIND | recursive,
+                "",
+            )?;
+            self.undo.mounts.push(target.clone());
+            let readonly = flags.contains(MsFlags::MS_RDONLY);
+            if readonly {
+                let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                do_mount("", &target, None, remount, "")?;
+            }
+            shared.push(SharedVolume {
+                destination: volume.destination.clone(),
+                path_in_share: rel,
+                readonly,
+            });
+        }
+        Ok(shared)
     }
 
     /// Unmounts the shared bind and containerd's mounts, and removes the directories
@@ -265,6 +375,11 @@ mod tests {
         }];
         let mut rootfs = ContainerRootfs::setup(&mounts, &bundle, &shared).unwrap();
         assert_eq!(std::fs::read_to_string(shared.join("hello")).unwrap(), "hi");
+        let marker = bundle.join(SHARE_MARKER);
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            shared.to_str().unwrap()
+        );
         assert!(
             std::fs::write(shared.join("new"), "x").is_err(),
             "ro must be enforced"
@@ -275,7 +390,7 @@ mod tests {
             !tmp.path().join("pod").exists(),
             "created directories are removed"
         );
-        assert!(!bundle.join("rootfs").exists());
+        assert!(!bundle.join("rootfs").exists() && !marker.exists());
         assert!(image.join("hello").exists(), "the source is untouched");
     }
 
@@ -331,5 +446,75 @@ mod tests {
         assert!(matches!(err, RootfsError::UnsupportedType(_)), "{err}");
         assert!(!is_mountpoint(&bundle.join("rootfs")));
         assert!(!bundle.join("rootfs").exists() && !tmp.path().join("s").exists());
+    }
+
+    #[test]
+    fn only_host_bind_mounts_are_volumes() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","mounts":[
+                {"destination":"/proc","type":"proc","source":"proc"},
+                {"destination":"/data","type":"bind","source":"/srv/data","options":["rbind","ro"]},
+                {"destination":"/etc/hosts","source":"/var/lib/hosts","options":["bind"]},
+                {"destination":"/x","type":"bind","source":"relative"}]}"#,
+        )
+        .unwrap();
+        let v = bind_volumes(&spec);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].destination, PathBuf::from("/data"));
+        assert_eq!(v[1].source, PathBuf::from("/var/lib/hosts"));
+    }
+
+    #[test]
+    fn volumes_are_shared_read_only_when_asked_and_undone() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("f"), "v").unwrap();
+        let hosts = tmp.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 x\n").unwrap();
+        let bundle = tmp.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        let share = tmp.path().join("share");
+        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &share.join("c1")).unwrap();
+        let volumes = [
+            VolumeSpec {
+                source: data.clone(),
+                destination: "/data".into(),
+                options: vec!["rbind".into(), "ro".into()],
+            },
+            VolumeSpec {
+                source: hosts,
+                destination: "/etc/hosts".into(),
+                options: vec!["bind".into()],
+            },
+        ];
+        let shared = rootfs
+            .share_volumes(&volumes, &share, ".volumes/c1")
+            .unwrap();
+        assert_eq!(shared[0].path_in_share, ".volumes/c1/0");
+        assert!(shared[0].readonly && !shared[1].readonly);
+        let v0 = share.join(".volumes/c1/0");
+        assert_eq!(std::fs::read_to_string(v0.join("f")).unwrap(), "v");
+        assert!(
+            std::fs::write(v0.join("g"), "x").is_err(),
+            "ro enforced on the host"
+        );
+        let v1 = share.join(".volumes/c1/1");
+        assert!(std::fs::read_to_string(&v1)
+            .unwrap()
+            .starts_with("127.0.0.1"));
+        let missing = [VolumeSpec {
+            source: tmp.path().join("nope"),
+            destination: "/n".into(),
+            options: vec![],
+        }];
+        assert!(matches!(
+            rootfs.share_volumes(&missing, &share, ".volumes/c1"),
+            Err(RootfsError::MissingSource(_))
+        ));
+        rootfs.teardown().unwrap();
+        assert!(!share.exists(), "everything under the share is gone");
+        assert!(!is_mountpoint(&v0) && data.join("f").exists());
     }
 }

@@ -110,7 +110,11 @@ impl Pod {
 /// Removes the (empty) pod directories; never recursively, so a mount that is
 /// somehow still there is never deleted through.
 fn remove_pod_dirs(state_dir: &Path, share_dir: &Path) {
-    for dir in [share_dir, state_dir] {
+    for dir in [
+        &share_dir.join(super::rootfs::VOLUMES_DIR),
+        share_dir,
+        state_dir,
+    ] {
         if let Err(e) = std::fs::remove_dir(dir) {
             tracing::warn!(dir = %dir.display(), "remove pod directory: {e}");
         }
