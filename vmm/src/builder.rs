@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{Console, VmConfig};
+use crate::control::ControlServer;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
 use crate::devices::virtio::block::device::Block;
@@ -61,6 +62,9 @@ pub enum Error {
     /// An eventfd could not be created or registered.
     #[error("cannot create an event file descriptor")]
     EventFd(#[source] std::io::Error),
+    /// The control socket.
+    #[error(transparent)]
+    Control(#[from] crate::control::Error),
     /// A virtio-blk disk.
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::device::Error),
@@ -110,6 +114,8 @@ pub struct VmParts {
     pub devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
     /// Files to remove when the VMM exits (sockets it created).
     pub cleanup: Vec<PathBuf>,
+    /// The control socket server, if asked for.
+    pub control_server: Option<Arc<Mutex<ControlServer>>>,
 }
 
 /// Fails fast when /dev/kvm cannot boot a standard guest.
@@ -160,6 +166,7 @@ pub fn create_vm(ram: GuestRam) -> Result<VmParts, Error> {
         cmdline_extra: Vec::new(),
         devices: Vec::new(),
         cleanup: Vec::new(),
+        control_server: None,
     })
 }
 
@@ -278,6 +285,23 @@ pub fn attach_disks(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// Opens the control socket; it is removed when the VMM exits.
+pub fn attach_control(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
+    let Some(path) = &cfg.control else {
+        return Ok(());
+    };
+    let server = ControlServer::new(
+        path,
+        parts.control.clone(),
+        parts.exit.clone(),
+        cfg.memory_mib,
+        cfg.vcpus,
+    )?;
+    parts.cleanup.push(path.clone());
+    parts.control_server = Some(Arc::new(Mutex::new(server)));
+    Ok(())
+}
+
 /// Loads kernel, initramfs, command line, start info and MP table.
 pub fn load_guest(parts: &VmParts, cfg: &VmConfig) -> Result<boot::BootInfo, Error> {
     let cmdline = boot::cmdline(&cfg.cmdline, &parts.cmdline_extra)?;
@@ -304,13 +328,18 @@ pub fn create_vcpus(
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let tsc_deadline = parts.kvm.check_extension(Cap::TscDeadlineTimer);
     let mut vcpus = Vec::with_capacity(count.into());
     for id in 0..count {
         let fd = parts
             .vm
             .create_vcpu(id.into())
             .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-        vcpu::configure(&fd, id, &cpuid::for_vcpu(&supported, id, count))?;
+        vcpu::configure(
+            &fd,
+            id,
+            &cpuid::for_vcpu(&supported, id, count, tsc_deadline),
+        )?;
         vcpu::set_pvh_entry(&fd, id, boot.entry)?;
         vcpus.push(fd);
     }
@@ -327,6 +356,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     attach_legacy(&mut parts, &cfg.console)?;
     attach_disks(&mut parts, cfg)?;
     attach_vsock(&mut parts, cfg)?;
+    attach_control(&mut parts, cfg)?;
     let boot = load_guest(&parts, cfg)?;
     let vcpus = create_vcpus(&parts, cfg.vcpus, &boot)?;
     Ok(Vmm::new(parts, vcpus))

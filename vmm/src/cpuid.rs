@@ -11,6 +11,7 @@ const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 const ECX_AMD_CMP_LEGACY: u32 = 1 << 1;
@@ -22,12 +23,17 @@ fn id_bits(count: u32) -> u32 {
     count.max(1).next_power_of_two().trailing_zeros()
 }
 
-fn patch_entry(e: &mut kvm_cpuid_entry2, id: u32, count: u32) {
+fn patch_entry(e: &mut kvm_cpuid_entry2, id: u32, count: u32, tsc_deadline: bool) {
     match e.function {
         LEAF_FEATURES => {
             // APIC id, logical processors per package, CLFLUSH line size 8 * 8 bytes.
             e.ebx = (id << 24) | (count << 16) | (8 << 8) | (e.ebx & 0xff);
             e.ecx |= ECX_HYPERVISOR;
+            // KVM emulates the TSC-deadline LAPIC timer but leaves the bit to userspace; without
+            // it the guest calibrates the LAPIC timer against the PIT, slowly and unreliably.
+            if tsc_deadline {
+                e.ecx |= ECX_TSC_DEADLINE;
+            }
             if count > 1 {
                 e.edx |= EDX_HTT;
             } else {
@@ -80,11 +86,12 @@ fn patch_entry(e: &mut kvm_cpuid_entry2, id: u32, count: u32) {
     }
 }
 
-/// Adapts KVM's supported CPUID for vCPU `id` of `count`.
-pub fn for_vcpu(supported: &CpuId, id: u8, count: u8) -> CpuId {
+/// Adapts KVM's supported CPUID for vCPU `id` of `count`; `tsc_deadline` when KVM has
+/// KVM_CAP_TSC_DEADLINE_TIMER.
+pub fn for_vcpu(supported: &CpuId, id: u8, count: u8, tsc_deadline: bool) -> CpuId {
     let mut cpuid = supported.clone();
     for e in cpuid.as_mut_slice() {
-        patch_entry(e, u32::from(id), u32::from(count));
+        patch_entry(e, u32::from(id), u32::from(count), tsc_deadline);
     }
     cpuid
 }
@@ -121,7 +128,8 @@ mod tests {
 
     #[test]
     fn apic_ids_and_counts() {
-        let c = for_vcpu(&sample(), 3, 4);
+        let c = for_vcpu(&sample(), 3, 4, true);
+        assert_ne!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
@@ -137,7 +145,8 @@ mod tests {
 
     #[test]
     fn single_vcpu_has_no_htt() {
-        let c = for_vcpu(&sample(), 0, 1);
+        let c = for_vcpu(&sample(), 0, 1, false);
+        assert_eq!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(c.as_slice()[0].edx & EDX_HTT, 0);
         assert_eq!(c.as_slice()[4].eax, 0);
     }

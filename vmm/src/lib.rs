@@ -3,11 +3,13 @@
 pub mod boot;
 pub mod builder;
 pub mod config;
+pub mod control;
 pub mod cpuid;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod memory;
 pub mod mptable;
+pub mod test_image;
 pub mod vcpu;
 pub mod vmm;

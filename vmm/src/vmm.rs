@@ -29,6 +29,10 @@ impl Vmm {
         for dev in &self.parts.devices {
             el.add_device(dev.clone())?;
         }
+        if let Some(server) = &self.parts.control_server {
+            let fd = server.lock().unwrap_or_else(|e| e.into_inner()).poll_fd();
+            el.add_handler(fd, server.clone())?;
+        }
         Ok(el)
     }
 
@@ -67,6 +71,12 @@ impl Vmm {
     pub fn run_with(mut self, signals: bool) -> ExitReason {
         let reason = self.run_inner(signals);
         self.parts.control.stop();
+        if let Some(server) = &self.parts.control_server {
+            server
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finish(&reason);
+        }
         for path in &self.parts.cleanup {
             let _ = std::fs::remove_file(path);
         }

@@ -71,7 +71,7 @@ fn real_mode_guest_reaches_serial_mmio_and_reset() {
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .unwrap();
-    vcpu::configure(&fd, 0, &hull_vmm::cpuid::for_vcpu(&supported, 0, 1)).unwrap();
+    vcpu::configure(&fd, 0, &hull_vmm::cpuid::for_vcpu(&supported, 0, 1, false)).unwrap();
     let mut sregs = fd.get_sregs().unwrap();
     sregs.cs.base = 0;
     sregs.cs.selector = 0;

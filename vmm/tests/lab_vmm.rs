@@ -2,7 +2,8 @@
 //! KVM that boots a standard kernel, so they are ignored unless run with `--ignored` (the lab
 //! runner does that inside the nested lab VM).
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -141,4 +142,204 @@ fn boots_to_ready_with_one_vcpu() {
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn boots_to_ready_with_two_vcpus() {
     boot_to_ready(2);
+}
+
+/// A scratch directory under /tmp (the only writable place inside the lab).
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hull-lab-vmm-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Appends one newc cpio entry.
+fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+    let ino = out.len() as u32 + 1;
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+    out.extend_from_slice(data);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+/// Builds an initramfs whose /init is tests/guest/test_init.c, compiled statically.
+fn test_initrd(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/test_init.c");
+    let bin = dir.join("test_init");
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cpio = Vec::new();
+    cpio_entry(&mut cpio, "dev", 0o040755, (0, 0), b"");
+    cpio_entry(&mut cpio, "dev/console", 0o020600, (5, 1), b"");
+    cpio_entry(
+        &mut cpio,
+        "init",
+        0o100755,
+        (0, 0),
+        &std::fs::read(&bin).unwrap(),
+    );
+    cpio_entry(&mut cpio, "TRAILER!!!", 0, (0, 0), b"");
+    let path = dir.join("initramfs.cpio");
+    std::fs::write(&path, cpio).unwrap();
+    path
+}
+
+fn test_args(initrd: &Path, test: &str) -> Vec<String> {
+    vec![
+        "--kernel".into(),
+        kernel().display().to_string(),
+        "--initrd".into(),
+        initrd.display().to_string(),
+        "--cmdline".into(),
+        format!("console=ttyS0 reboot=t panic=-1 quiet HULL_TEST={test}"),
+    ]
+}
+
+/// The host side of the guest's vsock test: answers the guest on port 5000.
+fn serve_guest_connection(listener: UnixListener, deadline: Instant) -> Option<String> {
+    listener.set_nonblocking(true).unwrap();
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => return None,
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).ok()?;
+    (&stream).write_all(b"pong from host\n").ok()?;
+    Some(line)
+}
+
+/// Connects to the guest's port 1024 through the hybrid socket, retrying until it listens.
+fn talk_to_guest(uds: &Path, deadline: Instant) -> Option<(String, String)> {
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(mut s) = UnixStream::connect(uds) else {
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(b"CONNECT 1024\n").ok()?;
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut ok = String::new();
+        if reader.read_line(&mut ok).unwrap_or(0) == 0 {
+            continue; // The guest reset the connection: not listening yet.
+        }
+        s.write_all(b"hello guest\n").ok()?;
+        let mut echo = String::new();
+        reader.read_line(&mut echo).ok()?;
+        return Some((ok, echo));
+    }
+    None
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn vsock_both_directions() {
+    let dir = scratch("vsock");
+    let initrd = test_initrd(&dir);
+    let uds = dir.join("v.sock");
+    let listener = UnixListener::bind(dir.join("v.sock_5000")).unwrap();
+    let mut args = test_args(&initrd, "vsock");
+    args.extend(["--vsock".into(), format!("3,{}", uds.display())]);
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let vmm = std::thread::spawn(move || run_vmm(&args, BOOT_TIMEOUT));
+    let guest_said = std::thread::spawn(move || serve_guest_connection(listener, deadline));
+    let host_side = talk_to_guest(&uds, deadline);
+    let run = vmm.join().unwrap();
+    println!(
+        "--- vsock, {:?}, exit {:?}\n{}",
+        run.elapsed, run.code, run.output
+    );
+    assert_eq!(
+        guest_said.join().unwrap().as_deref(),
+        Some("ping from guest\n")
+    );
+    assert!(run.output.contains("GUEST_GOT pong from host"));
+    let (ok, echo) = host_side.expect("host never reached the guest's port 1024");
+    assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
+    assert_eq!(echo, "echo: hello guest\n");
+    assert!(run.output.contains("HULL_TEST_DONE 0"));
+    assert_eq!(run.code, Some(0));
+    assert!(!uds.exists(), "the VMM removes its vsock socket on exit");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn blk_read_only_and_read_write_disks() {
+    let dir = scratch("blk");
+    let initrd = test_initrd(&dir);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    let mut content = b"hello from disk a\n".to_vec();
+    content.resize(64 * 1024, 0);
+    std::fs::write(&a, &content).unwrap();
+    std::fs::write(&b, vec![0u8; 64 * 1024]).unwrap();
+    let mut args = test_args(&initrd, "blk");
+    args.extend([
+        "--disk".into(),
+        format!("{},ro", a.display()),
+        "--disk".into(),
+        b.display().to_string(),
+    ]);
+    let run = run_vmm(&args, BOOT_TIMEOUT);
+    println!(
+        "--- blk, {:?}, exit {:?}\n{}",
+        run.elapsed, run.code, run.output
+    );
+    assert!(run.output.contains("VDA hello from disk a"));
+    assert!(
+        run.output.contains("VDA_RO 1"),
+        "the guest must see the disk as read-only"
+    );
+    assert!(
+        run.output.contains("VDA_WRITE refused"),
+        "writes to a read-only disk must fail"
+    );
+    assert!(run.output.contains("VDB_WRITTEN"));
+    assert!(run.output.contains("HULL_TEST_DONE 0"));
+    assert_eq!(run.code, Some(0));
+    assert_eq!(&std::fs::read(&b).unwrap()[512..529], b"written by guest\n");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        content,
+        "the read-only disk is unchanged"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

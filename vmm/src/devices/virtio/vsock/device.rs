@@ -118,6 +118,14 @@ impl Vsock {
             };
             let mut hdr = pkt.hdr;
             hdr.len = pkt.data.len() as u32;
+            tracing::debug!(
+                op = hdr.op,
+                src = hdr.src_port,
+                dst = hdr.dst_port,
+                len = hdr.len,
+                flags = hdr.flags,
+                "vsock: rx"
+            );
             let ok = writer.write_all(&hdr.bytes()).is_ok() && writer.write_all(&pkt.data).is_ok();
             let len = if ok { writer.bytes_written() as u32 } else { 0 };
             let _ = a.queues[RX].add_used(&a.mem, head, len);

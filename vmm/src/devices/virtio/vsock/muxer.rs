@@ -184,6 +184,7 @@ impl Muxer {
     fn push_control(&mut self, key: Key, op: u16, flags: u32) {
         let mut hdr = self.header(key, op);
         hdr.flags = flags;
+        tracing::debug!(op, src = key.local, dst = key.peer, "vsock: to guest");
         if let Some(c) = self.conns.get_mut(&key) {
             c.last_fwd_cnt_sent = c.fwd_cnt;
         }
@@ -194,6 +195,13 @@ impl Muxer {
     }
 
     fn set_interest(&self, fd: RawFd, c: &Conn) {
+        if c.host_eof {
+            // EPOLLHUP cannot be masked: stop polling a socket whose peer is gone.
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            return;
+        }
         let mut set = EventSet::empty();
         if !c.readable && !c.host_eof && !c.peer_shut_recv && c.state == State::Established {
             set |= EventSet::IN;
@@ -238,6 +246,13 @@ impl Muxer {
     /// Handles one packet the guest sent.
     pub fn handle_guest_packet(&mut self, pkt: Packet) {
         let h = pkt.hdr;
+        tracing::debug!(
+            op = h.op,
+            src = h.src_port,
+            dst = h.dst_port,
+            len = h.len,
+            "vsock: from guest"
+        );
         if h.src_cid != self.cid || h.dst_cid != HOST_CID {
             tracing::debug!(
                 src = h.src_cid,
@@ -271,7 +286,13 @@ impl Muxer {
         match h.op {
             OP_RESPONSE if conn.state == State::Connecting => {
                 conn.state = State::Established;
-                conn.tx_buf.extend(format!("OK {}\n", key.local).as_bytes());
+                // Straight to the fresh socket, not through tx_buf: the line is not guest data
+                // and must not count in fwd_cnt (the guest's credit).
+                let line = format!("OK {}\n", key.local);
+                if (&conn.stream).write_all(line.as_bytes()).is_err() {
+                    self.reset(key);
+                    return;
+                }
                 self.after_tx(key);
             }
             OP_RW if conn.state == State::Established => {
@@ -366,7 +387,7 @@ impl Muxer {
                     self.after_tx(key);
                 }
                 if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
-                    if let Some(c) = self.conns.get_mut(&key) {
+                    if let Some(c) = self.conns.get_mut(&key).filter(|c| !c.host_eof) {
                         c.readable = true;
                         let fd = c.stream.as_raw_fd();
                         let c = &self.conns[&key];

@@ -211,3 +211,47 @@ fn existing_path_is_refused() {
     assert!(Muxer::new(CID, &uds).is_err());
     std::fs::remove_file(&uds).unwrap();
 }
+
+#[test]
+fn established_host_connection_stays_quiet() {
+    let uds = tmp("quiet");
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    let req = pump(&mut m).expect("REQUEST");
+    let local = req.hdr.src_port;
+    m.handle_guest_packet(guest_pkt(OP_RESPONSE, 1024, local, b""));
+    assert_eq!(
+        read_exact_timeout(&mut host, 14),
+        format!("OK {local}\n").into_bytes()
+    );
+    host.write_all(b"hello guest\n").unwrap();
+    let rw = pump(&mut m).expect("RW");
+    assert_eq!(rw.data, b"hello guest\n");
+    assert_eq!(
+        rw.hdr.fwd_cnt, 0,
+        "the OK line is not guest data: it must not use guest credit"
+    );
+    m.handle_guest_packet(guest_pkt(OP_CREDIT_UPDATE, 1024, local, b""));
+    let extra = pump(&mut m);
+    assert!(extra.is_none(), "unexpected packet {extra:?}");
+    m.handle_guest_packet(guest_pkt(OP_RW, 1024, local, b"echo: hello guest\n"));
+    assert_eq!(read_exact_timeout(&mut host, 18), b"echo: hello guest\n");
+}
+
+#[test]
+fn closed_host_socket_is_reported_once() {
+    let uds = tmp("hup");
+    let listener = UnixListener::bind(format!("{}_62", uds.display())).unwrap();
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    m.handle_guest_packet(guest_pkt(OP_REQUEST, 9, 62, b""));
+    assert_eq!(m.next_rx_packet(4096).unwrap().hdr.op, OP_RESPONSE);
+    let (peer, _) = listener.accept().unwrap();
+    drop(peer);
+    assert_eq!(pump(&mut m).unwrap().hdr.op, OP_SHUTDOWN);
+    assert!(
+        pump(&mut m).is_none(),
+        "a hung-up socket must not be reported again"
+    );
+    let _ = std::fs::remove_file(format!("{}_62", uds.display()));
+}

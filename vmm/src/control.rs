@@ -1,0 +1,379 @@
+//! The control socket: a Unix socket speaking versioned JSON lines, for the shim.
+//!
+//! Request: `{"v":1,"cmd":"stats"}`, one per line. Commands: `stats` (memory and CPU use),
+//! `pause`, `resume`, `shutdown` (stop the VM now; exit status 4), `wait-exit` (the answer
+//! comes when the VM stops, with its reason and the VMM's exit status). Every answer carries
+//! `"v":1` and `"ok"`; failures add `"error"`.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::event_loop::EventHandler;
+use crate::exit::{ExitNotifier, ExitReason};
+use crate::vcpu::RunControl;
+
+/// Protocol version spoken by this VMM.
+pub const VERSION: u64 = 1;
+/// Longest request line accepted.
+const MAX_LINE: usize = 4096;
+/// Most clients at once.
+const MAX_CLIENTS: usize = 16;
+
+/// Errors creating the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Binding or polling the socket failed.
+    #[error("cannot listen on control socket {0}")]
+    Listen(String, #[source] std::io::Error),
+}
+
+/// What a request asks for, after parsing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Memory and CPU use.
+    Stats,
+    /// Pause the vCPUs.
+    Pause,
+    /// Resume the vCPUs.
+    Resume,
+    /// Stop the VM.
+    Shutdown,
+    /// Answer when the VM exits.
+    WaitExit,
+}
+
+/// Parses one request line; the error is the message sent back.
+pub fn parse(line: &str) -> Result<Request, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    match v.get("v").and_then(Value::as_u64) {
+        Some(VERSION) => {}
+        other => {
+            return Err(format!(
+                "unsupported protocol version {other:?}; this VMM speaks {VERSION}"
+            ))
+        }
+    }
+    match v.get("cmd").and_then(Value::as_str) {
+        Some("stats") => Ok(Request::Stats),
+        Some("pause") => Ok(Request::Pause),
+        Some("resume") => Ok(Request::Resume),
+        Some("shutdown") => Ok(Request::Shutdown),
+        Some("wait-exit") => Ok(Request::WaitExit),
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+/// The answer to a finished VM, for `wait-exit`.
+pub fn exit_answer(reason: &ExitReason) -> Value {
+    json!({"v": VERSION, "ok": true, "exit": {"reason": format!("{reason:?}"), "status": reason.code()}})
+}
+
+fn error_answer(msg: &str) -> Value {
+    json!({"v": VERSION, "ok": false, "error": msg})
+}
+
+/// Process CPU seconds (user, system) and resident memory in KiB, from /proc.
+pub fn process_usage() -> (f64, f64, u64) {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // SAFETY: as above.
+    let page_kib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) / 1024) as u64;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        rest.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let rss_pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (field(11) / ticks, field(12) / ticks, rss_pages * page_kib)
+}
+
+/// The control socket server; registered with the event loop through its own epoll fd.
+pub struct ControlServer {
+    path: std::path::PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    clients: HashMap<RawFd, (UnixStream, Vec<u8>)>,
+    waiters: Vec<UnixStream>,
+    run: Arc<RunControl>,
+    exit: Arc<ExitNotifier>,
+    guest_mib: u64,
+    vcpus: u8,
+    started: Instant,
+}
+
+impl ControlServer {
+    /// Listens on `path` (which must not exist).
+    pub fn new(
+        path: &Path,
+        run: Arc<RunControl>,
+        exit: Arc<ExitNotifier>,
+        guest_mib: u64,
+        vcpus: u8,
+    ) -> Result<Self, Error> {
+        let name = path.display().to_string();
+        let listener = UnixListener::bind(path).map_err(|e| Error::Listen(name.clone(), e))?;
+        let setup = || -> std::io::Result<Epoll> {
+            listener.set_nonblocking(true)?;
+            let epoll = Epoll::new()?;
+            let fd = listener.as_raw_fd();
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, fd as u64),
+            )?;
+            Ok(epoll)
+        };
+        let epoll = setup().map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            Error::Listen(name, e)
+        })?;
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            listener,
+            epoll,
+            clients: HashMap::new(),
+            waiters: Vec::new(),
+            run,
+            exit,
+            guest_mib,
+            vcpus,
+            started: Instant::now(),
+        })
+    }
+
+    /// The descriptor the event loop polls.
+    pub fn poll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// Answers a request; None for `wait-exit` (answered at exit).
+    pub fn answer(&self, req: &Request) -> Option<Value> {
+        let ok = json!({"v": VERSION, "ok": true});
+        match req {
+            Request::Stats => {
+                let (user, system, rss) = process_usage();
+                Some(json!({
+                    "v": VERSION, "ok": true,
+                    "stats": {
+                        "vcpus": self.vcpus,
+                        "paused": self.run.is_paused(),
+                        "uptime_s": self.started.elapsed().as_secs_f64(),
+                        "memory": {"guest_mib": self.guest_mib, "vmm_rss_kib": rss},
+                        "cpu": {"user_s": user, "system_s": system},
+                    }
+                }))
+            }
+            Request::Pause => {
+                self.run.set_paused(true);
+                Some(ok)
+            }
+            Request::Resume => {
+                self.run.set_paused(false);
+                Some(ok)
+            }
+            Request::Shutdown => {
+                self.exit.notify(ExitReason::Stopped);
+                Some(ok)
+            }
+            Request::WaitExit => None,
+        }
+    }
+
+    fn accept(&mut self) {
+        while let Ok((s, _)) = self.listener.accept() {
+            if self.clients.len() >= MAX_CLIENTS || s.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let fd = s.as_raw_fd();
+            if self
+                .epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, fd as u64),
+                )
+                .is_ok()
+            {
+                self.clients.insert(fd, (s, Vec::new()));
+            }
+        }
+    }
+
+    fn drop_client(&mut self, fd: RawFd) -> Option<UnixStream> {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        self.clients.remove(&fd).map(|(s, _)| s)
+    }
+
+    fn serve(&mut self, fd: RawFd) {
+        let mut buf = [0u8; 512];
+        loop {
+            let Some((stream, line)) = self.clients.get_mut(&fd) else {
+                return;
+            };
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    self.drop_client(fd);
+                    return;
+                }
+                Ok(n) => line.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.drop_client(fd);
+                    return;
+                }
+            }
+            if line.len() > MAX_LINE && !line.contains(&b'\n') {
+                if let Some(mut s) = self.drop_client(fd) {
+                    let _ = writeln!(s, "{}", error_answer("request line too long"));
+                }
+                return;
+            }
+        }
+        loop {
+            let Some((_, line)) = self.clients.get_mut(&fd) else {
+                return;
+            };
+            let Some(pos) = line.iter().position(|&b| b == b'\n') else {
+                return;
+            };
+            let text: Vec<u8> = line.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&text);
+            let answer = match parse(text.trim()) {
+                Ok(Request::WaitExit) => {
+                    if let Some(s) = self.drop_client(fd) {
+                        let _ = s.set_nonblocking(false);
+                        self.waiters.push(s);
+                    }
+                    return;
+                }
+                Ok(req) => self.answer(&req),
+                Err(msg) => Some(error_answer(&msg)),
+            };
+            if let (Some(a), Some((stream, _))) = (answer, self.clients.get_mut(&fd)) {
+                if writeln!(stream, "{a}").is_err() {
+                    self.drop_client(fd);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Tells every `wait-exit` client how the VM ended.
+    pub fn finish(&mut self, reason: &ExitReason) {
+        let answer = exit_answer(reason).to_string();
+        for mut w in self.waiters.drain(..) {
+            let _ = writeln!(w, "{answer}");
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl EventHandler for ControlServer {
+    fn handle(&mut self, _fd: RawFd) {
+        let mut events = vec![EpollEvent::default(); 16];
+        let n = self.epoll.wait(0, &mut events).unwrap_or(0);
+        for ev in &events[..n] {
+            let fd = ev.data() as RawFd;
+            if fd == self.listener.as_raw_fd() {
+                self.accept();
+            } else {
+                self.serve(fd);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+
+    #[test]
+    fn parsing() {
+        assert_eq!(parse(r#"{"v":1,"cmd":"stats"}"#), Ok(Request::Stats));
+        assert_eq!(parse(r#"{"v":1,"cmd":"wait-exit"}"#), Ok(Request::WaitExit));
+        assert!(parse(r#"{"v":2,"cmd":"stats"}"#)
+            .unwrap_err()
+            .contains("version"));
+        assert!(parse(r#"{"v":1,"cmd":"reboot"}"#)
+            .unwrap_err()
+            .contains("unknown"));
+        assert!(parse("not json").is_err());
+    }
+
+    #[test]
+    fn socket_round_trip() {
+        let path = std::env::temp_dir().join(format!("hull-ctl-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let run = Arc::new(RunControl::default());
+        let exit = Arc::new(ExitNotifier::new().unwrap());
+        let mut server = ControlServer::new(&path, run.clone(), exit.clone(), 128, 2).unwrap();
+        let client = UnixStream::connect(&path).unwrap();
+        let waiter = UnixStream::connect(&path).unwrap();
+        let mut c = &client;
+        writeln!(c, r#"{{"v":1,"cmd":"stats"}}"#).unwrap();
+        writeln!(c, r#"{{"v":1,"cmd":"pause"}}"#).unwrap();
+        writeln!(c, r#"{{"v":9}}"#).unwrap();
+        writeln!(&waiter, r#"{{"v":1,"cmd":"wait-exit"}}"#).unwrap();
+        let mut reader = BufReader::new(&client);
+        let mut answers = Vec::new();
+        while answers.len() < 3 {
+            server.handle(server.poll_fd());
+            let mut line = String::new();
+            client
+                .set_read_timeout(Some(std::time::Duration::from_millis(50)))
+                .unwrap();
+            if reader.read_line(&mut line).is_ok() && !line.is_empty() {
+                answers.push(serde_json::from_str::<Value>(&line).unwrap());
+            }
+        }
+        assert_eq!(answers[0]["stats"]["memory"]["guest_mib"], 128);
+        assert!(
+            answers[0]["stats"]["memory"]["vmm_rss_kib"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        assert_eq!(answers[1]["ok"], true);
+        assert!(run.is_paused());
+        assert_eq!(answers[2]["ok"], false);
+        // The waiter hears about the exit.
+        for _ in 0..5 {
+            server.handle(server.poll_fd());
+        }
+        server.finish(&ExitReason::GuestPowerOff);
+        let mut line = String::new();
+        BufReader::new(&waiter).read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["exit"]["status"], 0);
+        std::fs::remove_file(&path).unwrap();
+    }
+}

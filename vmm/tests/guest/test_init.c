@@ -1,0 +1,112 @@
+/* Guest side of hull-vmm's lab tests: runs as /init of a throwaway initramfs, does the test
+ * named by HULL_TEST (from the kernel command line), prints its findings on the console and
+ * reboots (the VMM then exits). Built by the lab tests with `gcc -static`. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/vm_sockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int read_line(int fd, char *buf, int cap) {
+    int n = 0;
+    while (n < cap - 1) {
+        char c;
+        if (read(fd, &c, 1) != 1) break;
+        buf[n++] = c;
+        if (c == '\n') break;
+    }
+    buf[n] = 0;
+    return n;
+}
+
+static int vsock_test(void) {
+    /* Guest -> host: the host listens on <uds>_5000. */
+    int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+    struct sockaddr_vm host = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = 5000};
+    if (s < 0 || connect(s, (struct sockaddr *)&host, sizeof host) != 0) {
+        printf("GUEST_ERROR connect: %s\n", strerror(errno));
+        return 1;
+    }
+    const char *msg = "ping from guest\n";
+    if (write(s, msg, strlen(msg)) < 0) return 1;
+    char buf[256];
+    read_line(s, buf, sizeof buf);
+    printf("GUEST_GOT %s", buf);
+    close(s);
+
+    /* Host -> guest: the host connects with CONNECT 1024. */
+    int l = socket(AF_VSOCK, SOCK_STREAM, 0);
+    struct sockaddr_vm any = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = 1024};
+    if (l < 0 || bind(l, (struct sockaddr *)&any, sizeof any) != 0 || listen(l, 1) != 0) {
+        printf("GUEST_ERROR listen: %s\n", strerror(errno));
+        return 1;
+    }
+    printf("GUEST_LISTENING\n");
+    fflush(stdout);
+    int c = accept(l, NULL, NULL);
+    if (c < 0) {
+        printf("GUEST_ERROR accept: %s\n", strerror(errno));
+        return 1;
+    }
+    int n = read_line(c, buf, sizeof buf);
+    printf("GUEST_READ %d\n", n);
+    if (write(c, "echo: ", 6) < 0 || write(c, buf, n) < 0) {
+        printf("GUEST_ERROR echo: %s\n", strerror(errno));
+        return 1;
+    }
+    close(c);
+    return 0;
+}
+
+static int blk_test(void) {
+    mkdir("/dev", 0755);
+    if (mount("devtmpfs", "/dev", "devtmpfs", 0, NULL) != 0 && errno != EBUSY) {
+        printf("GUEST_ERROR mount devtmpfs: %s\n", strerror(errno));
+        return 1;
+    }
+    char buf[128] = {0};
+    int a = open("/dev/vda", O_RDONLY);
+    if (a < 0 || pread(a, buf, sizeof buf - 1, 0) <= 0) {
+        printf("GUEST_ERROR read vda: %s\n", strerror(errno));
+        return 1;
+    }
+    char *nl = strchr(buf, '\n');
+    if (nl) *nl = 0;
+    printf("VDA %s\n", buf);
+    int ro = open("/dev/vda", O_RDWR);
+    int is_ro = 0;
+    ioctl(a, BLKROGET, &is_ro);
+    printf("VDA_RO %d\n", is_ro);
+    /* Writing through the page cache may succeed; the flush to a read-only disk must fail. */
+    int refused = ro < 0 || pwrite(ro, "x", 1, 0) != 1 || fsync(ro) != 0;
+    printf("VDA_WRITE %s\n", refused ? "refused" : "accepted");
+    int b = open("/dev/vdb", O_RDWR);
+    const char *msg = "written by guest\n";
+    if (b < 0 || pwrite(b, msg, strlen(msg), 512) != (ssize_t)strlen(msg) || fsync(b) != 0) {
+        printf("GUEST_ERROR write vdb: %s\n", strerror(errno));
+        return 1;
+    }
+    printf("VDB_WRITTEN\n");
+    return 0;
+}
+
+int main(void) {
+    const char *test = getenv("HULL_TEST");
+    int rc = 1;
+    if (test && strcmp(test, "vsock") == 0) rc = vsock_test();
+    else if (test && strcmp(test, "blk") == 0) rc = blk_test();
+    else printf("GUEST_ERROR unknown HULL_TEST\n");
+    printf("HULL_TEST_DONE %d\n", rc);
+    fflush(stdout);
+    sync();
+    reboot(RB_AUTOBOOT);
+    return rc;
+}
