@@ -86,6 +86,27 @@ const MOUNTS: [(&str, &str, &str, MsFlags, &str); 7] = [
     ),
 ];
 
+/// Moves our root off the initramfs: pivot_root(2) refuses to pivot away
+/// from the initial rootfs mount (it has no parent), so every container setup
+/// would fail. A recursive bind of `/` moved over `/` and entered with
+/// chroot has a parent and the same contents; nothing is copied.
+pub fn leave_initramfs() -> Result<(), InitError> {
+    const NEW_ROOT: &str = "/.hull-root";
+    let mount_err = |target| move |source| InitError::Mount { target, source };
+    std::fs::create_dir_all(NEW_ROOT).map_err(|source| InitError::Dir {
+        target: NEW_ROOT,
+        source,
+    })?;
+    let rec_bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some("/"), NEW_ROOT, None::<&str>, rec_bind, None::<&str>)
+        .map_err(mount_err(NEW_ROOT))?;
+    nix::unistd::chdir(NEW_ROOT).map_err(mount_err(NEW_ROOT))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(mount_err("/"))?;
+    nix::unistd::chroot(".").map_err(mount_err("/"))?;
+    nix::unistd::chdir("/").map_err(mount_err("/"))?;
+    Ok(())
+}
+
 /// Mounts the guest's filesystems; an already mounted target is fine.
 pub fn mount_all() -> Result<(), InitError> {
     for (source, target, fstype, flags, data) in MOUNTS {

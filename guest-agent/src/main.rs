@@ -13,7 +13,9 @@
 //! socket and leaves guest-wide settings (hostname, mounts) alone.
 //!
 //! Kernel command-line words read as PID 1: `hull.selftest=ready` (see above)
-//! and `hull.log_port=PORT` (also send logs on a vsock stream to that host port).
+//! and `hull.log_port=PORT` (also send logs on a vsock stream to that host port),
+//! `hull.containers_root=DIR` (rootfs paths must lie under DIR instead of
+//! /run/hull/shared).
 //! `HULL_AGENT_LOG` sets the log filter (default `info`).
 
 mod cgroup;
@@ -37,13 +39,30 @@ use anyhow::{bail, Context};
 
 use crate::sandbox::{Config, Sandbox};
 
+/// Kernel command-line key overriding the guest's containers root.
+const CONTAINERS_ROOT_KEY: &str = "hull.containers_root=";
+
 struct Args {
     listen: String,
     config: Config,
 }
 
-fn parse_args(guest: bool) -> anyhow::Result<Args> {
-    let mut args = Args {
+/// As PID 1 the arguments come from the kernel (stray command-line words), so
+/// they are ignored; `hull.containers_root=DIR` on the command line moves the
+/// containers root (guest tests with a rootfs inside the initramfs).
+fn guest_args(cmdline: &str) -> Args {
+    let mut args = default_args(true);
+    if let Some(dir) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(CONTAINERS_ROOT_KEY))
+    {
+        args.config.containers_root = dir.into();
+    }
+    args
+}
+
+fn default_args(guest: bool) -> Args {
+    Args {
         listen: format!("vsock:{}", hull_protocol::AGENT_PORT),
         config: Config {
             containers_root: PathBuf::from(sandbox::SHARED_DIR),
@@ -51,7 +70,11 @@ fn parse_args(guest: bool) -> anyhow::Result<Args> {
             state_dir: PathBuf::from("/run/hull"),
             guest,
         },
-    };
+    }
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = default_args(false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -69,6 +92,7 @@ fn parse_args(guest: bool) -> anyhow::Result<Args> {
 fn run() -> anyhow::Result<()> {
     let pid1 = std::process::id() == 1;
     if pid1 {
+        init::leave_initramfs().context("move the root off the initramfs")?;
         init::mount_all().context("mount the guest filesystems")?;
     }
     let started = init::uptime();
@@ -90,7 +114,11 @@ fn run() -> anyhow::Result<()> {
     if let Some(e) = log_error {
         tracing::warn!(error = %e, "logging to the console only");
     }
-    let args = parse_args(pid1)?;
+    let args = if pid1 {
+        guest_args(&cmdline)
+    } else {
+        parse_args()?
+    };
     if !pid1 {
         reaper::become_subreaper().context("become a child subreaper")?;
     }

@@ -73,13 +73,23 @@ pub fn spawn(
         .write_all(&json)
         .map_err(ContainerError::Helper)?;
 
-    let mut pid = None;
-    let mut master = None;
+    let (mut pid, mut master, mut ready) = (None, None, false);
+    // The helper reports the PID and its child reports Ready: either may come first.
     let result = loop {
         match ours.recv()? {
-            Some((Msg::Pid(p), _)) => pid = Some(p),
+            Some((Msg::Pid(p), _)) => {
+                pid = Some(p);
+                if ready {
+                    break Ok(());
+                }
+            }
             Some((Msg::PtyMaster, fd)) => master = fd,
-            Some((Msg::Ready, _)) => break Ok(()),
+            Some((Msg::Ready, _)) => {
+                ready = true;
+                if pid.is_some() {
+                    break Ok(());
+                }
+            }
             Some((Msg::Error(e), _)) => break Err(ContainerError::Setup(e)),
             Some((other, _)) => break Err(ContainerError::Setup(format!("unexpected {other:?}"))),
             None => {
