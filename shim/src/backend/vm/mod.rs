@@ -82,7 +82,21 @@ impl VmBackend {
                 .is_none_or(|vmm| !matches!(vmm.try_wait(), Ok(None)))
     }
 
-    /// Binds the stdio listeners, makes the agent call, takes the streams.
+    /// Whether hull-vmm is gone or goes within `grace`: its connection closes
+    /// just before the exited process can be reaped.
+    fn vm_gone_within(&self, grace: Duration) -> bool {
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            if self.vm_gone() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Binds the stdio listeners, makes the agent call (which returns the guest
     /// pid), takes the streams.
     fn with_stdio(
@@ -233,7 +247,7 @@ impl Backend for VmBackend {
         wait.exec_id = exec_key(exec_id);
         match vm.client.wait_process(agent::blocking(), &wait) {
             Ok(r) => Ok(r.exit_status),
-            Err(e) if self.vm_gone() => {
+            Err(e) if self.vm_gone_within(Duration::from_secs(2)) => {
                 tracing::warn!(sandbox = %vm.sandbox_id, container = container_id,
                     "the VM is gone, the process died with it: {e}");
                 Ok(VM_GONE_STATUS)
