@@ -76,12 +76,13 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            kernel: PathBuf::from("/usr/share/hull/vmlinux"),
-            initrd: PathBuf::from("/usr/share/hull/initramfs.cpio.gz"),
+            // Where `make setup` installs them.
+            kernel: PathBuf::from("/usr/local/share/hull/vmlinux"),
+            initrd: PathBuf::from("/usr/local/share/hull/initramfs.cpio"),
             vcpus: 1,
             memory_mib: 512,
-            hull_vmm: PathBuf::from("/usr/bin/hull-vmm"),
-            virtiofsd: PathBuf::from("/usr/libexec/virtiofsd"),
+            hull_vmm: PathBuf::from("/usr/local/bin/hull-vmm"),
+            virtiofsd: PathBuf::from("/usr/local/bin/virtiofsd"),
             run_dir: PathBuf::from("/run/hull"),
             debug: false,
             allow_path_annotations: false,

@@ -298,7 +298,10 @@ mod tests {
             code(TaskError::Backend(BackendError::Unsupported("pty"))),
             Code::UNIMPLEMENTED
         );
-        assert_eq!(code(TaskError::Backend(BackendError::NoVm)), Code::INTERNAL);
+        assert_eq!(
+            code(TaskError::Backend(BackendError::Agent("gone".into()))),
+            Code::INTERNAL
+        );
     }
 
     #[test]

@@ -1,0 +1,88 @@
+//! The ttrpc connection to `hull-agent` over the hybrid vsock, the version
+//! handshake, and how agent errors become backend errors.
+
+use std::os::fd::IntoRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use hull_protocol::agent::VersionRequest;
+use hull_protocol::agent_ttrpc::AgentClient;
+use ttrpc::context::{self, Context};
+use ttrpc::Code;
+
+use super::hybrid;
+use crate::backend::BackendError;
+
+/// How long a prompt agent call may take (the lab runs guests 30-100x slower).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A context for a call expected to answer promptly.
+pub fn prompt() -> Context {
+    context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+/// A context for a call that blocks until something happens in the guest.
+pub fn blocking() -> Context {
+    context::with_timeout(0)
+}
+
+/// Connects to the agent's port and checks that it speaks our API version.
+pub fn connect(uds: &Path) -> Result<AgentClient, BackendError> {
+    let stream = hybrid::connect(uds, hull_protocol::AGENT_PORT, CALL_TIMEOUT)
+        .map_err(|e| BackendError::Sandbox(Box::new(e)))?;
+    let client = ttrpc::Client::new(stream.into_raw_fd())
+        .map_err(|e| BackendError::Agent(format!("ttrpc client: {e}")))?;
+    let client = AgentClient::new(client);
+    let mut req = VersionRequest::new();
+    req.api_version = hull_protocol::API_VERSION.into();
+    let version = client.version(prompt(), &req).map_err(map("Version"))?;
+    if !hull_protocol::compatible(&version.api_version) {
+        return Err(BackendError::Agent(format!(
+            "the guest agent speaks {} and this shim {}: install a matching initramfs",
+            version.api_version,
+            hull_protocol::API_VERSION
+        )));
+    }
+    tracing::info!(
+        agent = %version.agent_version,
+        uptime_secs = version.uptime_secs,
+        "guest agent connected"
+    );
+    Ok(client)
+}
+
+/// Maps a failed agent call to a backend error, naming the call.
+pub fn map(call: &'static str) -> impl Fn(ttrpc::Error) -> BackendError {
+    move |err| match err {
+        ttrpc::Error::RpcStatus(status) => {
+            let msg = format!("{call}: {}", status.message);
+            match status.code() {
+                Code::NOT_FOUND => BackendError::Invalid(msg),
+                Code::INVALID_ARGUMENT => BackendError::Invalid(msg),
+                Code::UNIMPLEMENTED => BackendError::Unsupported(call),
+                _ => BackendError::Agent(msg),
+            }
+        }
+        other => BackendError::Agent(format!("{call}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_statuses_map_to_backend_errors() {
+        let status =
+            |code, msg: &str| ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.to_string()));
+        let e = map("Stats")(status(Code::INVALID_ARGUMENT, "bad id"));
+        assert!(
+            matches!(e, BackendError::Invalid(ref m) if m == "Stats: bad id"),
+            "{e}"
+        );
+        let e = map("ResizePty")(status(Code::UNIMPLEMENTED, ""));
+        assert!(matches!(e, BackendError::Unsupported("ResizePty")), "{e}");
+        let e = map("WaitProcess")(ttrpc::Error::Others("socket closed".into()));
+        assert!(matches!(e, BackendError::Agent(_)), "{e}");
+    }
+}

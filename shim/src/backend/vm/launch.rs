@@ -1,0 +1,208 @@
+//! The pod's host processes: `virtiofsd` serving the share and `hull-vmm`
+//! running the guest, both recorded in `host-pids`, and their teardown.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::backend::host_pids;
+use crate::backend::SandboxRequest;
+
+/// Guest CID of every pod VM (each VM has its own hybrid vsock socket).
+pub const GUEST_CID: u32 = 3;
+/// virtio-fs tag of the pod share, mounted by the agent at `/run/hull/shared`.
+pub const SHARE_TAG: &str = "hullshare";
+/// hull-vmm's vCPU limit.
+const VMM_MAX_VCPUS: u32 = 8;
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+
+/// Errors of starting the pod's host processes.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot start {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("virtiofsd did not create {socket} within {secs} s")]
+    NoFsSocket { socket: PathBuf, secs: u64 },
+    #[error("hull-vmm exited before the guest agent was ready ({status}); see the shim log for the console")]
+    VmmExited { status: String },
+    #[error(
+        "the guest agent printed no ready marker within {secs} s; see the shim log for the console"
+    )]
+    NotReady { secs: u64 },
+}
+
+/// Paths of one pod's sockets, all inside its state directory.
+#[derive(Debug, Clone)]
+pub struct Sockets {
+    pub vsock: PathBuf,
+    pub fs: PathBuf,
+}
+
+impl Sockets {
+    pub fn in_dir(state_dir: &Path) -> Self {
+        Self {
+            vsock: state_dir.join("vsock.sock"),
+            fs: state_dir.join("fs.sock"),
+        }
+    }
+
+    /// Removes what the processes may have left behind.
+    pub fn remove(&self) {
+        for path in [
+            self.vsock.clone(),
+            self.fs.clone(),
+            PathBuf::from(format!("{}.pid", self.fs.display())),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Starts virtiofsd on the pod share and waits for its socket.
+pub fn start_virtiofsd(
+    req: &SandboxRequest,
+    sockets: &Sockets,
+    timeout: Duration,
+) -> Result<Child, LaunchError> {
+    let program = &req.config.virtiofsd;
+    let mut child = Command::new(program)
+        .arg("--socket-path")
+        .arg(&sockets.fs)
+        .arg("--shared-dir")
+        .arg(&req.share_dir)
+        // chroot, not a mount namespace: containers created later mount their
+        // rootfs into the share after virtiofsd started, and it must see them.
+        .args([
+            "--sandbox",
+            "chroot",
+            "--announce-submounts",
+            "--cache",
+            "auto",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| LaunchError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    record(&req.state_dir, child.id());
+    log_lines(child.stderr.take(), &req.sandbox_id, "virtiofsd", None);
+    let deadline = Instant::now() + timeout;
+    while !sockets.fs.exists() {
+        if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            stop(&mut child, Duration::ZERO);
+            return Err(LaunchError::NoFsSocket {
+                socket: sockets.fs.clone(),
+                secs: timeout.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child)
+}
+
+/// Starts hull-vmm and waits until the agent prints its ready marker.
+pub fn start_vmm(
+    req: &SandboxRequest,
+    sockets: &Sockets,
+    timeout: Duration,
+) -> Result<Child, LaunchError> {
+    let config = &req.config;
+    let program = &config.hull_vmm;
+    let mut child = Command::new(program)
+        .arg("--kernel")
+        .arg(&config.kernel)
+        .arg("--initrd")
+        .arg(&config.initrd)
+        .args(["--cmdline", CMDLINE])
+        .args(["--vcpus", &config.vcpus.min(VMM_MAX_VCPUS).to_string()])
+        .args(["--memory", &config.memory_mib.to_string()])
+        .args(["--console", "stdout"])
+        .arg("--vsock")
+        .arg(format!("{GUEST_CID},{}", sockets.vsock.display()))
+        .arg("--fs")
+        .arg(format!("{SHARE_TAG},{}", sockets.fs.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| LaunchError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    record(&req.state_dir, child.id());
+    let (ready_tx, ready_rx) = mpsc::channel();
+    log_lines(child.stderr.take(), &req.sandbox_id, "hull-vmm", None);
+    log_lines(
+        child.stdout.take(),
+        &req.sandbox_id,
+        "guest console",
+        Some(ready_tx),
+    );
+    match ready_rx.recv_timeout(timeout) {
+        Ok(()) => Ok(child),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = match child.wait() {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            };
+            Err(LaunchError::VmmExited { status })
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            stop(&mut child, Duration::ZERO);
+            Err(LaunchError::NotReady {
+                secs: timeout.as_secs(),
+            })
+        }
+    }
+}
+
+fn record(state_dir: &Path, pid: u32) {
+    if let Err(e) = host_pids::record(state_dir, pid) {
+        tracing::warn!(pid, "record host pid: {e}");
+    }
+}
+
+/// Copies a child's output lines into the shim log; with `ready`, signals the
+/// agent's ready marker once.
+fn log_lines(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+    sandbox: &str,
+    source: &'static str,
+    ready: Option<mpsc::Sender<()>>,
+) {
+    let Some(pipe) = pipe else { return };
+    let sandbox = sandbox.to_string();
+    std::thread::spawn(move || {
+        let mut ready = ready;
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            tracing::info!(sandbox = %sandbox, source, "{line}");
+            if line.contains(hull_protocol::READY_MARKER) {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+}
+
+/// Waits up to `grace` for the child to exit, then SIGKILLs and reaps it.
+pub fn stop(child: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
