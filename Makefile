@@ -1,8 +1,11 @@
 # Hull: the two commands are `make demo` (set up, then run the demo) and `make test`.
-.PHONY: setup demo test test-unit test-lab kernel image kvm-check
+.PHONY: setup install demo test test-unit test-lab kernel image kvm-check
 
 setup:
 	@scripts/setup.sh
+
+install: setup
+	@scripts/install.sh --print-cri
 
 demo: setup
 	@scripts/demo.sh

@@ -2,7 +2,7 @@
 # Installs Hull for containerd: release binaries on containerd's PATH, the guest
 # kernel and image under $PREFIX/share/hull, and /etc/hull/config.toml pointing
 # at them (kept when an administrator has edited it). Prints the containerd CRI
-# snippet for the runtime class `hull`. Called by `make setup`.
+# snippet for the runtime class `hull` with --print-cri. Run by `make install`.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +17,8 @@ install -D -m 0644 "$(kernel-config/build.sh)/vmlinux" "$prefix/share/hull/vmlin
 install -D -m 0644 "$(rootfs/build.sh)" "$prefix/share/hull/initramfs.cpio"
 
 virtiofsd="$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")"
+[[ -x "$virtiofsd" ]] || { say "no virtiofsd; run 'make setup' first"; exit 1; }
+[[ "$virtiofsd" == "$prefix/bin/virtiofsd" ]] || ln -sf "$virtiofsd" "$prefix/bin/virtiofsd"
 config=/etc/hull/config.toml
 marker="# Written by Hull's scripts/install.sh; delete this line to keep your edits."
 if [[ ! -f "$config" ]] || head -1 "$config" | grep -qxF "$marker"; then
@@ -26,7 +28,7 @@ $marker
 kernel = "$prefix/share/hull/vmlinux"
 initrd = "$prefix/share/hull/initramfs.cpio"
 hull_vmm = "$prefix/bin/hull-vmm"
-virtiofsd = "$virtiofsd"
+virtiofsd = "$prefix/bin/virtiofsd"
 vcpus = 1
 memory_mib = 512
 CFG

@@ -193,7 +193,7 @@ fn wait_until_clean() -> Vec<String> {
 }
 
 #[test]
-#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+#[ignore = "pending: hull-vmm has no virtio-fs device yet, so the guest cannot mount container roots; rename this file to lab_shim.rs when it lands"]
 fn lab_ctr_run_in_a_microvm_and_nothing_left() {
     let release = std::fs::read_to_string(
         PathBuf::from(script_output("kernel-config/build.sh", &["--path"])).join("release"),
