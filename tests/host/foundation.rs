@@ -59,6 +59,9 @@ fn missing_image_is_one_clear_line() {
     assert!(err.contains("missing /nonexistent/hull-agent"), "{err}");
 }
 
+/// The lab tests below count lab processes, so they must not overlap.
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn lab_processes() -> HashSet<u32> {
     let out = Command::new("pgrep")
         .args(["-f", "/tmp/hull-lab\\."])
@@ -77,6 +80,7 @@ fn hung_lab_times_out_cleanly() {
     if std::env::var_os("HULL_LAB").is_some() {
         panic!("this test starts a lab; it runs on the host, not inside one");
     }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let before = lab_processes();
     let run = run_with_deadline(
         script("tests/lab/lab.sh").args(["--timeout", "12", "--", "sleep", "600"]),
@@ -92,6 +96,42 @@ fn hung_lab_times_out_cleanly() {
         .filter(|l| l.starts_with("lab: timed out"))
         .collect();
     assert_eq!(err.len(), 1, "one timeout line: {}", run.stderr);
+    let leaked: Vec<u32> = lab_processes().difference(&before).copied().collect();
+    assert!(leaked.is_empty(), "lab processes left behind: {leaked:?}");
+}
+
+/// Interrupting the lab (Ctrl-C, or a CI runner's SIGTERM) stops its QEMU and
+/// virtiofsd at once, even though QEMU runs under `timeout` in its own group.
+#[test]
+fn interrupted_lab_leaves_nothing_behind() {
+    if std::env::var_os("HULL_LAB").is_some() {
+        panic!("this test starts a lab; it runs on the host, not inside one");
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = lab_processes();
+    let mut child = script("tests/lab/lab.sh")
+        .args(["--timeout", "300", "--", "sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start lab.sh");
+    std::thread::sleep(Duration::from_secs(8));
+    let pid = i32::try_from(child.id()).expect("pid fits i32");
+    // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for lab.sh") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "lab.sh ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
     let leaked: Vec<u32> = lab_processes().difference(&before).copied().collect();
     assert!(leaked.is_empty(), "lab processes left behind: {leaked:?}");
 }

@@ -39,8 +39,13 @@ labdir="$("$here/prepare.sh")" || exit 125
 run="$(mktemp -d /tmp/hull-lab.XXXXXX)"
 pids=()
 cleanup() {
+    # QEMU runs under `timeout`, which leads its own process group: find every
+    # process of this run (QEMU, virtiofsd, timeout) by the run directory.
+    pkill -TERM -f -- "$run/" 2>/dev/null || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do pgrep -f -- "$run/" >/dev/null || break; sleep 0.1; done
+    pkill -KILL -f -- "$run/" 2>/dev/null || true
     rm -rf "$run"
 }
 trap cleanup EXIT
@@ -76,14 +81,21 @@ checkout="$(cd "$here/../.." && pwd)"
 cmdline="console=ttyS0 panic=-1 quiet rdinit=/init LAB_STAGE2=$here/stage2.sh LAB_RUN=$run LAB_KEEP=$checkout:$PWD"
 [[ -n "$share" ]] && cmdline+=" LAB_SHARE=$share"
 
+# In the background with `wait`, so a SIGINT/SIGTERM to this script is handled at
+# once (bash defers traps while a foreground pipeline runs) and cleanup runs.
+{
+    status=0
+    timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${mem}M" -smp 1 \
+        -display none -monitor none -serial stdio -no-reboot -nodefaults \
+        -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -machine q35,memory-backend=mem \
+        "${fs_args[@]}" -kernel "$labdir/vmlinuz" -initrd "$labdir/initrd.gz" -append "$cmdline" \
+        </dev/null || status=$?
+    echo "$status" > "$run/qemu-status"
+} | sed -u -E -e 's/\r$//' -e '/^HULL_LAB_EXIT=/d' \
+    -e '/^\[ *[0-9.]+\] (sysrq: Power Off|reboot: Power down)/d' &
 set +e
-timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${mem}M" -smp 1 \
-    -display none -monitor none -serial stdio -no-reboot -nodefaults \
-    -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -machine q35,memory-backend=mem \
-    "${fs_args[@]}" -kernel "$labdir/vmlinuz" -initrd "$labdir/initrd.gz" -append "$cmdline" \
-    </dev/null | sed -u -E -e 's/\r$//' -e '/^HULL_LAB_EXIT=/d' \
-        -e '/^\[ *[0-9.]+\] (sysrq: Power Off|reboot: Power down)/d'
-qrc=${PIPESTATUS[0]}
+wait $!
+qrc="$(cat "$run/qemu-status" 2>/dev/null || echo 125)"
 set -e
 if [[ -f "$run/exit" ]]; then
     exit "$(cat "$run/exit")"
