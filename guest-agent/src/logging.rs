@@ -3,10 +3,8 @@
 //! the agent dials to that host port.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Kernel command-line key naming the host vsock port for the log stream.
@@ -27,7 +25,11 @@ impl Sink {
         else {
             return (Sink::default(), None);
         };
-        match port.parse().map_err(|_| nix::Error::EINVAL).and_then(dial) {
+        match port
+            .parse()
+            .map_err(|_| nix::Error::EINVAL)
+            .and_then(crate::stdio::dial_vsock)
+        {
             Ok(fd) => (
                 Sink {
                     stream: Some(Arc::new(Mutex::new(fd.into()))),
@@ -40,20 +42,6 @@ impl Sink {
             ),
         }
     }
-}
-
-fn dial(port: u32) -> nix::Result<OwnedFd> {
-    let fd = socket(
-        AddressFamily::Vsock,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    connect(
-        fd.as_raw_fd(),
-        &VsockAddr::new(hull_protocol::HOST_CID, port),
-    )?;
-    Ok(fd)
 }
 
 impl Write for Sink {

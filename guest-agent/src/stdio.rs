@@ -72,7 +72,8 @@ fn dial(ep: &StreamEndpoint) -> Result<Option<OwnedFd>, StdioError> {
     }
 }
 
-fn dial_vsock(port: u32) -> nix::Result<OwnedFd> {
+/// Connects to `port` on the host (CID 2) over vsock.
+pub(crate) fn dial_vsock(port: u32) -> nix::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Vsock,
         SockType::Stream,
