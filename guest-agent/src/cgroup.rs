@@ -34,6 +34,8 @@ pub enum CgroupError {
     },
     #[error("cgroup {0:?} still has processes")]
     Busy(PathBuf),
+    #[error("cgroup {0:?} did not report {1} within the timeout")]
+    FreezeTimeout(PathBuf, &'static str),
     #[error("invalid unified cgroup key {0:?}")]
     BadKey(String),
 }
@@ -129,6 +131,28 @@ impl Cgroup {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect())
+    }
+
+    /// Freezes (`frozen = true`) or thaws every process of the cgroup and waits
+    /// until `cgroup.events` says it is done: a freeze only counts once no
+    /// process can run any more.
+    pub fn set_frozen(&self, frozen: bool, timeout: Duration) -> Result<(), CgroupError> {
+        write(
+            &self.path.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = read(&self.path.join("cgroup.events"))?;
+            if events.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CgroupError::FreezeTimeout(self.path.clone(), want));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Sends `signal` to every process of the cgroup.

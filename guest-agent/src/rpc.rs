@@ -11,6 +11,9 @@ use ttrpc::{Code, TtrpcContext};
 use crate::container::{self, ContainerError};
 use crate::sandbox::{Sandbox, SandboxError};
 
+/// How long PauseContainer/ResumeContainer wait for the kernel to finish.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Service {
     pub sandbox: Arc<Sandbox>,
 }
@@ -170,6 +173,30 @@ impl agent_ttrpc::Agent for Service {
 
     fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         Ok(self.container(&req.container_id)?.cgroup.stats())
+    }
+
+    fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let c = self.container(&req.container_id)?;
+        c.cgroup
+            .set_frozen(true, FREEZE_TIMEOUT)
+            .map_err(|e| container_err(e.into()))?;
+        Ok(Empty::new())
+    }
+
+    fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let c = self.container(&req.container_id)?;
+        c.cgroup
+            .set_frozen(false, FREEZE_TIMEOUT)
+            .map_err(|e| container_err(e.into()))?;
+        Ok(Empty::new())
     }
 
     fn oom_event(&self, _: &TtrpcContext, req: OomEventRequest) -> ttrpc::Result<OomEventResponse> {

@@ -718,3 +718,46 @@ fn sandbox_files_limits_and_destroy() {
         "container process gone"
     );
 }
+
+#[test]
+#[ignore = "lab: needs root and a cgroup v2 hierarchy (make test-lab)"]
+fn pause_freezes_the_container_and_resume_thaws_it() {
+    let a = Agent::start("pause");
+    let io = Io::new(&a.dir, "p", false);
+    let s = sh("i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done");
+    a.create("c1", &s, io.stdio()).unwrap();
+    let (out, _) = io.collect();
+    a.start_c("c1");
+    let counter = a.dir.join("c1/rootfs/tmp/n");
+    let read = || std::fs::read_to_string(&counter).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read().trim().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!read().trim().is_empty(), "the container never counted");
+
+    let mut req = PauseContainerRequest::new();
+    req.container_id = "c1".into();
+    a.client.pause_container(ctx(), &req).unwrap();
+    let events = std::fs::read_to_string(a.cgroup_root.join("c1/cgroup.events")).unwrap();
+    assert!(events.contains("frozen 1"), "{events}");
+    let frozen_at = read();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(read(), frozen_at, "a paused container kept running");
+
+    let mut req = ResumeContainerRequest::new();
+    req.container_id = "c1".into();
+    a.client.resume_container(ctx(), &req).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read() == frozen_at && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(read(), frozen_at, "a resumed container did not run again");
+
+    let mut req = PauseContainerRequest::new();
+    req.container_id = "nope".into();
+    let err = rpc_message(a.client.pause_container(ctx(), &req).unwrap_err());
+    assert!(err.contains("nope"), "{err}");
+    a.remove("c1");
+    let _ = out.join();
+}

@@ -331,16 +331,24 @@ impl Backend for VmBackend {
         })
     }
 
-    fn pause(&self, _container_id: &str) -> Result<()> {
-        Err(BackendError::Unsupported(
-            "pause (hull-agent has no freezer call yet)",
-        ))
+    fn pause(&self, container_id: &str) -> Result<()> {
+        let vm = self.vm()?;
+        let mut req = PauseContainerRequest::new();
+        req.container_id = container_id.into();
+        vm.client
+            .pause_container(agent::prompt(), &req)
+            .map(|_| ())
+            .map_err(agent::map("PauseContainer"))
     }
 
-    fn resume(&self, _container_id: &str) -> Result<()> {
-        Err(BackendError::Unsupported(
-            "resume (hull-agent has no freezer call yet)",
-        ))
+    fn resume(&self, container_id: &str) -> Result<()> {
+        let vm = self.vm()?;
+        let mut req = ResumeContainerRequest::new();
+        req.container_id = container_id.into();
+        vm.client
+            .resume_container(agent::prompt(), &req)
+            .map(|_| ())
+            .map_err(agent::map("ResumeContainer"))
     }
 
     fn remove_container(&self, container_id: &str) -> Result<()> {
