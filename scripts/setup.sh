@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command setup for Hull on Debian 12 (root): Debian packages, Rust targets
-# and tools, virtiofsd, the guest kernel, the guest image and the lab's VM.
+# and tools, virtiofsd, the guest kernel, the guest image, Hull installed for
+# containerd (scripts/install.sh) and the lab's VM.
 # Idempotent: a second run with everything in place takes a few seconds.
 set -euo pipefail
 
@@ -43,6 +44,9 @@ fi
 
 say "guest kernel: $(kernel-config/build.sh)"
 say "guest image: $(rootfs/build.sh)"
+# Installs hull-vmm and the shim on containerd's PATH, the guest files and
+# /etc/hull/config.toml, and prints the containerd CRI snippet.
+scripts/install.sh --print-cri
 if ! scripts/kvm-check.sh >/dev/null; then
     say "lab VM: $(tests/lab/prepare.sh)"
 fi

@@ -1,0 +1,579 @@
+//! Lab tier: `ctr` against a private containerd (tests/lab/containerd.sh) with
+//! `--runtime io.containerd.hull.v2`, each pod in a real microVM (hull-vmm +
+//! virtiofsd + hull-agent on the Hull guest kernel). Needs a /dev/kvm that boots
+//! a standard guest kernel: `make test-lab` runs it inside the lab when the
+//! host's cannot. Needs the guest kernel (`make kernel`), the guest image
+//! (`make image`; `HULL_INITRD` overrides it), `hull-vmm` built next to the
+//! shim (`cargo build -p hull-vmm`) and virtiofsd.
+//!
+//! One containerd serves every test of this binary (importing the image costs
+//! ~20 s in the lab); it is stopped when the binary exits. Every test checks
+//! that nothing of its pods is left: no hull-vmm, virtiofsd or shim process, no
+//! pod directory, no mount.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-hull-v2");
+const HULL: &str = "io.containerd.hull.v2";
+const RUNC: &str = "io.containerd.runc.v2";
+const IMAGE: &str = "docker.io/library/busybox:latest";
+/// Upper bound for one `ctr` command in the (30-100x slower) lab.
+const CTR_TIMEOUT_SECS: u32 = 600;
+/// Everything of this binary lives here: containerd's state, the shim's pods.
+const BASE: &str = "/run/hull-lab-shim";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
+}
+
+fn script_output(script: &str, args: &[&str]) -> String {
+    let out = Command::new(workspace().join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn virtiofsd() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    [
+        PathBuf::from(home).join(".cargo/bin/virtiofsd"),
+        "/usr/local/bin/virtiofsd".into(),
+        "/usr/libexec/virtiofsd".into(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .expect("no virtiofsd: cargo install virtiofsd (make setup)")
+}
+
+fn guest_release() -> String {
+    let dir = PathBuf::from(script_output("kernel-config/build.sh", &["--path"]));
+    std::fs::read_to_string(dir.join("release"))
+        .expect("guest kernel release file")
+        .trim()
+        .to_string()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The private containerd, whose shim config points at this checkout's builds.
+struct Containerd {
+    address: String,
+}
+
+extern "C" fn stop_containerd() {
+    let _ = Command::new(workspace().join("tests/lab/containerd.sh"))
+        .arg("stop")
+        .env("HULL_CTRD_DIR", Path::new(BASE).join("containerd"))
+        .status();
+}
+
+/// The shared containerd; tests run one at a time (`--test-threads=1` or this lock).
+fn containerd() -> (&'static Containerd, std::sync::MutexGuard<'static, ()>) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    static CTRD: OnceLock<Containerd> = OnceLock::new();
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    (CTRD.get_or_init(Containerd::start), guard)
+}
+
+impl Containerd {
+    fn start() -> Self {
+        let bin_dir = Path::new(SHIM).parent().unwrap();
+        let vmm = bin_dir.join("hull-vmm");
+        assert!(vmm.is_file(), "no {vmm:?}: cargo build -p hull-vmm");
+        let kernel = PathBuf::from(script_output("kernel-config/build.sh", &["--path"]));
+        let initrd = std::env::var("HULL_INITRD")
+            .unwrap_or_else(|_| script_output("rootfs/build.sh", &["--path"]));
+        let base = Path::new(BASE);
+        stop_containerd();
+        let _ = std::fs::remove_dir_all(base);
+        std::fs::create_dir_all(base).unwrap();
+        let config = base.join("hull.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {vmm:?}\nvirtiofsd = {:?}\n\
+                 run_dir = {:?}\nmemory_mib = 256\ndebug = true\n",
+                kernel.join("vmlinux"),
+                virtiofsd(),
+                base.join("pods"),
+            ),
+        )
+        .unwrap();
+        let out = Command::new(workspace().join("tests/lab/containerd.sh"))
+            .arg("start")
+            .env("HULL_SHIM_DIR", bin_dir)
+            .env("HULL_CONFIG", &config)
+            .env("HULL_CTRD_DIR", base.join("containerd"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "containerd.sh start: {}",
+            text(&out.stderr)
+        );
+        // SAFETY: registers a plain function with no captured state, run once at exit.
+        unsafe { libc::atexit(stop_containerd) };
+        Self {
+            address: text(&out.stdout).trim().to_string(),
+        }
+    }
+
+    /// `ctr ARGS` with `input` on its stdin (or none), bounded in time.
+    fn ctr_in(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut child = Command::new("timeout")
+            .arg(CTR_TIMEOUT_SECS.to_string())
+            .args(["ctr", "--address", &self.address])
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ctr");
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_in(args, None)
+    }
+
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}{}\nshim log:\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            self.shim_log()
+        );
+        text(&out.stdout)
+    }
+
+    /// `ctr run --rm` of busybox with `runtime`; returns the output and the time taken.
+    fn run(
+        &self,
+        runtime: &str,
+        id: &str,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> (Output, Duration) {
+        let started = Instant::now();
+        let mut full = vec!["run", "--rm", "--runtime", runtime, IMAGE, id];
+        full.extend_from_slice(args);
+        let out = self.ctr_in(&full, input);
+        let took = started.elapsed();
+        let show = |b: &[u8]| text(&b[..b.len().min(300)]);
+        println!(
+            "ctr run {runtime} {args:?}: {} in {:.1} s\n  stdout: {}  stderr: {}",
+            out.status,
+            took.as_secs_f64(),
+            show(&out.stdout),
+            show(&out.stderr)
+        );
+        (out, took)
+    }
+
+    /// `ctr run -d` of busybox under Hull with extra `opts` before the image.
+    fn run_detached(&self, id: &str, opts: &[&str], args: &[&str]) {
+        let mut full = vec!["run", "-d", "--runtime", HULL];
+        full.extend_from_slice(opts);
+        full.extend_from_slice(&[IMAGE, id]);
+        full.extend_from_slice(args);
+        self.ctr_ok(&full);
+    }
+
+    /// The task's status column in `ctr task ls` ("" when absent).
+    fn task_status(&self, id: &str) -> String {
+        self.ctr_ok(&["task", "ls"])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn wait_status(&self, id: &str, want: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let status = self.task_status(id);
+            if status == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} is {status:?}, not {want}\nshim log:\n{}",
+                self.shim_log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Removes task and container `id`, whatever state they are in.
+    fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
+        let _ = self.ctr(&["task", "delete", "-f", id]);
+        let _ = self.ctr(&["containers", "rm", id]);
+    }
+
+    fn shim_log(&self) -> String {
+        let log = Path::new(BASE).join("containerd/containerd.log");
+        let all = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = all
+            .lines()
+            .filter(|l| l.contains("sandbox=") || l.contains("hull"))
+            .collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+}
+
+/// Host processes of this binary's pods (their command line names [`BASE`]): (pid, name).
+fn pod_processes(names: &[&str]) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if !text(&cmdline).contains(BASE) {
+            continue;
+        }
+        let argv0 = text(cmdline.split(|b| *b == 0).next().unwrap_or_default());
+        if let Some(name) = names.iter().find(|n| argv0.ends_with(*n)) {
+            found.push((pid, name.to_string()));
+        }
+    }
+    found
+}
+
+const MACHINERY: [&str; 3] = ["hull-vmm", "virtiofsd", "containerd-shim-hull-v2"];
+
+/// What the pods left: processes, pod directories, mounts.
+fn leftovers() -> Vec<String> {
+    let pods = Path::new(BASE).join("pods");
+    let mut left: Vec<String> = pod_processes(&MACHINERY)
+        .into_iter()
+        .map(|(pid, name)| format!("process {pid} {name}"))
+        .collect();
+    left.extend(
+        std::fs::read_dir(&pods)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("file {}", e.path().display())),
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(BASE))
+            .map(|l| format!("mount {l}")),
+    );
+    left
+}
+
+/// Waits for the pods' teardown to finish; asserts nothing is left.
+fn assert_clean(ctrd: &Containerd, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut left = leftovers();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        left = leftovers();
+    }
+    assert!(
+        left.is_empty(),
+        "left after {after}: {left:#?}\nshim log:\n{}",
+        ctrd.shim_log()
+    );
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn lab_ctr_run_kernel_exit_status_stdin_stdout_and_tty() {
+    let release = guest_release();
+    let (ctrd, _one) = containerd();
+    let (runc, runc_took) = ctrd.run(RUNC, "true-runc", &["true"], None);
+    assert!(runc.status.success(), "runc reference run");
+
+    let (out, first_took) = ctrd.run(HULL, "uname", &["uname", "-r"], None);
+    let ok = out.status.success() && text(&out.stdout).trim() == release;
+    if !ok {
+        println!("shim log:\n{}", ctrd.shim_log());
+        assert_clean(ctrd, "a failed run");
+    }
+    assert!(ok, "uname -r in the microVM should print {release}");
+    assert_ne!(
+        release,
+        text(&Command::new("uname").arg("-r").output().unwrap().stdout).trim(),
+        "the guest kernel must not be the host's"
+    );
+
+    let (out, _) = ctrd.run(HULL, "exit7", &["sh", "-c", "exit 7"], None);
+    assert_eq!(out.status.code(), Some(7), "the container's exit status");
+
+    let line = b"a line for the microVM \xe2\x9c\x93 with bytes: \t!\n";
+    let (out, _) = ctrd.run(HULL, "stdin", &["cat"], Some(line));
+    assert!(out.status.success());
+    assert_eq!(out.stdout, line, "stdin comes back intact");
+
+    // 100 MiB of a known stream: length and content checked on the host.
+    const SIZE: usize = 100 << 20;
+    let (out, took) = ctrd.run(
+        HULL,
+        "bulk",
+        &[
+            "sh",
+            "-c",
+            &format!("yes 0123456789abcdef | head -c {SIZE}"),
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), SIZE, "all of stdout arrives");
+    let expected: Vec<u8> = b"0123456789abcdef\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(SIZE)
+        .collect();
+    assert!(out.stdout == expected, "stdout arrives unchanged");
+    println!(
+        "TIMING 100 MiB stdout through ctr run: {:.1} s",
+        took.as_secs_f64()
+    );
+
+    // ctr -t needs a terminal of its own: script(1) provides one.
+    let tty = format!(
+        "ctr --address {} run --rm -t --runtime {HULL} {IMAGE} tty \
+         sh -c 'test -t 0 && test -t 1 && echo on-a-tty; exit 3'",
+        ctrd.address
+    );
+    let out = Command::new("timeout")
+        .args([
+            &CTR_TIMEOUT_SECS.to_string(),
+            "script",
+            "-qec",
+            &tty,
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    assert!(
+        text(&out.stdout).contains("on-a-tty"),
+        "{}\nshim log:\n{}",
+        text(&out.stdout),
+        ctrd.shim_log()
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+
+    let (hull, hull_took) = ctrd.run(HULL, "true-hull", &["true"], None);
+    assert!(hull.status.success());
+    println!(
+        "TIMING ctr run --rm true: hull {:.1} s, runc {:.1} s, ratio {:.2} (first hull run {:.1} s)",
+        hull_took.as_secs_f64(),
+        runc_took.as_secs_f64(),
+        hull_took.as_secs_f64() / runc_took.as_secs_f64(),
+        first_took.as_secs_f64()
+    );
+    assert_clean(ctrd, "the runs");
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn lab_task_operations_and_events_in_order() {
+    let (ctrd, _one) = containerd();
+    let events_log = Path::new(BASE).join("events.txt");
+    let mut events = Command::new("ctr")
+        .args(["--address", &ctrd.address, "events"])
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .spawn()
+        .expect("ctr events");
+    // PID 1 of a PID namespace ignores TERM unless it handles it: this one does.
+    let script = "trap 'exit 143' TERM; while :; do sleep 1; done";
+    ctrd.run_detached("ops", &[], &["sh", "-c", script]);
+    let out = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "ops",
+        "echo",
+        "from-exec",
+    ]);
+    assert_eq!(out, "from-exec\n");
+    let ps = ctrd.ctr_ok(&["task", "ps", "ops"]);
+    assert!(ps.lines().count() >= 2, "{ps}");
+    let metrics = ctrd.ctr_ok(&["task", "metrics", "ops"]);
+    assert!(metrics.contains("pids.current"), "{metrics}");
+    ctrd.ctr_ok(&["task", "pause", "ops"]);
+    assert_eq!(ctrd.task_status("ops"), "PAUSED");
+    ctrd.ctr_ok(&["task", "resume", "ops"]);
+    assert_eq!(ctrd.task_status("ops"), "RUNNING");
+    ctrd.ctr_ok(&["task", "kill", "-s", "TERM", "ops"]);
+    ctrd.wait_status("ops", "STOPPED", 120);
+    ctrd.ctr_ok(&["task", "delete", "ops"]);
+    ctrd.ctr_ok(&["containers", "rm", "ops"]);
+    assert_clean(ctrd, "the task operations");
+    let _ = events.kill();
+    let _ = events.wait();
+    let log = std::fs::read_to_string(&events_log).unwrap();
+    let topics: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|t| t.starts_with("/tasks/"))
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "{log}"
+    );
+    assert!(log.contains("\"exit_status\":143"), "{log}");
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn lab_containers_of_one_pod_share_one_vm_and_a_volume() {
+    let (ctrd, _one) = containerd();
+    let vol = Path::new(BASE).join("volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("from-host"), "host file\n").unwrap();
+    let mount = format!("type=bind,src={},dst=/vol,options=rbind:rw", vol.display());
+    let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=pod1"];
+    let opts = [&pod[..], &["--mount", &mount]].concat();
+    ctrd.run_detached("pod1", &opts, &["sleep", "1000"]);
+    ctrd.run_detached(
+        "pod1-c2",
+        &[
+            &opts[..],
+            &["--annotation", "io.kubernetes.cri.container-type=container"],
+        ]
+        .concat(),
+        &["sleep", "1000"],
+    );
+    let vmms = pod_processes(&["hull-vmm"]);
+    assert_eq!(vmms.len(), 1, "one VM for the pod: {vmms:?}");
+    ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "w",
+        "pod1",
+        "sh",
+        "-c",
+        "echo from-c1 > /vol/c1",
+    ]);
+    let seen = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "r",
+        "pod1-c2",
+        "cat",
+        "/vol/c1",
+        "/vol/from-host",
+    ]);
+    assert_eq!(seen, "from-c1\nhost file\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("c1")).unwrap(),
+        "from-c1\n"
+    );
+    let kernels = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "k",
+        "pod1-c2",
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
+    let kernels1 = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "k",
+        "pod1",
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
+    assert_eq!(kernels, kernels1, "both containers run on one guest kernel");
+    ctrd.remove("pod1-c2");
+    assert_eq!(
+        pod_processes(&["hull-vmm"]).len(),
+        1,
+        "the VM stays while the pod has a container"
+    );
+    ctrd.remove("pod1");
+    assert_clean(ctrd, "the pod");
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn lab_killed_vmm_ends_the_task_and_killed_shim_is_cleaned_up() {
+    let (ctrd, _one) = containerd();
+    // The VMM dies under a running container: the task exits, ctr returns.
+    ctrd.run_detached("vmmdies", &[], &["sleep", "1000"]);
+    let vmms = pod_processes(&["hull-vmm"]);
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    let _ = Command::new("kill")
+        .args(["-9", &vmms[0].0.to_string()])
+        .status();
+    ctrd.wait_status("vmmdies", "STOPPED", 120);
+    ctrd.ctr_ok(&["task", "delete", "vmmdies"]);
+    ctrd.ctr_ok(&["containers", "rm", "vmmdies"]);
+    assert_clean(ctrd, "a killed VMM");
+
+    // The shim dies: containerd runs `containerd-shim-hull-v2 delete`, which
+    // kills the VM and virtiofsd and removes the pod's mounts and files.
+    ctrd.run_detached("shimdies", &[], &["sleep", "1000"]);
+    let shims = pod_processes(&["containerd-shim-hull-v2"]);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let _ = Command::new("kill")
+        .args(["-9", &shims[0].0.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !ctrd.task_status("shimdies").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "task not cleaned up\n{}",
+            ctrd.shim_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = ctrd.ctr(&["task", "delete", "shimdies"]);
+    ctrd.ctr_ok(&["containers", "rm", "shimdies"]);
+    assert_clean(ctrd, "a killed shim");
+}
