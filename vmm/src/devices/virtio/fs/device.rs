@@ -7,6 +7,10 @@
 //! InterruptStatus bit the virtio-mmio driver reads. (Handing virtiofsd the irqfd itself would
 //! skip that bit, and the MMIO driver ignores an interrupt without it.)
 //!
+//! Driver reset: the rings are stopped (GET_VRING_BASE) and, when virtiofsd offers RESET_DEVICE
+//! (1.x does), its device state is reset so the driver can start the device again; otherwise
+//! the device declines to restart until the VM restarts.
+//!
 //! Backend death: the event loop also polls the vhost-user socket, which virtiofsd never writes
 //! on its own. When it hangs up, the device logs it, marks itself broken and stops listing the
 //! socket (the loop drops it); the VM keeps running without the share.
@@ -19,7 +23,7 @@ use vhost::vhost_user::Frontend;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::vhost_user::{self, StartParams, CONFIG_LEN, NUM_QUEUES, QUEUE_SIZE};
+use super::vhost_user::{self, Negotiated, StartParams, CONFIG_LEN, NUM_QUEUES, QUEUE_SIZE};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_FS,
 };
@@ -52,7 +56,8 @@ enum State {
     Ready,
     /// virtiofsd serves the queues.
     Running(Arc<Interrupt>),
-    /// The driver reset the device: the rings are stopped until the VM restarts.
+    /// The driver reset the device and the backend cannot reset its state (no RESET_DEVICE):
+    /// the rings are stopped until the VM restarts.
     Stopped,
     /// virtiofsd went away or failed during start.
     Broken,
@@ -63,7 +68,7 @@ pub struct Fs {
     tag: String,
     socket: PathBuf,
     frontend: Frontend,
-    backend_features: u64,
+    backend: Negotiated,
     acked: u64,
     config: [u8; CONFIG_LEN],
     kicks: Vec<EventFd>,
@@ -110,11 +115,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl Fs {
     /// Connects to virtiofsd at `socket` for the share the guest mounts as `tag`.
     pub fn new(tag: &str, socket: &Path) -> Result<Self, Error> {
-        let (frontend, backend_features) = vhost_user::connect(socket).map_err(|e| match e {
+        let (frontend, backend) = vhost_user::connect(socket).map_err(|e| match e {
             vhost_user::Error::Connect(..) => Error::Connect(e),
             e => Error::Setup(tag.to_string(), e),
         })?;
-        Self::with_frontend(tag, socket, frontend, backend_features)
+        Self::with_frontend(tag, socket, frontend, backend)
     }
 
     /// The device on an already set-up `frontend` (see [`vhost_user::connect`]).
@@ -122,7 +127,7 @@ impl Fs {
         tag: &str,
         socket: &Path,
         frontend: Frontend,
-        backend_features: u64,
+        backend: Negotiated,
     ) -> Result<Self, Error> {
         let kicks = (0..NUM_QUEUES)
             .map(|_| EventFd::new(EFD_NONBLOCK))
@@ -132,7 +137,7 @@ impl Fs {
             tag: tag.to_string(),
             socket: socket.to_path_buf(),
             frontend,
-            backend_features,
+            backend,
             acked: 0,
             config: vhost_user::config_space(tag),
             kicks,
@@ -166,7 +171,7 @@ impl VirtioDevice for Fs {
         &[QUEUE_SIZE; NUM_QUEUES]
     }
     fn features(&self) -> u64 {
-        vhost_user::guest_features(self.backend_features)
+        vhost_user::guest_features(self.backend.features)
     }
     fn ack_features(&mut self, features: u64) {
         self.acked = features;
@@ -196,7 +201,7 @@ impl VirtioDevice for Fs {
         let params = StartParams {
             mem: &mem,
             queues: &queues,
-            backend_features: self.backend_features,
+            backend_features: self.backend.features,
             acked: self.acked,
             call: &self.call,
             kicks: &self.kicks,
@@ -218,11 +223,26 @@ impl VirtioDevice for Fs {
         }
     }
     fn reset(&mut self) -> bool {
-        if matches!(self.state, State::Running(_)) {
-            vhost_user::stop(&self.frontend, NUM_QUEUES);
-            self.state = State::Stopped;
+        match self.state {
+            State::Ready => true,
+            State::Stopped | State::Broken => false,
+            State::Running(_) => {
+                match vhost_user::reset(self.frontend.clone(), self.backend.protocol) {
+                    Ok(true) => {
+                        self.state = State::Ready;
+                        true
+                    }
+                    Ok(false) => {
+                        self.state = State::Stopped;
+                        false
+                    }
+                    Err(e) => {
+                        self.broken(&error_chain(&e));
+                        false
+                    }
+                }
+            }
         }
-        false
     }
     fn queue_events(&self) -> &[EventFd] {
         &self.kicks

@@ -7,7 +7,7 @@ use crate::devices::virtio::fs::vhost_user::{init, F_RING_EVENT_IDX, F_RING_INDI
 use crate::devices::virtio::test_utils::TestQueue;
 use crate::devices::virtio::{INT_VRING, VIRTIO_F_VERSION_1};
 use crate::memory;
-use vhost::vhost_user::message::FrontendReq;
+use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
 
 fn device(
     b: Behaviour,
@@ -16,8 +16,8 @@ fn device(
     std::thread::JoinHandle<Vec<super::super::test_backend::Request>>,
 ) {
     let (frontend, backend) = pair(b);
-    let features = init(frontend.clone()).unwrap();
-    let fs = Fs::with_frontend("hullshare", Path::new("/fake.sock"), frontend, features).unwrap();
+    let negotiated = init(frontend.clone()).unwrap();
+    let fs = Fs::with_frontend("hullshare", Path::new("/fake.sock"), frontend, negotiated).unwrap();
     (fs, backend)
 }
 
@@ -75,15 +75,37 @@ fn call_event_raises_the_vring_interrupt() {
 }
 
 #[test]
-fn reset_stops_the_rings_and_declines_a_restart() {
+fn reset_restarts_the_backend_when_it_can_reset() {
     let (mut fs, backend) = device(Behaviour::default());
+    assert!(fs.reset(), "a device never started resets trivially");
     activate(&mut fs).0.unwrap();
-    assert!(!fs.reset(), "virtio-fs cannot be reset");
+    assert!(fs.reset());
+    let (again, irq, _mem) = activate(&mut fs);
+    again.unwrap();
+    fs.call_event().write(1).unwrap();
+    fs.process_backend(fs.call_event().as_raw_fd());
+    assert_eq!(irq.status(), INT_VRING);
+    drop(fs);
+    let log = codes(&backend.join().unwrap());
+    let count = |r: FrontendReq| log.iter().filter(|&&c| c == r as u32).count();
+    assert_eq!(count(FrontendReq::GET_VRING_BASE), NUM_QUEUES);
+    assert_eq!(count(FrontendReq::RESET_DEVICE), 1);
+    assert_eq!(count(FrontendReq::SET_MEM_TABLE), 2, "started twice");
+}
+
+#[test]
+fn reset_without_reset_device_stops_the_rings_and_declines_a_restart() {
+    let (mut fs, backend) = device(Behaviour {
+        protocol: VhostUserProtocolFeatures::REPLY_ACK,
+        ..Behaviour::default()
+    });
+    activate(&mut fs).0.unwrap();
+    assert!(!fs.reset(), "the backend cannot reset its state");
     let (again, _, _) = activate(&mut fs);
     assert!(matches!(again, Err(ActivateError::Backend(_))));
     drop(fs);
-    let log = backend.join().unwrap();
-    let stops = codes(&log)
+    let log = codes(&backend.join().unwrap());
+    let stops = log
         .iter()
         .filter(|&&c| c == FrontendReq::GET_VRING_BASE as u32)
         .count();

@@ -16,6 +16,13 @@ use crate::devices::virtio::VIRTIO_F_VERSION_1;
 pub const FEATURES: u64 =
     VIRTIO_F_VERSION_1 | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX | 1 << 30 | 1 << 26;
 
+/// Some of virtiofsd 1.14's protocol features: those Hull wants plus two it must leave off.
+pub const PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
+    .union(VhostUserProtocolFeatures::REPLY_ACK)
+    .union(VhostUserProtocolFeatures::RESET_DEVICE)
+    .union(VhostUserProtocolFeatures::CONFIG)
+    .union(VhostUserProtocolFeatures::BACKEND_REQ);
+
 const NEED_REPLY: u32 = 0x8;
 const REPLY: u32 = 0x4;
 
@@ -44,6 +51,8 @@ impl Request {
 pub struct Behaviour {
     /// Virtio features offered.
     pub features: u64,
+    /// Protocol features offered.
+    pub protocol: VhostUserProtocolFeatures,
     /// Queues reported by GET_QUEUE_NUM.
     pub queues: u64,
     /// A request answered with a failure ack.
@@ -56,6 +65,7 @@ impl Default for Behaviour {
     fn default() -> Self {
         Behaviour {
             features: FEATURES,
+            protocol: PROTOCOL,
             queues: NUM_QUEUES as u64,
             refuse: None,
             hang_up_after: None,
@@ -73,10 +83,6 @@ fn reply(s: &mut UnixStream, code: u32, body: &[u8]) -> std::io::Result<()> {
 }
 
 fn serve(mut s: UnixStream, b: Behaviour) -> Vec<Request> {
-    let protocol = VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::BACKEND_REQ;
     let mut log = Vec::new();
     loop {
         if b.hang_up_after == Some(log.len()) {
@@ -96,7 +102,7 @@ fn serve(mut s: UnixStream, b: Behaviour) -> Vec<Request> {
         let answer = if is(FrontendReq::GET_FEATURES) {
             Some(b.features.to_le_bytes().to_vec())
         } else if is(FrontendReq::GET_PROTOCOL_FEATURES) {
-            Some(protocol.bits().to_le_bytes().to_vec())
+            Some(b.protocol.bits().to_le_bytes().to_vec())
         } else if is(FrontendReq::GET_QUEUE_NUM) {
             Some(b.queues.to_le_bytes().to_vec())
         } else if is(FrontendReq::GET_VRING_BASE) {

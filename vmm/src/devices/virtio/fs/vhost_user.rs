@@ -35,10 +35,22 @@ pub const F_RING_EVENT_IDX: u64 = 1 << 29;
 /// logging) do not.
 pub const PASSTHROUGH_FEATURES: u64 = VIRTIO_F_VERSION_1 | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX;
 /// vhost-user protocol features Hull uses when the backend offers them: REPLY_ACK (every
-/// request is acknowledged, so a refusal surfaces as an error at once) and MQ (to check the
-/// backend's queue count). CONFIG stays off: the VMM serves the tag itself.
+/// request is acknowledged, so a refusal surfaces as an error at once), MQ (to check the
+/// backend's queue count) and RESET_DEVICE (so a driver reset can restart the device). CONFIG
+/// stays off: the VMM serves the tag itself.
 pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ
+    VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::RESET_DEVICE
+}
+
+/// What the setup learnt about the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The backend's virtio features.
+    pub features: u64,
+    /// The protocol features in use.
+    pub protocol: VhostUserProtocolFeatures,
 }
 
 /// Errors of the vhost-user exchange with virtiofsd.
@@ -155,16 +167,16 @@ pub fn vring_config(mem: &GuestMem, index: usize, queue: &Queue) -> Result<Vring
 }
 
 /// Connects to the backend at `socket` and runs the setup that needs no guest: owner, virtio
-/// features, protocol features. Returns the frontend and the backend's virtio features.
-pub fn connect(socket: &Path) -> Result<(Frontend, u64), Error> {
+/// features, protocol features.
+pub fn connect(socket: &Path) -> Result<(Frontend, Negotiated), Error> {
     let frontend = Frontend::connect(socket, NUM_QUEUES as u64)
         .map_err(|e| Error::Connect(socket.display().to_string(), e))?;
-    let features = init(frontend.clone())?;
-    Ok((frontend, features))
+    let negotiated = init(frontend.clone())?;
+    Ok((frontend, negotiated))
 }
 
 /// The setup of a connected backend (see [`connect`]).
-pub fn init(mut frontend: Frontend) -> Result<u64, Error> {
+pub fn init(mut frontend: Frontend) -> Result<Negotiated, Error> {
     frontend
         .set_owner()
         .map_err(|e| Error::Request("SET_OWNER", e))?;
@@ -174,11 +186,12 @@ pub fn init(mut frontend: Frontend) -> Result<u64, Error> {
     if features & VIRTIO_F_VERSION_1 == 0 {
         return Err(Error::NoVersion1(features));
     }
+    let mut used = VhostUserProtocolFeatures::empty();
     if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
         let offered = frontend
             .get_protocol_features()
             .map_err(|e| Error::Request("GET_PROTOCOL_FEATURES", e))?;
-        let used = offered & wanted_protocol_features();
+        used = offered & wanted_protocol_features();
         frontend
             .set_protocol_features(used)
             .map_err(|e| Error::Request("SET_PROTOCOL_FEATURES", e))?;
@@ -194,7 +207,10 @@ pub fn init(mut frontend: Frontend) -> Result<u64, Error> {
             }
         }
     }
-    Ok(features)
+    Ok(Negotiated {
+        features,
+        protocol: used,
+    })
 }
 
 /// What [`start`] hands the backend.
@@ -258,14 +274,22 @@ pub fn start(mut frontend: Frontend, p: &StartParams<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Stops every ring (GET_VRING_BASE stops a vring), so the backend no longer touches guest
-/// memory the driver may reuse. Best effort: errors are logged.
-pub fn stop(frontend: &Frontend, queues: usize) {
-    for i in 0..queues {
-        if let Err(e) = frontend.get_vring_base(i) {
-            tracing::warn!(queue = i, error = %e, "virtio-fs: cannot stop a vring");
-        }
+/// Stops every ring (GET_VRING_BASE stops a vring and drops its kick and call), so the backend
+/// no longer touches guest memory the driver may reuse; then, with RESET_DEVICE, resets the
+/// backend's device state. Returns whether the backend can be started again.
+pub fn reset(mut frontend: Frontend, protocol: VhostUserProtocolFeatures) -> Result<bool, Error> {
+    for i in 0..NUM_QUEUES {
+        frontend
+            .get_vring_base(i)
+            .map_err(|e| Error::Request("GET_VRING_BASE", e))?;
     }
+    if !protocol.contains(VhostUserProtocolFeatures::RESET_DEVICE) {
+        return Ok(false);
+    }
+    frontend
+        .reset_device()
+        .map_err(|e| Error::Request("RESET_DEVICE", e))?;
+    Ok(true)
 }
 
 #[cfg(test)]

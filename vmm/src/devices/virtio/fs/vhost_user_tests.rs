@@ -144,9 +144,11 @@ fn connect_to_a_missing_socket_says_to_start_virtiofsd() {
 }
 
 #[test]
-fn init_negotiates_reply_ack_and_mq_only() {
+fn init_negotiates_reply_ack_mq_and_reset_only() {
     let (frontend, backend) = pair(Behaviour::default());
-    assert_eq!(init(frontend).unwrap(), FEATURES);
+    let n = init(frontend).unwrap();
+    assert_eq!(n.features, FEATURES);
+    assert_eq!(n.protocol, wanted_protocol_features());
     let log = backend.join().unwrap();
     let expect = [
         FrontendReq::SET_OWNER,
@@ -156,7 +158,9 @@ fn init_negotiates_reply_ack_and_mq_only() {
         FrontendReq::GET_QUEUE_NUM,
     ];
     assert_eq!(codes(&log), expect.map(|r| r as u32));
-    let wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+    let wanted = VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::RESET_DEVICE;
     assert_eq!(log[3].u64_at(0), wanted.bits());
 }
 
@@ -224,10 +228,9 @@ fn start_with(s: &Started, frontend: Frontend) -> Result<(), Error> {
 fn start_sends_features_memory_and_every_ring() {
     let s = started();
     let (frontend, backend) = pair(Behaviour::default());
-    init(frontend.clone()).unwrap();
+    let n = init(frontend.clone()).unwrap();
     start_with(&s, frontend.clone()).unwrap();
-    stop(&frontend, NUM_QUEUES);
-    drop(frontend);
+    assert!(reset(frontend, n.protocol).unwrap());
     let log = backend.join().unwrap();
     let log = &log[5..];
     let per_queue = [
@@ -241,7 +244,11 @@ fn start_sends_features_memory_and_every_ring() {
     let mut expect = vec![FrontendReq::SET_FEATURES, FrontendReq::SET_MEM_TABLE];
     expect.extend(per_queue);
     expect.extend(per_queue);
-    expect.extend([FrontendReq::GET_VRING_BASE, FrontendReq::GET_VRING_BASE]);
+    expect.extend([
+        FrontendReq::GET_VRING_BASE,
+        FrontendReq::GET_VRING_BASE,
+        FrontendReq::RESET_DEVICE,
+    ]);
     assert_eq!(
         codes(log),
         expect.iter().map(|&r| r as u32).collect::<Vec<_>>()
@@ -270,6 +277,20 @@ fn start_sends_features_memory_and_every_ring() {
     assert_eq!((q1[2].u32_at(0), q1[2].u32_at(4)), (1, 0));
     assert_eq!(q1[3].u64_at(0), 1);
     assert_eq!((q1[5].u32_at(0), q1[5].u32_at(4)), (1, 1));
+}
+
+#[test]
+fn reset_without_reset_device_only_stops_the_rings() {
+    let (frontend, backend) = pair(Behaviour {
+        protocol: VhostUserProtocolFeatures::REPLY_ACK,
+        ..Behaviour::default()
+    });
+    let n = init(frontend.clone()).unwrap();
+    assert_eq!(n.protocol, VhostUserProtocolFeatures::REPLY_ACK);
+    assert!(!reset(frontend, n.protocol).unwrap());
+    let log = backend.join().unwrap();
+    let stop = FrontendReq::GET_VRING_BASE as u32;
+    assert_eq!(codes(&log)[log.len() - 2..], [stop, stop]);
 }
 
 #[test]
