@@ -16,6 +16,7 @@ use crate::control::ControlServer;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
 use crate::devices::virtio::block::device::Block;
+use crate::devices::virtio::fs::device::Fs;
 use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::{mmio, Interrupt, VirtioDevice};
 use crate::exit::{ExitNotifier, EXIT_USAGE, EXIT_VMM_ERROR};
@@ -68,6 +69,9 @@ pub enum Error {
     /// A virtio-blk disk.
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::device::Error),
+    /// A virtio-fs share.
+    #[error(transparent)]
+    Fs(#[from] crate::devices::virtio::fs::device::Error),
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] crate::devices::virtio::vsock::device::Error),
@@ -87,6 +91,7 @@ impl Error {
                 EXIT_USAGE
             }
             Error::Memory(memory::Error::TooLarge(..) | memory::Error::TooSmall(_)) => EXIT_USAGE,
+            Error::Fs(e) if e.is_usage() => EXIT_USAGE,
             _ => EXIT_VMM_ERROR,
         }
     }
@@ -285,6 +290,16 @@ pub fn attach_disks(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// Adds one virtio-fs device per share, each connected to its virtiofsd. Runs before any step
+/// that creates a file, so a missing virtiofsd leaves nothing behind.
+pub fn attach_fs(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
+    for share in &cfg.fs {
+        let dev = Fs::new(&share.tag, &share.socket)?;
+        attach_virtio(parts, Arc::new(Mutex::new(dev)))?;
+    }
+    Ok(())
+}
+
 /// Opens the control socket; it is removed when the VMM exits.
 pub fn attach_control(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     let Some(path) = &cfg.control else {
@@ -355,6 +370,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     register_memory(&parts.vm, &parts.ram.mem)?;
     attach_legacy(&mut parts, &cfg.console)?;
     attach_disks(&mut parts, cfg)?;
+    attach_fs(&mut parts, cfg)?;
     attach_vsock(&mut parts, cfg)?;
     attach_control(&mut parts, cfg)?;
     let boot = load_guest(&parts, cfg)?;

@@ -157,8 +157,11 @@ OPTIONS:
                        'OK <n>\\n'); guest connections to host port P go to PATH_P.
                        PATH must not exist yet; it is removed when the VMM exits
     --disk PATH[,ro]   virtio-blk disk backed by a file, read-write unless ',ro'; repeatable
-    --fs TAG,SOCKET    virtio-fs share served by virtiofsd listening on SOCKET; the guest
-                       mounts it with 'mount -t virtiofs TAG DIR'; repeatable
+    --fs TAG,SOCKET    virtio-fs share (TAG: 1 to 36 bytes) served over vhost-user by a
+                       virtiofsd already listening on SOCKET, e.g.
+                       'virtiofsd --socket-path=SOCKET --shared-dir=DIR --sandbox=chroot';
+                       the guest mounts it with 'mount -t virtiofs TAG DIR'; repeatable.
+                       The VMM connects at start (exit 2 if nothing listens)
     --control PATH     control socket (JSON lines, see the README); removed on exit
     --config FILE      read the whole VM description from a JSON file (same fields:
                        kernel, initrd, cmdline, vcpus, memory_mib, console, vsock {cid, uds},
@@ -172,7 +175,7 @@ EXIT STATUS:
        by triple fault: that is its normal way out)
     1  VMM error (KVM unavailable or unusable, I/O error, device failure)
     2  bad command line or configuration (missing/corrupt kernel or initramfs, existing
-       socket path, memory larger than the host's RAM)
+       socket path, memory larger than the host's RAM, no virtiofsd on an --fs socket)
     3  the guest crashed in a way KVM reports (failed entry, emulation failure)
     4  stopped by SIGTERM/SIGINT or a control-socket shutdown
 ";

@@ -100,7 +100,11 @@ impl EventLoop {
     pub fn add_device(&mut self, dev: Arc<Mutex<dyn VirtioDevice>>) -> Result<(), Error> {
         let (queue_fds, backend_fds) = {
             let d = dev.lock().unwrap_or_else(|e| e.into_inner());
-            let q: Vec<RawFd> = d.queue_events().iter().map(|e| e.as_raw_fd()).collect();
+            let q: Vec<RawFd> = if d.polls_queue_events() {
+                d.queue_events().iter().map(|e| e.as_raw_fd()).collect()
+            } else {
+                Vec::new()
+            };
             (q, d.backend_fds())
         };
         for (i, fd) in queue_fds.into_iter().enumerate() {
@@ -150,10 +154,19 @@ impl EventLoop {
                         }
                         d.process_queue(*idx);
                     }
-                    Some(Source::Backend(dev, fd)) => dev
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .process_backend(*fd),
+                    Some(Source::Backend(dev, fd)) => {
+                        let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+                        d.process_backend(*fd);
+                        if !d.backend_fds().contains(fd) {
+                            // The device gave the descriptor up (its backend died). It may
+                            // already be closed, which removed it from the set: ignore errors.
+                            let _ = self.epoll.ctl(
+                                ControlOperation::Delete,
+                                *fd,
+                                EpollEvent::default(),
+                            );
+                        }
+                    }
                     Some(Source::Handler(h, fd)) => {
                         h.lock().unwrap_or_else(|e| e.into_inner()).handle(*fd)
                     }
@@ -167,6 +180,93 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::{ActivateError, Interrupt};
+    use crate::memory::GuestMem;
+    use virtio_queue::Queue;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    /// A device like vhost-user-fs: an external reader owns its queue events, and its backend
+    /// descriptor dies (stays readable) on first use.
+    struct External {
+        kicks: Vec<EventFd>,
+        backend: EventFd,
+        gone: bool,
+        queue_calls: usize,
+        backend_calls: usize,
+    }
+
+    impl VirtioDevice for External {
+        fn device_type(&self) -> u32 {
+            0
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn ack_features(&mut self, _: u64) {}
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn activate(
+            &mut self,
+            _: GuestMem,
+            _: Vec<Queue>,
+            _: Arc<Interrupt>,
+        ) -> Result<(), ActivateError> {
+            Ok(())
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.kicks
+        }
+        fn polls_queue_events(&self) -> bool {
+            false
+        }
+        fn backend_fds(&self) -> Vec<RawFd> {
+            if self.gone {
+                Vec::new()
+            } else {
+                vec![self.backend.as_raw_fd()]
+            }
+        }
+        fn process_queue(&mut self, _: usize) {
+            self.queue_calls += 1;
+        }
+        fn process_backend(&mut self, _: RawFd) {
+            self.backend_calls += 1;
+            self.gone = true;
+        }
+    }
+
+    #[test]
+    fn external_queue_events_and_dead_backends_are_left_alone() {
+        let dev = Arc::new(Mutex::new(External {
+            kicks: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
+            backend: EventFd::new(EFD_NONBLOCK).unwrap(),
+            gone: false,
+            queue_calls: 0,
+            backend_calls: 0,
+        }));
+        let exit = Arc::new(ExitNotifier::new().unwrap());
+        let mut el = EventLoop::new(exit.clone()).unwrap();
+        el.add_device(dev.clone()).unwrap();
+        {
+            let d = dev.lock().unwrap();
+            d.kicks[0].write(1).unwrap();
+            // Never read by the device: without the removal the loop would spin on it.
+            d.backend.write(1).unwrap();
+        }
+        let looping = std::thread::spawn(move || el.run());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        exit.notify(ExitReason::Stopped);
+        assert_eq!(looping.join().unwrap(), ExitReason::Stopped);
+        let d = dev.lock().unwrap();
+        assert_eq!((d.queue_calls, d.backend_calls), (0, 1));
+        assert_eq!(
+            d.kicks[0].read().unwrap(),
+            1,
+            "the kick is left to its reader"
+        );
+    }
 
     #[test]
     fn exit_event_ends_the_loop() {

@@ -118,6 +118,32 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
 }
 
 #[test]
+fn missing_virtiofsd_fails_clearly_and_leaves_nothing_behind() {
+    let dir = scratch("fs");
+    let kernel = dir.join("image");
+    std::fs::write(&kernel, hull_vmm::test_image::pvh_halt_image()).unwrap();
+    let fs_sock = dir.join("fs.sock");
+    let (sock, ctl) = (dir.join("v.sock"), dir.join("ctl.sock"));
+    let o = vmm(&[
+        "--allow-pvm",
+        "--kernel",
+        &kernel.display().to_string(),
+        "--fs",
+        &format!("hullshare,{}", fs_sock.display()),
+        "--vsock",
+        &format!("3,{}", sock.display()),
+        "--control",
+        &ctl.display().to_string(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&fs_sock.display().to_string()), "{err}");
+    assert!(err.contains("start virtiofsd"), "{err}");
+    assert!(!sock.exists() && !ctl.exists(), "sockets left behind");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn pvm_host_fails_fast_without_override() {
     let o = vmm(&["--kernel", "/nonexistent"]);
     if std::path::Path::new(hull_vmm::builder::PVM_MARKER).exists() {

@@ -344,3 +344,97 @@ fn blk_read_only_and_read_write_disks() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// virtiofsd: $HULL_VIRTIOFSD, else on PATH, else cargo's bin directory (`make setup`).
+fn virtiofsd() -> PathBuf {
+    if let Some(p) = std::env::var_os("HULL_VIRTIOFSD") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([Path::new(&home).join(".cargo/bin")])
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+        .expect("virtiofsd not found (run 'make setup', or set HULL_VIRTIOFSD)")
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn fs_mount_read_write_and_restart_through_virtiofsd() {
+    let dir = scratch("fs");
+    let initrd = test_initrd(&dir);
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), "hello from the host share\n").unwrap();
+    let sock = dir.join("fs.sock");
+    // The shim's flags: chroot sandbox (sees mounts made after start), submounts, cache auto.
+    let mut vfsd = Command::new(virtiofsd())
+        .arg(format!("--socket-path={}", sock.display()))
+        .arg(format!("--shared-dir={}", share.display()))
+        .args([
+            "--sandbox=chroot",
+            "--announce-submounts",
+            "--cache=auto",
+            "--log-level=warn",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "virtiofsd never listened");
+        assert!(vfsd.try_wait().unwrap().is_none(), "virtiofsd exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut args = test_args(&initrd, "fs");
+    args.extend(["--fs".into(), format!("hullshare,{}", sock.display())]);
+    let run = run_vmm(&args, BOOT_TIMEOUT);
+    // virtiofsd serves one connection and exits when the VMM goes away.
+    let vfsd_deadline = Instant::now() + Duration::from_secs(60);
+    let vfsd_code = loop {
+        if let Some(status) = vfsd.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > vfsd_deadline {
+            let _ = vfsd.kill();
+            let _ = vfsd.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut vfsd_log = String::new();
+    let _ = vfsd.stderr.take().unwrap().read_to_string(&mut vfsd_log);
+    println!(
+        "--- fs, {:?}, exit {:?}; virtiofsd exit {vfsd_code:?}\n{}\n--- virtiofsd\n{vfsd_log}",
+        run.elapsed, run.code, run.output
+    );
+    assert!(
+        run.output.contains("FS_MOUNTED"),
+        "the guest could not mount"
+    );
+    assert!(run.output.contains("FS_READ hello from the host share"));
+    assert!(run.output.contains("FS_WRITTEN"));
+    assert!(run.output.contains("FS_UNMOUNTED"));
+    // After the driver's reset and restart, the share works again.
+    assert!(run.output.contains("FS_REBOUND virtio"));
+    assert_eq!(
+        run.output
+            .matches("FS_READ hello from the host share")
+            .count(),
+        2,
+        "no second read after the rebind"
+    );
+    assert!(
+        !run.output.contains("cannot be reset"),
+        "virtiofsd supports RESET_DEVICE: every reset must succeed"
+    );
+    assert!(run.output.contains("HULL_TEST_DONE 0"));
+    assert_eq!(run.code, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest.txt")).unwrap(),
+        "written by guest\n"
+    );
+    assert_eq!(vfsd_code, Some(0), "virtiofsd must exit cleanly");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

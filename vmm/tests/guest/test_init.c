@@ -1,6 +1,7 @@
 /* Guest side of hull-vmm's lab tests: runs as /init of a throwaway initramfs, does the test
  * named by HULL_TEST (from the kernel command line), prints its findings on the console and
  * reboots (the VMM then exits). Built by the lab tests with `gcc -static`. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
@@ -98,11 +99,89 @@ static int blk_test(void) {
     return 0;
 }
 
+static int write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY);
+    int ok = fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text);
+    if (fd >= 0) close(fd);
+    return ok ? 0 : -1;
+}
+
+/* Mounts the share at /mnt and prints hello.txt as FS_READ. */
+static int fs_mount_and_read(void) {
+    if (mount("hullshare", "/mnt", "virtiofs", 0, NULL) != 0) {
+        printf("GUEST_ERROR mount virtiofs hullshare: %s\n", strerror(errno));
+        return 1;
+    }
+    printf("FS_MOUNTED\n");
+    char buf[256] = {0};
+    int in = open("/mnt/hello.txt", O_RDONLY);
+    ssize_t n = in < 0 ? -1 : read(in, buf, sizeof buf - 1);
+    if (n <= 0) {
+        printf("GUEST_ERROR read /mnt/hello.txt: %s\n", strerror(errno));
+        return 1;
+    }
+    close(in);
+    printf("FS_READ %s", buf);
+    return 0;
+}
+
+/* virtio-fs: mount the share, print a host file, write one back; then unbind and rebind the
+ * driver (a device reset and a second start of virtiofsd's queues) and read again. */
+static int fs_test(void) {
+    mkdir("/mnt", 0755);
+    if (fs_mount_and_read() != 0) return 1;
+    const char *msg = "written by guest\n";
+    int out = open("/mnt/from-guest.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (out < 0 || write(out, msg, strlen(msg)) != (ssize_t)strlen(msg) || fsync(out) != 0 ||
+        close(out) != 0) {
+        printf("GUEST_ERROR write /mnt/from-guest.txt: %s\n", strerror(errno));
+        return 1;
+    }
+    printf("FS_WRITTEN\n");
+    struct stat st;
+    if (stat("/mnt/from-guest.txt", &st) != 0 || st.st_size != (off_t)strlen(msg)) {
+        printf("GUEST_ERROR stat /mnt/from-guest.txt\n");
+        return 1;
+    }
+    if (umount("/mnt") != 0) {
+        printf("GUEST_ERROR umount: %s\n", strerror(errno));
+        return 1;
+    }
+    printf("FS_UNMOUNTED\n");
+
+    mkdir("/sys", 0755);
+    if (mount("sysfs", "/sys", "sysfs", 0, NULL) != 0 && errno != EBUSY) {
+        printf("GUEST_ERROR mount sysfs: %s\n", strerror(errno));
+        return 1;
+    }
+    const char *drv = "/sys/bus/virtio/drivers/virtiofs";
+    char dev[256] = {0};
+    DIR *d = opendir(drv);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (strncmp(e->d_name, "virtio", 6) == 0) snprintf(dev, sizeof dev, "%s", e->d_name);
+    }
+    if (d) closedir(d);
+    char path[320];
+    snprintf(path, sizeof path, "%s/unbind", drv);
+    if (!dev[0] || write_file(path, dev) != 0) {
+        printf("GUEST_ERROR unbind virtiofs device '%s': %s\n", dev, strerror(errno));
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/bind", drv);
+    if (write_file(path, dev) != 0) {
+        printf("GUEST_ERROR rebind virtiofs device '%s': %s\n", dev, strerror(errno));
+        return 1;
+    }
+    printf("FS_REBOUND %s\n", dev);
+    return fs_mount_and_read();
+}
+
 int main(void) {
     const char *test = getenv("HULL_TEST");
     int rc = 1;
     if (test && strcmp(test, "vsock") == 0) rc = vsock_test();
     else if (test && strcmp(test, "blk") == 0) rc = blk_test();
+    else if (test && strcmp(test, "fs") == 0) rc = fs_test();
     else printf("GUEST_ERROR unknown HULL_TEST\n");
     printf("HULL_TEST_DONE %d\n", rc);
     fflush(stdout);

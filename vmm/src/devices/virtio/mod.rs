@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::memory::GuestMem;
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_utils;
@@ -102,7 +103,15 @@ pub trait VirtioDevice: Send {
     }
     /// One eventfd per queue, signalled when the driver notifies the queue.
     fn queue_events(&self) -> &[EventFd];
-    /// Extra descriptors the event loop polls for this device (backend sockets).
+    /// Whether the event loop reads `queue_events` and calls `process_queue`. A device whose
+    /// queues an external backend serves (vhost-user) answers false: the backend reads the
+    /// eventfds itself, and a second reader would steal its notifications.
+    fn polls_queue_events(&self) -> bool {
+        true
+    }
+    /// Extra descriptors the event loop polls for this device (backend sockets). The loop asks
+    /// again after each `process_backend(fd)`: a descriptor no longer listed is dropped from the
+    /// poll set (a dead backend socket must not wake the loop forever).
     fn backend_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }

@@ -1,0 +1,279 @@
+//! The virtio-fs device (type 26) as the transport and the event loop see it. The file system
+//! itself runs in virtiofsd, over vhost-user: the guest's queue notifications (KVM ioeventfds)
+//! go straight to virtiofsd as its kick eventfds, so the event loop does not poll them.
+//!
+//! Interrupts: virtiofsd signals one "call" eventfd for both queues; the event loop polls it and
+//! raises the device interrupt through [`Interrupt::trigger`], which also sets the
+//! InterruptStatus bit the virtio-mmio driver reads. (Handing virtiofsd the irqfd itself would
+//! skip that bit, and the MMIO driver ignores an interrupt without it.)
+//!
+//! Driver reset: the rings are stopped (GET_VRING_BASE) and, when virtiofsd offers RESET_DEVICE
+//! (1.x does), its device state is reset so the driver can start the device again; otherwise
+//! the device declines to restart until the VM restarts.
+//!
+//! Backend death: the event loop also polls the vhost-user socket, which virtiofsd never writes
+//! on its own. When it hangs up, the device logs it, marks itself broken and stops listing the
+//! socket (the loop drops it); the VM keeps running without the share.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vhost::vhost_user::Frontend;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::vhost_user::{self, Negotiated, StartParams, CONFIG_LEN, NUM_QUEUES, QUEUE_SIZE};
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_FS,
+};
+use crate::memory::GuestMem;
+
+/// Errors creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// virtiofsd is not listening on the socket.
+    #[error(transparent)]
+    Connect(vhost_user::Error),
+    /// virtiofsd answered the setup wrongly.
+    #[error("virtio-fs share '{0}': virtiofsd setup failed")]
+    Setup(String, #[source] vhost_user::Error),
+    /// An eventfd could not be created.
+    #[error("cannot create the virtio-fs event file descriptors")]
+    EventFd(#[source] std::io::Error),
+}
+
+impl Error {
+    /// Whether the error is a configuration problem (nothing listens on the socket).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Connect(_))
+    }
+}
+
+/// Where the device is in its life.
+enum State {
+    /// Connected; the driver has not started the device yet.
+    Ready,
+    /// virtiofsd serves the queues.
+    Running(Arc<Interrupt>),
+    /// The driver reset the device and the backend cannot reset its state (no RESET_DEVICE):
+    /// the rings are stopped until the VM restarts.
+    Stopped,
+    /// virtiofsd went away or failed during start.
+    Broken,
+}
+
+/// A virtio-fs share served by virtiofsd.
+pub struct Fs {
+    tag: String,
+    socket: PathBuf,
+    frontend: Frontend,
+    backend: Negotiated,
+    acked: u64,
+    config: [u8; CONFIG_LEN],
+    kicks: Vec<EventFd>,
+    call: EventFd,
+    state: State,
+}
+
+/// Whether the peer of the stream socket `fd` is gone (EOF or a socket error). Data waiting
+/// (which virtiofsd never sends unasked) is a protocol error and counts as gone too.
+fn peer_gone(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is a socket owned by the caller; the buffer is one valid writable byte and
+    // MSG_PEEK leaves the data in the socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        );
+    }
+    true
+}
+
+/// `e` and its causes on one line, for logs and the activation error.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Fs {
+    /// Connects to virtiofsd at `socket` for the share the guest mounts as `tag`.
+    pub fn new(tag: &str, socket: &Path) -> Result<Self, Error> {
+        let (frontend, backend) = vhost_user::connect(socket).map_err(|e| match e {
+            vhost_user::Error::Connect(..) => Error::Connect(e),
+            e => Error::Setup(tag.to_string(), e),
+        })?;
+        Self::with_frontend(tag, socket, frontend, backend)
+    }
+
+    /// The device on an already set-up `frontend` (see [`vhost_user::connect`]).
+    pub fn with_frontend(
+        tag: &str,
+        socket: &Path,
+        frontend: Frontend,
+        backend: Negotiated,
+    ) -> Result<Self, Error> {
+        let kicks = (0..NUM_QUEUES)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::EventFd)?;
+        Ok(Fs {
+            tag: tag.to_string(),
+            socket: socket.to_path_buf(),
+            frontend,
+            backend,
+            acked: 0,
+            config: vhost_user::config_space(tag),
+            kicks,
+            call: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            state: State::Ready,
+        })
+    }
+
+    /// Whether virtiofsd went away (or failed to start the queues).
+    pub fn is_broken(&self) -> bool {
+        matches!(self.state, State::Broken)
+    }
+
+    /// The eventfd virtiofsd signals when it used buffers.
+    pub fn call_event(&self) -> &EventFd {
+        &self.call
+    }
+
+    fn broken(&mut self, why: &str) {
+        tracing::warn!(tag = %self.tag, socket = %self.socket.display(), why,
+            "virtio-fs: virtiofsd is gone; the share stops working until the VM restarts");
+        self.state = State::Broken;
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; NUM_QUEUES]
+    }
+    fn features(&self) -> u64 {
+        vhost_user::guest_features(self.backend.features)
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data)
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        match self.state {
+            State::Ready => {}
+            State::Running(_) => return Err(ActivateError::Backend("already running".into())),
+            State::Stopped => {
+                return Err(ActivateError::Backend(
+                    "virtio-fs cannot restart after a reset; restart the VM".into(),
+                ))
+            }
+            State::Broken => return Err(ActivateError::Backend("virtiofsd is gone".into())),
+        }
+        if queues.len() != NUM_QUEUES {
+            return Err(ActivateError::BadQueues);
+        }
+        let params = StartParams {
+            mem: &mem,
+            queues: &queues,
+            backend_features: self.backend.features,
+            acked: self.acked,
+            call: &self.call,
+            kicks: &self.kicks,
+        };
+        match vhost_user::start(self.frontend.clone(), &params) {
+            Ok(()) => {
+                tracing::info!(tag = %self.tag, "virtio-fs: virtiofsd serves the queues");
+                self.state = State::Running(interrupt);
+                Ok(())
+            }
+            Err(e @ vhost_user::Error::BadRing { .. }) => {
+                Err(ActivateError::Backend(e.to_string()))
+            }
+            Err(e) => {
+                let text = error_chain(&e);
+                self.broken(&text);
+                Err(ActivateError::Backend(text))
+            }
+        }
+    }
+    fn reset(&mut self) -> bool {
+        match self.state {
+            State::Ready => true,
+            State::Stopped | State::Broken => false,
+            State::Running(_) => {
+                match vhost_user::reset(self.frontend.clone(), self.backend.protocol) {
+                    Ok(true) => {
+                        self.state = State::Ready;
+                        true
+                    }
+                    Ok(false) => {
+                        self.state = State::Stopped;
+                        false
+                    }
+                    Err(e) => {
+                        self.broken(&error_chain(&e));
+                        false
+                    }
+                }
+            }
+        }
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.kicks
+    }
+    fn polls_queue_events(&self) -> bool {
+        false
+    }
+    fn backend_fds(&self) -> Vec<RawFd> {
+        if self.is_broken() {
+            return Vec::new();
+        }
+        vec![self.call.as_raw_fd(), self.frontend.as_raw_fd()]
+    }
+    fn process_queue(&mut self, _index: usize) {}
+    fn process_backend(&mut self, fd: RawFd) {
+        if fd == self.call.as_raw_fd() {
+            // Non-blocking: an empty counter is a spurious wakeup.
+            if self.call.read().is_ok() {
+                if let State::Running(interrupt) = &self.state {
+                    interrupt.trigger(INT_VRING);
+                }
+            }
+        } else if fd == self.frontend.as_raw_fd()
+            && !self.is_broken()
+            && peer_gone(self.frontend.as_raw_fd())
+        {
+            self.broken("the vhost-user socket hung up");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;
