@@ -15,7 +15,7 @@ packages=(
     linux-source-6.12                                                  # guest kernel source
     protobuf-compiler                                                  # agent API codegen
     libseccomp-dev libcap-ng-dev pkg-config                            # virtiofsd build
-    containerd runc umoci                                              # runtime and images
+    containerd runc crun umoci                                         # runtimes (crun: benchmarks) and images
     qemu-system-x86 qemu-system-common                                 # the lab, reference VMM
     busybox-static iproute2 procps psmisc util-linux jq                  # images, debugging, tests
 )

@@ -594,6 +594,11 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     }
     lab.ctr_ok(&["containers", "rm", "d1"]);
     lab.assert_clean();
+    // containerd may list the task as gone before `delete` has finished.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(!socket.exists(), "the dead shim's socket is removed");
     // Gone, or a zombie waiting for its new parent to reap it.
     let alive = || {

@@ -10,6 +10,9 @@ use super::pod::{
     backend_of, container, container_mut, sandbox_id_of, wanted, Pod, Result, TaskError,
 };
 use super::process::{Exit, Process, Status, StdioPaths};
+
+/// How long `CloseIO` lets the stdin relay forward what the FIFO still holds.
+const STDIN_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::backend::{ContainerStats, ExecRequest};
 
 /// A snapshot of one process for `State`.
@@ -209,18 +212,17 @@ impl Pod {
         Ok(backend.resize_pty(container_id, exec_id, cols, rows)?)
     }
 
-    /// Closes a process's stdin.
+    /// Closes a process's stdin (`CloseIO`) once what containerd wrote has
+    /// been forwarded; a pty also hears the end from the backend.
     pub fn close_stdin(&self, container_id: &str, exec_id: Option<&str>) -> Result<()> {
-        let state = self.lock();
-        let backend = backend_of(&state)?;
-        let p = container(&state, container_id)?.process(exec_id)?;
-        let had = p
-            .stdin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .is_some();
-        if had {
+        let (stdin, terminal, backend) = {
+            let state = self.lock();
+            let backend = backend_of(&state)?;
+            let p = container(&state, container_id)?.process(exec_id)?;
+            (p.stdin.clone(), p.stdio.terminal, backend)
+        };
+        // Outside the pod lock: draining can take a moment.
+        if stdin.close_after_drain(STDIN_DRAIN_LIMIT).is_some() && terminal {
             backend.close_stdin(container_id, exec_id)?;
         }
         Ok(())

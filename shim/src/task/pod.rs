@@ -318,11 +318,17 @@ impl Pod {
             outputs.push(stdio::spawn_output(src, opener));
         }
         if let Some(stdin) = streams.stdin {
-            *process.stdin.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdin);
+            process.stdin.set(stdin);
             if let Some(Target::Fifo(path) | Target::File(path)) = stdin_target {
                 let backend = backend.clone();
                 let (cid, eid) = (container_id.to_string(), exec_id.map(str::to_string));
+                let terminal = paths.terminal;
                 stdio::spawn_stdin(path, process.stdin.clone(), move || {
+                    // A stream's end travels in order after its data (the
+                    // half-close); only a pty needs telling.
+                    if !terminal {
+                        return;
+                    }
                     if let Err(e) = backend.close_stdin(&cid, eid.as_deref()) {
                         tracing::debug!(container = %cid, "close stdin: {e}");
                     }

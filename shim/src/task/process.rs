@@ -103,7 +103,7 @@ pub struct Process {
     pub status: Status,
     pub stdio: StdioPaths,
     pub exit: Arc<ExitCell>,
-    /// The process's stdin; `None` once closed.
+    /// The process's stdin; empty once closed.
     pub stdin: SharedStdin,
     /// Output relays; joined (drained) before the exit is published.
     pub outputs: Vec<JoinHandle<()>>,

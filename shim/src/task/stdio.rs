@@ -3,12 +3,16 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// Errors of setting up stdio.
 #[derive(Debug, thiserror::Error)]
@@ -76,49 +80,120 @@ fn query_args(query: &str) -> Vec<String> {
         .collect()
 }
 
-/// The write side of a process's stdin, shared so `CloseIO` can close it while
-/// the relay thread waits on containerd's FIFO.
-pub type SharedStdin = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
+/// A process's stdin as the shim holds it: the stream toward the process,
+/// shared by the relay thread and `CloseIO`.
+#[derive(Default)]
+pub struct StdinSlot {
+    stream: Mutex<Option<Box<dyn Write + Send>>>,
+    /// A relay thread copies containerd's FIFO into `stream`.
+    relayed: AtomicBool,
+    /// `CloseIO` asked for the end: the relay stops once the FIFO is empty.
+    closing: AtomicBool,
+}
 
-/// Copies containerd's stdin into `dst` until EOF, then closes `dst` and calls `on_eof`.
+/// The shared handle on a process's stdin.
+pub type SharedStdin = Arc<StdinSlot>;
+
+impl StdinSlot {
+    /// A slot holding `stream`.
+    #[cfg(test)]
+    pub fn new(stream: Box<dyn Write + Send>) -> Self {
+        let slot = Self::default();
+        slot.set(stream);
+        slot
+    }
+
+    /// Puts the process's stream in the slot.
+    pub fn set(&self, stream: Box<dyn Write + Send>) {
+        *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+    }
+
+    /// Takes the stream out; dropping it closes (half-closes) the process's stdin.
+    pub fn take(&self) -> Option<Box<dyn Write + Send>> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn is_open(&self) -> bool {
+        self.stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// `CloseIO`: lets the relay forward what containerd already wrote into the
+    /// FIFO (its client asks before it closes the FIFO), waiting up to `limit`,
+    /// then takes the stream. Returns the stream if the caller must close it.
+    pub fn close_after_drain(&self, limit: Duration) -> Option<Box<dyn Write + Send>> {
+        if self.relayed.load(Ordering::SeqCst) {
+            self.closing.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + limit;
+            while self.is_open() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.take()
+    }
+}
+
+/// How long the relay waits in one poll of the FIFO before it checks for `CloseIO`.
+const STDIN_POLL_MS: u16 = 20;
+
+/// Copies containerd's stdin into the slot's stream until EOF (or, after
+/// `CloseIO`, until the FIFO is empty), then closes the stream and calls `on_eof`.
 pub fn spawn_stdin(
     source: PathBuf,
     dst: SharedStdin,
     on_eof: impl FnOnce() + Send + 'static,
 ) -> JoinHandle<()> {
+    dst.relayed.store(true, Ordering::SeqCst);
     std::thread::spawn(move || {
         match File::open(&source) {
-            Ok(mut fifo) => {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    let n = match fifo.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            tracing::warn!(path = %source.display(), "stdin read: {e}");
-                            break;
-                        }
-                    };
-                    let mut guard = dst.lock().unwrap_or_else(|p| p.into_inner());
-                    let Some(w) = guard.as_mut() else { return };
-                    if let Err(e) = w.write_all(&buf[..n]).and_then(|()| w.flush()) {
-                        tracing::debug!("stdin write to process: {e}");
-                        break;
-                    }
-                }
-            }
+            Ok(fifo) => relay_stdin(&source, fifo, &dst),
             Err(e) => tracing::warn!(path = %source.display(), "open stdin: {e}"),
         }
-        let had_stream = dst
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .is_some();
-        if had_stream {
+        if dst.take().is_some() {
             on_eof();
         }
     })
+}
+
+/// The relay loop: FIFO reads never block, so `CloseIO` is noticed even while a
+/// writer keeps the FIFO open.
+fn relay_stdin(source: &std::path::Path, mut fifo: File, dst: &StdinSlot) {
+    let nonblocking = nix::fcntl::fcntl(&fifo, nix::fcntl::FcntlArg::F_GETFL).and_then(|fl| {
+        let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fifo, nix::fcntl::FcntlArg::F_SETFL(fl))
+    });
+    if let Err(e) = nonblocking {
+        tracing::warn!(path = %source.display(), "stdin: cannot make the FIFO non-blocking: {e}");
+        return;
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match fifo.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if dst.closing.load(Ordering::SeqCst) {
+                    return;
+                }
+                let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(STDIN_POLL_MS));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(path = %source.display(), "stdin read: {e}");
+                return;
+            }
+        };
+        let mut guard = dst.stream.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = guard.as_mut() else { return };
+        if let Err(e) = w.write_all(&buf[..n]).and_then(|()| w.flush()) {
+            tracing::debug!("stdin write to process: {e}");
+            return;
+        }
+    }
 }
 
 /// Opens an output destination inside the relay thread (opening a FIFO blocks
@@ -282,7 +357,7 @@ mod tests {
         let fifo = dir.path().join("stdin");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let (proc_end, mut shim_end) = UnixStream::pair().unwrap();
-        let shared: SharedStdin = Arc::new(Mutex::new(Some(Box::new(proc_end))));
+        let shared: SharedStdin = Arc::new(StdinSlot::new(Box::new(proc_end)));
         let (tx, rx) = std::sync::mpsc::channel();
         let relay = spawn_stdin(fifo.clone(), shared.clone(), move || tx.send(()).unwrap());
         let mut w = OpenOptions::new().write(true).open(&fifo).unwrap();
@@ -293,28 +368,51 @@ mod tests {
         let mut got = String::new();
         shim_end.read_to_string(&mut got).unwrap();
         assert_eq!(got, "hello\n");
-        assert!(shared.lock().unwrap().is_none());
+        assert!(shared.take().is_none());
     }
 
     #[test]
-    fn close_io_closes_stdin_while_the_fifo_stays_open() {
+    fn close_io_forwards_what_the_fifo_holds_then_closes_while_it_stays_open() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("stdin");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let (proc_end, mut shim_end) = UnixStream::pair().unwrap();
-        let shared: SharedStdin = Arc::new(Mutex::new(Some(Box::new(proc_end))));
+        let shared: SharedStdin = Arc::new(StdinSlot::new(Box::new(proc_end)));
         let relay = spawn_stdin(fifo.clone(), shared.clone(), || {});
         let mut w = OpenOptions::new().write(true).open(&fifo).unwrap();
-        w.write_all(b"a").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        // What CloseIO does: drop the process's stdin.
-        shared.lock().unwrap().take();
-        let mut got = Vec::new();
-        shim_end.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"a");
-        w.write_all(b"b").unwrap();
+        // containerd's client writes, then sends CloseIO before closing the FIFO:
+        // nothing written before CloseIO may be lost.
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                w.write_all(&data).unwrap();
+                w
+            })
+        };
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            shim_end.read_to_end(&mut got).unwrap();
+            got
+        });
+        let w = writer.join().unwrap();
+        let left = shared.close_after_drain(Duration::from_secs(10));
+        assert!(left.is_none(), "the relay closes the stream itself");
+        assert_eq!(reader.join().unwrap(), data);
         drop(w);
         relay.join().unwrap();
+    }
+
+    #[test]
+    fn close_io_without_a_relay_closes_at_once() {
+        let (proc_end, mut shim_end) = UnixStream::pair().unwrap();
+        let shared = StdinSlot::new(Box::new(proc_end));
+        let started = Instant::now();
+        drop(shared.close_after_drain(Duration::from_secs(10)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let mut got = Vec::new();
+        shim_end.read_to_end(&mut got).unwrap();
+        assert!(got.is_empty());
     }
 
     #[test]

@@ -359,10 +359,16 @@ impl Backend for VmBackend {
             .retain(|(c, _), _| c != container_id);
         let mut req = RemoveContainerRequest::new();
         req.container_id = container_id.into();
-        vm.client
-            .remove_container(agent::prompt(), &req)
-            .map(drop)
-            .map_err(agent::map("RemoveContainer"))
+        match vm.client.remove_container(agent::prompt(), &req) {
+            Ok(_) => Ok(()),
+            // A dead VM took the container with it: nothing is left to remove.
+            Err(e) if self.vm_gone_within(Duration::from_secs(2)) => {
+                tracing::info!(sandbox = %vm.sandbox_id, container = %container_id,
+                    "the VM is gone, so is the container: {e}");
+                Ok(())
+            }
+            Err(e) => Err(agent::map("RemoveContainer")(e)),
+        }
     }
 
     fn next_oom(&self) -> Option<String> {

@@ -499,13 +499,21 @@ impl Muxer {
         loop {
             match c.stream.read(&mut buf) {
                 Ok(0) => {
+                    // The host shut its sending side (or closed): the guest
+                    // reads what it has, then EOF, and may still send to a
+                    // host that only half-closed (stdin of a pty stream).
                     c.host_eof = true;
                     c.readable = false;
+                    let both_done = c.peer_shut_send && c.tx_buf.is_empty();
                     let fd = c.stream.as_raw_fd();
-                    let c = &self.conns[&key];
-                    self.set_interest(fd, c);
                     let mut hdr = self.header(key, OP_SHUTDOWN);
-                    hdr.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                    hdr.flags = SHUTDOWN_SEND;
+                    if both_done {
+                        self.remove(key);
+                    } else {
+                        let c = &self.conns[&key];
+                        self.set_interest(fd, c);
+                    }
                     return Some(Packet {
                         hdr,
                         data: Vec::new(),

@@ -72,10 +72,14 @@ fn host_initiated_connection() {
     m.handle_guest_packet(guest_pkt(OP_RW, 1024, local, b"pong"));
     assert_eq!(read_exact_timeout(&mut host, 4), b"pong");
 
-    // Host closes: the guest hears a full shutdown and answers with RST.
-    drop(host);
+    // The host shuts its sending side: the guest hears SHUTDOWN_SEND only and
+    // may still send to the host.
+    host.shutdown(std::net::Shutdown::Write).unwrap();
     let shut = pump(&mut m).expect("SHUTDOWN");
-    assert_eq!(shut.hdr.op, OP_SHUTDOWN);
+    assert_eq!((shut.hdr.op, shut.hdr.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+    m.handle_guest_packet(guest_pkt(OP_RW, 1024, local, b"after"));
+    assert_eq!(read_exact_timeout(&mut host, 5), b"after");
+    // Then the guest closes: it answers with RST.
     m.handle_guest_packet(guest_pkt(OP_RST, 1024, local, b""));
     assert_eq!(m.connection_count(), 0);
     drop(m);
