@@ -285,14 +285,8 @@ fn block(iso: &Isolation, host: &HostFacts) -> Cell {
 }
 
 fn missing(rt: &RuntimeData, what: &str) -> Cell {
-    let why = rt
-        .unavailable
-        .clone()
-        .or_else(|| rt.errors.get(what).cloned())
-        .or_else(|| rt.failed.clone().map(|f| format!("skipped: {f}")))
-        .unwrap_or_else(|| "no data".into());
     Cell {
-        text: format!("not measured: {why}"),
+        text: crate::report::why_missing(rt, what),
         isolated: None,
     }
 }
@@ -506,10 +500,6 @@ mod tests {
         };
         let rows = rows(&host(), &[rt]);
         assert!(rows.iter().all(|r| r.cells[0].isolated.is_none()));
-        assert!(
-            rows[0].cells[0].text.contains("skipped: ctr run: exit 1"),
-            "{}",
-            rows[0].cells[0].text
-        );
+        assert_eq!(rows[0].cells[0].text, "FAILED (see Runtimes)");
     }
 }

@@ -4,7 +4,7 @@
 //!                       [--shim-dir DIR --hull-vmm BIN --kernel VMLINUX --initrd IMG --virtiofsd BIN]
 //!        hull-bench render DIR      re-render report.md, data.csv and the plots from DIR/data.json
 //!
-//! Run counts come from BENCH_* variables (bench/README.md); BENCH_REQUIRE_HULL=1
+//! Run counts come from HULL_BENCH_* variables (bench/README.md); HULL_BENCH_REQUIRE_HULL=1
 //! makes a run without Hull figures exit 2; leftovers after the run exit 3.
 
 mod driver;
@@ -37,10 +37,10 @@ fn main() -> Result<()> {
                 virtiofsd: value(&args, "--virtiofsd"),
             };
             let data = driver::run(paths)?;
-            let require = std::env::var("BENCH_REQUIRE_HULL").is_ok_and(|v| v == "1");
+            let require = std::env::var("HULL_BENCH_REQUIRE_HULL").is_ok_and(|v| v == "1");
             let code = driver::exit_code(&data, require);
             match code {
-                2 => eprintln!("hull-bench: BENCH_REQUIRE_HULL=1 and Hull produced no figures (see the report)"),
+                2 => eprintln!("hull-bench: HULL_BENCH_REQUIRE_HULL=1 and Hull produced no figures (see the report)"),
                 3 => eprintln!("hull-bench: pod machinery was left running: {}", data.leftovers.join("; ")),
                 _ => {}
             }

@@ -25,18 +25,38 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-/// Why a runtime has no figure for a scenario.
-fn why_missing(rt: &RuntimeData, scenario: &str) -> String {
-    if let Some(u) = &rt.unavailable {
-        return format!("not available: {u}");
+/// Why a runtime has no figure for a scenario (short: the Runtimes and Errors sections say more).
+pub fn why_missing(rt: &RuntimeData, scenario: &str) -> String {
+    if rt.unavailable.is_some() {
+        return "not available (see Runtimes)".into();
     }
     if let Some(e) = rt.errors.get(scenario) {
-        return format!("failed: {e}");
+        if rt.failed.as_deref() != Some(e.as_str()) {
+            return format!("failed: {}", short(e, 80));
+        }
     }
-    if let Some(f) = &rt.failed {
-        return format!("skipped ({})", f.chars().take(60).collect::<String>());
+    if rt.failed.is_some() {
+        return "FAILED (see Runtimes)".into();
     }
     "not measured".into()
+}
+
+/// The full reason a runtime has no data for `scenario`, for the plots.
+fn reason(rt: &RuntimeData, scenario: &str) -> String {
+    rt.unavailable
+        .clone()
+        .or_else(|| rt.failed.clone())
+        .or_else(|| rt.errors.get(scenario).cloned())
+        .unwrap_or_else(|| "not measured".into())
+}
+
+/// At most `max` characters of `s`, with an ellipsis when cut.
+pub fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(max).collect::<String>())
+    }
 }
 
 /// Scenario (errors key) behind each cost row, in `metrics` order.
@@ -332,7 +352,7 @@ pub fn plots(data: &RunData) -> Vec<(&'static str, String)> {
         .map(|rt| svg::Series {
             name: rt.name.clone(),
             samples: metrics(rt)[0].samples.clone(),
-            note: Some(why_missing(rt, "start")),
+            note: Some(reason(rt, "start")),
         })
         .collect();
     let bars: Vec<svg::Bar> = data
@@ -349,7 +369,7 @@ pub fn plots(data: &RunData) -> Vec<(&'static str, String)> {
                 name: rt.name.clone(),
                 overhead_mib: 0.0,
                 guest_mib: 0.0,
-                note: Some(why_missing(rt, "memory")),
+                note: Some(reason(rt, "memory")),
             },
         })
         .collect();
@@ -420,7 +440,7 @@ mod tests {
             .unwrap();
         assert!(start.contains("| 25.00 (30.00, 3) |"), "{start}");
         assert!(
-            start.contains("| not available: crun not installed |"),
+            start.contains("| not available (see Runtimes) |"),
             "{start}"
         );
         assert!(start.contains("| 50.00 (60.00, 3) |"), "{start}");

@@ -174,6 +174,7 @@ fn devices() -> Vec<Dev> {
     devs
 }
 
+/// Tries to read the first sector of each block device; the first that gives data wins.
 fn block_read(devs: &[Dev]) -> Access {
     let blocks: Vec<&Dev> = devs.iter().filter(|d| d.kind == "block").collect();
     if blocks.is_empty() {
@@ -182,23 +183,34 @@ fn block_read(devs: &[Dev]) -> Access {
             detail: "no block devices in /dev".into(),
         };
     }
-    let mut errors = Vec::new();
-    for d in blocks {
+    let (mut empty, mut errors) = (Vec::new(), Vec::new());
+    for d in &blocks {
         let path = format!("/dev/{}", d.name);
         let mut sector = [0u8; 512];
-        match File::open(&path).and_then(|mut f| f.read_exact(&mut sector)) {
-            Ok(()) => {
+        match File::open(&path).and_then(|mut f| f.read(&mut sector)) {
+            Ok(n) if n > 0 => {
                 return Access {
                     readable: true,
-                    detail: format!("read the first 512 bytes of {path}"),
+                    detail: format!(
+                        "read {n} bytes from {path} ({} block devices)",
+                        blocks.len()
+                    ),
                 }
             }
+            Ok(_) => empty.push(d.name.clone()),
             Err(e) => errors.push(format!("{path}: {e}")),
         }
     }
+    let mut detail = format!("{} block devices, none gave data", blocks.len());
+    if !empty.is_empty() {
+        detail.push_str(&format!("; opened but empty: {}", empty.join(" ")));
+    }
+    if !errors.is_empty() {
+        detail.push_str(&format!("; {}", errors.join("; ")));
+    }
     Access {
         readable: false,
-        detail: errors.join("; "),
+        detail,
     }
 }
 
