@@ -60,7 +60,7 @@ pub fn config_from_env(lab: bool, cpus: usize) -> Result<Config> {
         loop_ms: env_u32("HULL_BENCH_LOOP_MS", 1000)?,
         seq_mib: env_u32("HULL_BENCH_SEQ_MIB", pick(32, 256))?,
         small_files: env_u32("HULL_BENCH_SMALL_FILES", pick(300, 2000))?,
-        blast_mib: env_u32("HULL_BENCH_BLAST_MIB", pick(32, 256))?,
+        blast_mib: env_u32("HULL_BENCH_BLAST_MIB", pick(16, 256))?,
         ctr_timeout_s: u64::from(env_u32("HULL_BENCH_CTR_TIMEOUT", pick(300, 60))?),
         crash_hull: std::env::var("HULL_BENCH_CRASH_HULL").is_ok_and(|v| v == "1"),
         image: IMAGE.into(),
@@ -210,6 +210,8 @@ struct Bench {
     log: Log,
     volume: PathBuf,
     rts: Vec<RuntimeData>,
+    /// How much of containerd's log `shim_log_hint` has already looked at.
+    log_mark: usize,
 }
 
 impl Bench {
@@ -236,7 +238,8 @@ impl Bench {
             r.args.first().cloned().unwrap_or_default(),
             r.failure()
         );
-        if let Some(hint) = self.shim_log_hint(&self.rts[rt].name) {
+        let name = self.rts[rt].name.clone();
+        if let Some(hint) = self.shim_log_hint(&name) {
             msg.push_str(&format!(" [containerd log: {hint}]"));
         }
         self.log
@@ -250,13 +253,24 @@ impl Bench {
         }
     }
 
-    /// The last error line of containerd's log that mentions this runtime.
-    fn shim_log_hint(&self, name: &str) -> Option<String> {
+    /// The last error line of containerd's log about this runtime's shim,
+    /// written since the previous look.
+    fn shim_log_hint(&mut self, name: &str) -> Option<String> {
         let log = fs::read_to_string(self.paths.work.join("containerd/containerd.log")).ok()?;
-        let key = if name == "hull" { "hull" } else { "runc" };
+        let since = self.log_mark.min(log.len());
+        self.log_mark = log.len();
+        let log = log.get(since..).unwrap_or_default();
+        // Paths hold "hull-bench" for every runtime: match the shim's name instead.
+        let key = if name == "hull" {
+            "containerd-shim-hull-v2"
+        } else {
+            "containerd-shim-runc-v2"
+        };
         log.lines()
             .rev()
-            .find(|l| l.contains("level=error") && l.contains(key))
+            .find(|l| {
+                l.contains("level=error") && l.contains(key) && !l.contains("delete\" error=")
+            })
             .map(|l| hull_bench::ctr::tail(l, 300))
     }
 
@@ -732,6 +746,7 @@ pub fn run(paths: Paths) -> Result<RunData> {
         log,
         volume,
         rts,
+        log_mark: 0,
     };
     if import.ok {
         bench.log.say(&format!(
@@ -822,4 +837,37 @@ pub fn write_results(out: &Path, data: &RunData) -> Result<()> {
         fs::write(out.join(name), svg)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(hull_ok: bool, leftovers: Vec<String>) -> RunData {
+        let start = vec![Sample {
+            ok: hull_ok,
+            ..Default::default()
+        }];
+        RunData {
+            runtimes: vec![RuntimeData {
+                name: "hull".into(),
+                start,
+                failed: (!hull_ok).then(|| "mount virtio-fs: EINVAL".into()),
+                ..Default::default()
+            }],
+            leftovers,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exit_code_fails_only_when_asked_or_when_something_is_left() {
+        assert_eq!(exit_code(&data(false, vec![]), false), 0);
+        assert_eq!(exit_code(&data(false, vec![]), true), 2);
+        assert_eq!(exit_code(&data(true, vec![]), true), 0);
+        assert_eq!(
+            exit_code(&data(true, vec!["123 hull-vmm".into()]), false),
+            3
+        );
+    }
 }
