@@ -48,6 +48,8 @@ fn reason(rt: &RuntimeData, scenario: &str) -> String {
         .or_else(|| rt.failed.clone())
         .or_else(|| rt.errors.get(scenario).cloned())
         .unwrap_or_else(|| "not measured".into())
+        // The plots have little room: keep the part that says what went wrong.
+        .replace("ctr: failed to create shim task: ", "")
 }
 
 /// At most `max` characters of `s`, with an ellipsis when cut.

@@ -7,7 +7,7 @@ const H: f64 = 360.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
-const BOTTOM: f64 = 70.0;
+const BOTTOM: f64 = 80.0;
 const COLORS: &[&str] = &["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
 
 /// One runtime's series; `note` replaces the plot for it when there are no samples.
@@ -61,9 +61,39 @@ fn header(title: &str, out: &mut String) {
     ));
 }
 
+/// Centred lines of small text from `y` down.
+fn text_lines(out: &mut String, cx: f64, y: f64, fill: &str, lines: &[String]) {
+    for (i, l) in lines.iter().enumerate() {
+        out.push_str(&format!(
+            "<text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"11\" fill=\"{fill}\">{}</text>\n",
+            y + 13.0 * i as f64,
+            escape(l)
+        ));
+    }
+}
+
+/// Splits `text` into at most `max_lines` lines of about `width` characters, at spaces.
+pub fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(l) if l.chars().count() + 1 + word.chars().count() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.chars().take(width).collect()),
+        }
+    }
+    if lines.len() > max_lines {
+        lines.truncate(max_lines);
+        lines[max_lines - 1].push_str("...");
+    }
+    lines
+}
+
 fn short(note: &str) -> String {
-    let s: String = note.chars().take(60).collect();
-    if note.chars().count() > 60 {
+    let s: String = note.chars().take(110).collect();
+    if note.chars().count() > 110 {
         format!("{s}...")
     } else {
         s
@@ -119,22 +149,31 @@ pub fn start_latency(title: &str, unit: &str, series: &[Series]) -> String {
                     ));
                 }
                 out.push_str(&format!(
-                    "<line class=\"median\" x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{m:.1}\" y2=\"{m:.1}\" stroke=\"black\" stroke-width=\"2\"/>\n\
-                     <text x=\"{cx:.1}\" y=\"{}\" text-anchor=\"middle\">median {:.2}, p95 {:.2} (n={})</text>\n",
+                    "<line class=\"median\" x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{m:.1}\" y2=\"{m:.1}\" stroke=\"black\" stroke-width=\"2\"/>\n",
                     cx - col_w * 0.3,
                     cx + col_w * 0.3,
-                    H - BOTTOM + 36.0,
-                    sum.median,
-                    sum.p95,
-                    sum.n,
                     m = y(sum.median)
                 ));
+                let lines = [
+                    format!("median {:.2}", sum.median),
+                    format!("p95 {:.2}, n={}", sum.p95, sum.n),
+                ];
+                text_lines(&mut out, cx, H - BOTTOM + 36.0, "black", &lines);
             }
-            None => out.push_str(&format!(
-                "<text x=\"{cx:.1}\" y=\"{}\" text-anchor=\"middle\" fill=\"#b00\">no data: {}</text>\n",
-                H - BOTTOM + 36.0,
-                escape(&short(s.note.as_deref().unwrap_or("not measured")))
-            )),
+            None => {
+                let note = format!(
+                    "no data: {}",
+                    short(s.note.as_deref().unwrap_or("not measured"))
+                );
+                let width = ((col_w / 6.5) as usize).max(12);
+                text_lines(
+                    &mut out,
+                    cx,
+                    H - BOTTOM + 32.0,
+                    "#b00",
+                    &wrap(&note, width, 4),
+                );
+            }
         }
     }
     out.push_str("</svg>\n");
@@ -180,11 +219,14 @@ pub fn memory(title: &str, bars: &[Bar]) -> String {
             escape(&b.name)
         ));
         if let Some(note) = &b.note {
-            out.push_str(&format!(
-                "<text x=\"{left}\" y=\"{:.1}\" fill=\"#b00\">no data: {}</text>\n",
-                y0 + h / 2.0 + 4.0,
-                escape(&short(note))
-            ));
+            let lines = wrap(&format!("no data: {}", short(note)), 80, 2);
+            for (k, l) in lines.iter().enumerate() {
+                out.push_str(&format!(
+                    "<text x=\"{left}\" y=\"{:.1}\" font-size=\"11\" fill=\"#b00\">{}</text>\n",
+                    y0 + h / 2.0 + 13.0 * k as f64,
+                    escape(l)
+                ));
+            }
             continue;
         }
         let total = b.overhead_mib + b.guest_mib;
@@ -231,6 +273,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wrap_breaks_at_spaces_and_caps_the_lines() {
+        assert_eq!(wrap("aa bb cc", 5, 3), vec!["aa bb", "cc"]);
+        assert_eq!(wrap("a b c d", 1, 2), vec!["a", "b..."]);
+    }
+
+    #[test]
     fn nice_axis_rounds_up() {
         assert_eq!(nice_axis(43.0), (50.0, 10.0));
         assert_eq!(nice_axis(0.0), (1.0, 0.2));
@@ -258,7 +306,8 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<circle").count(), 3);
         assert_eq!(svg.matches("class=\"median\"").count(), 1);
-        assert!(svg.contains("no data: ctr run failed: &lt;EINVAL&gt;"));
+        assert!(svg.contains("no data: ctr run failed:"));
+        assert!(svg.contains("&lt;EINVAL&gt;"));
         assert!(svg.contains(">runc<") && svg.contains(">hull<"));
     }
 
