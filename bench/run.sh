@@ -64,8 +64,10 @@ else
 fi
 set -e
 took=$(( $(date +%s) - started ))
-if [[ -f "$out/report.md" ]]; then
-    printf '\nThe whole `make bench` command (build check, image, %s) took %d s.\n' "$where" "$took" >> "$out/report.md"
+if [[ -f "$out/data.json" ]]; then
+    printf 'The whole `bench/run.sh` command (build check, images, %s) took %d s.\n' "$where" "$took" \
+        > "$out/whole-command.txt"
+    "$root/target/release/hull-bench" render "$out" || rc=1
     echo "bench: report: $out/report.md (whole command: ${took} s, exit $rc)" >&2
 else
     echo "bench: no report was written (exit $rc after ${took} s); see the output above and $out/log.txt" >&2

@@ -3,6 +3,7 @@
 //! usage: hull-bench run --out DIR --checkout DIR --image-tar TAR [--work DIR]
 //!                       [--shim-dir DIR --hull-vmm BIN --kernel VMLINUX --initrd IMG --virtiofsd BIN]
 //!        hull-bench render DIR      re-render report.md, data.csv and the plots from DIR/data.json
+//!                                   (and DIR/whole-command.txt when there)
 //!
 //! Run counts come from HULL_BENCH_* variables (bench/README.md); HULL_BENCH_REQUIRE_HULL=1
 //! makes a run without Hull figures exit 2; leftovers after the run exit 3.
@@ -49,7 +50,11 @@ fn main() -> Result<()> {
         Some("render") => {
             let dir = value(&args, "render").context("usage: hull-bench render DIR")?;
             let text = std::fs::read_to_string(dir.join("data.json")).with_context(|| format!("read {}/data.json", dir.display()))?;
-            let data = serde_json::from_str(&text).context("parse data.json")?;
+            let mut data: hull_bench::model::RunData =
+                serde_json::from_str(&text).context("parse data.json")?;
+            if let Ok(w) = std::fs::read_to_string(dir.join("whole-command.txt")) {
+                data.whole_command = Some(w);
+            }
             driver::write_results(&dir, &data)
         }
         _ => bail!("usage: hull-bench run --out DIR --checkout DIR --image-tar TAR [...] | hull-bench render DIR (see bench/README.md)"),

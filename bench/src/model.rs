@@ -21,6 +21,10 @@ pub struct RunData {
     /// Pod machinery and mounts found after containerd stopped (should be empty).
     pub leftovers: Vec<String>,
     pub notes: Vec<String>,
+    /// How long the whole `make bench` command took, lab boot included
+    /// (written by bench/run.sh to `whole-command.txt`, read by `render`).
+    #[serde(default)]
+    pub whole_command: Option<String>,
 }
 
 /// Where it ran.

@@ -324,6 +324,9 @@ pub fn markdown(data: &RunData) -> String {
         let _ = writeln!(s, "- {}", md_cell(n));
     }
     s.push_str("\nRaw data: `data.json` (everything), `data.csv` (one row per sample).\n");
+    if let Some(w) = &data.whole_command {
+        let _ = writeln!(s, "\n{}", w.trim());
+    }
     s
 }
 
