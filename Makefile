@@ -1,5 +1,5 @@
 # Hull: the two commands are `make demo` (set up, then run the demo) and `make test`.
-.PHONY: setup install demo test test-unit test-lab kernel image kvm-check
+.PHONY: setup install demo test test-unit test-lab kernel image kvm-check bench
 
 setup:
 	@scripts/setup.sh
@@ -27,3 +27,7 @@ image:
 
 kvm-check:
 	@scripts/kvm-check.sh
+
+# Isolation benchmark, Hull vs runc/crun (bench/README.md); in the lab unless this host has hardware KVM.
+bench: setup
+	@bench/run.sh
