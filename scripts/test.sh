@@ -60,7 +60,7 @@ if [[ $tier == lab || $tier == all ]]; then
         "$runner" 2>&1 | tee "$logs/lab.log"; rc=${PIPESTATUS[0]}
     else
         step "lab tier, inside the lab VM ($kvm)"
-        tests/lab/lab.sh --timeout "${HULL_LAB_TIMEOUT:-1800}" -- "$runner" 2>&1 | tee "$logs/lab.log"; rc=${PIPESTATUS[0]}
+        tests/lab/lab.sh --timeout "${HULL_LAB_TIMEOUT:-3600}" -- "$runner" 2>&1 | tee "$logs/lab.log"; rc=${PIPESTATUS[0]}
     fi
     set -e
     read -r lab_p lab_f lab_i < <(count "$logs/lab.log")

@@ -248,6 +248,20 @@ impl Containerd {
     }
 }
 
+/// Removes the named containers when a test ends, also when it fails, so
+/// one failure does not leave pods behind for the next test.
+struct Remove<'a>(&'a Containerd, &'a [&'a str]);
+
+impl Drop for Remove<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for id in self.1 {
+                self.0.remove(id);
+            }
+        }
+    }
+}
+
 /// Host processes of this binary's pods (their command line names [`BASE`]): (pid, name).
 fn pod_processes(names: &[&str]) -> Vec<(i32, String)> {
     let mut found = Vec::new();
@@ -413,6 +427,7 @@ fn lab_task_operations_and_events_in_order() {
         .spawn()
         .expect("ctr events");
     // PID 1 of a PID namespace ignores TERM unless it handles it: this one does.
+    let _cleanup = Remove(ctrd, &["ops"]);
     let script = "trap 'exit 143' TERM; while :; do sleep 1; done";
     ctrd.run_detached("ops", &[], &["sh", "-c", script]);
     let out = ctrd.ctr_ok(&[
@@ -468,6 +483,7 @@ fn lab_task_operations_and_events_in_order() {
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn lab_containers_of_one_pod_share_one_vm_and_a_volume() {
     let (ctrd, _one) = containerd();
+    let _cleanup = Remove(ctrd, &["pod1-c2", "pod1"]);
     let vol = Path::new(BASE).join("volume");
     std::fs::create_dir_all(&vol).unwrap();
     std::fs::write(vol.join("from-host"), "host file\n").unwrap();
@@ -544,6 +560,7 @@ fn lab_containers_of_one_pod_share_one_vm_and_a_volume() {
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn lab_killed_vmm_ends_the_task_and_killed_shim_is_cleaned_up() {
     let (ctrd, _one) = containerd();
+    let _cleanup = Remove(ctrd, &["vmmdies", "shimdies"]);
     // The VMM dies under a running container: the task exits, ctr returns.
     ctrd.run_detached("vmmdies", &[], &["sleep", "1000"]);
     let vmms = pod_processes(&["hull-vmm"]);

@@ -69,6 +69,12 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     } else {
         PathBuf::from(&flags.bundle)
     };
+    if shim_answers(&bundle) {
+        // containerd runs `delete` whenever a connection to a shim closes, also
+        // for a container of a pod whose shim still serves other containers:
+        // that shim owns the VM and the mounts, and cleans up itself.
+        return print_response();
+    }
     let (shared, share_dir, state_dir) = match read_marker(&bundle, &flags.id) {
         Some(shared) => {
             let share_dir = shared.parent().unwrap_or(&shared).to_path_buf();
@@ -107,6 +113,17 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
             failures.join("; ")
         );
     }
+    print_response()
+}
+
+/// Whether the shim named by `<bundle>/address` is alive and accepts connections.
+fn shim_answers(bundle: &Path) -> bool {
+    std::fs::read_to_string(bundle.join("address"))
+        .is_ok_and(|address| UnixStream::connect(socket_path(address.trim())).is_ok())
+}
+
+/// Prints the `DeleteResponse` of a container whose shim is gone.
+fn print_response() -> anyhow::Result<()> {
     let response = DeleteResponse {
         pid: 0,
         exit_status: DEAD_SHIM_STATUS,
@@ -124,6 +141,21 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_shim_is_left_alone() {
+        let bundle = tempfile::tempdir().unwrap();
+        assert!(!shim_answers(bundle.path()), "no address file");
+        let sock = bundle.path().join("s.sock");
+        std::fs::write(
+            bundle.path().join("address"),
+            format!("unix://{}", sock.display()),
+        )
+        .unwrap();
+        assert!(!shim_answers(bundle.path()), "nobody listens");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(shim_answers(bundle.path()));
+    }
 
     #[test]
     fn only_a_well_formed_marker_is_trusted() {
