@@ -83,7 +83,14 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
         }
         None => {
             let config = Config::load(None).context("load the Hull config")?;
-            let state_dir = config.run_dir.join(sandbox_id(&bundle, &flags.id));
+            let pod = sandbox_id(&bundle, &flags.id);
+            if !one_component(&pod) || !one_component(&flags.id) {
+                anyhow::bail!(
+                    "refusing to clean up: bad pod or container id {pod:?}/{:?}",
+                    flags.id
+                );
+            }
+            let state_dir = config.run_dir.join(pod);
             let share_dir = state_dir.join("shared");
             (share_dir.join(&flags.id), share_dir, state_dir)
         }
@@ -101,10 +108,21 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
             failures.push(format!("{e:#}"));
         }
     }
+    // Everything mounted in the dead shim's pod directory was its own
+    // (container roots, volumes): deepest first.
+    for target in mounts_under(&state_dir) {
+        if let Err(e) = rootfs::unmount(&target) {
+            failures.push(format!("{e:#}"));
+        }
+    }
     remove_dead_socket(&bundle);
-    // Only empty directories go: a mount still present is never deleted through.
-    for dir in [&shared, &share_dir, &state_dir] {
-        let _ = std::fs::remove_dir(dir);
+    if mounts_under(&state_dir).is_empty() {
+        // Sockets, pid files and empty directories; never deleted through a mount.
+        let _ = std::fs::remove_dir_all(&state_dir);
+    } else {
+        for dir in [&shared, &share_dir, &state_dir] {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
     if !failures.is_empty() {
         anyhow::bail!(
@@ -114,6 +132,46 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
         );
     }
     print_response()
+}
+
+/// Whether `name` is one plain path component (not empty, `.`, `..`, no `/`).
+fn one_component(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none()
+}
+
+/// Mount points at or under `dir` (from /proc/self/mountinfo), deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(d) = octal {
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
 /// Whether the shim named by `<bundle>/address` is alive and accepts connections.
@@ -141,6 +199,22 @@ fn print_response() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped_and_ids_are_single_components() {
+        assert_eq!(
+            unescape_mountinfo("/run/a\\040b"),
+            PathBuf::from("/run/a b")
+        );
+        assert_eq!(unescape_mountinfo("/x\\134y"), PathBuf::from("/x\\y"));
+        assert_eq!(unescape_mountinfo("/t\\04"), PathBuf::from("/t\\04"));
+        assert!(one_component("pod-1"));
+        for bad in ["", ".", "..", "a/b", "/abs"] {
+            assert!(!one_component(bad), "{bad}");
+        }
+        let root = mounts_under(Path::new("/"));
+        assert!(root.contains(&PathBuf::from("/")), "{root:?}");
+    }
 
     #[test]
     fn a_live_shim_is_left_alone() {
