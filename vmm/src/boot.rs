@@ -1,16 +1,18 @@
-//! Direct PVH boot: loads the ELF `vmlinux`, the initramfs and the command line, then writes the
-//! PVH start info and its e820 memory map.
+//! Direct boot without firmware: loads the kernel (an ELF `vmlinux` entered through its PVH note,
+//! or a `bzImage` entered through the Linux 32-bit boot protocol), the initramfs and the command
+//! line, then writes the PVH start info or the Linux zero page, each with its e820 memory map.
 
 use std::fs::File;
 use std::path::Path;
 
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use linux_loader::loader::{Cmdline, KernelLoader};
+use linux_loader::loader::{BzImage, Cmdline, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::memory::{ram_ranges, GuestMem, MMIO_GAP_START};
@@ -23,6 +25,8 @@ pub const PVH_INFO_START: u64 = 0x6000;
 pub const MODLIST_START: u64 = 0x6040;
 /// The e820 table handed over in the start info.
 pub const MEMMAP_START: u64 = 0x7000;
+/// The Linux zero page (`boot_params`) of a bzImage boot.
+pub const ZERO_PAGE_START: u64 = 0x8000;
 /// The kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
 /// Longest command line an x86 Linux kernel accepts (COMMAND_LINE_SIZE).
@@ -31,6 +35,11 @@ pub const CMDLINE_MAX: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+/// "HdrS" at offset 0x202 of a bzImage: the Linux boot protocol header.
+const BZIMAGE_MAGIC: [u8; 4] = *b"HdrS";
+const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
+/// `type_of_loader` of a boot loader without an assigned id.
+const LOADER_UNDEFINED: u8 = 0xff;
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
 
@@ -42,7 +51,7 @@ pub enum Error {
     OpenKernel(String, #[source] std::io::Error),
     /// Kernel file is not a loadable ELF.
     #[error(
-        "kernel image {0} is not a loadable ELF vmlinux; build it with kernel-config/build.sh"
+        "kernel image {0} is not a loadable ELF vmlinux or bzImage; build it with kernel-config/build.sh"
     )]
     LoadKernel(String, #[source] linux_loader::loader::Error),
     /// Kernel lacks the PVH entry note.
@@ -68,11 +77,16 @@ pub enum Error {
     StartInfo(#[source] linux_loader::configurator::Error),
 }
 
-/// What the vCPUs need to know after loading.
-#[derive(Debug, Clone, Copy)]
+/// What the vCPUs need to know after loading: both protocols enter in 32-bit protected mode
+/// with paging off, and differ in the register that points at the boot structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootInfo {
-    /// The kernel's 32-bit PVH entry point.
+    /// The kernel's 32-bit entry point.
     pub entry: GuestAddress,
+    /// EBX: the PVH start info (PVH), or 0.
+    pub rbx: u64,
+    /// ESI: the zero page (Linux boot protocol), or 0.
+    pub rsi: u64,
 }
 
 /// Builds a command line object from the user's text plus extra words (device announcements).
@@ -186,6 +200,68 @@ pub fn write_cmdline(mem: &GuestMem, cmdline: &Cmdline) -> Result<(), Error> {
         .map_err(|_| Error::Cmdline(linux_loader::cmdline::Error::TooLarge))
 }
 
+/// Whether `path` is a bzImage (has the Linux boot protocol header) rather than an ELF.
+pub fn is_bzimage(path: &Path) -> Result<bool, Error> {
+    use std::io::{Read, Seek, SeekFrom};
+    let name = path.display().to_string();
+    let mut file = File::open(path).map_err(|e| Error::OpenKernel(name.clone(), e))?;
+    let mut magic = [0u8; 4];
+    let found = file.seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET)).is_ok()
+        && file.read_exact(&mut magic).is_ok()
+        && magic == BZIMAGE_MAGIC;
+    Ok(found)
+}
+
+/// Loads a bzImage's protected-mode part at its `code32_start`; returns the entry, the end of
+/// what the kernel will occupy (it decompresses itself to `pref_address`, needing `init_size`
+/// bytes) and its setup header.
+pub fn load_bzimage(
+    mem: &GuestMem,
+    path: &Path,
+) -> Result<(GuestAddress, u64, setup_header), Error> {
+    let name = path.display().to_string();
+    let mut file = File::open(path).map_err(|e| Error::OpenKernel(name.clone(), e))?;
+    let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+        .map_err(|e| Error::LoadKernel(name.clone(), e))?;
+    let hdr = loaded.setup_header.ok_or(Error::NoPvh(name))?;
+    let (pref, init_size) = (hdr.pref_address, u64::from(hdr.init_size));
+    let run_start = pref.max(loaded.kernel_load.raw_value());
+    let end = loaded.kernel_end.max(run_start.saturating_add(init_size));
+    Ok((loaded.kernel_load, end, hdr))
+}
+
+/// Writes the Linux zero page: the kernel's own setup header with this loader's fields (command
+/// line, initramfs) filled in, and the e820 map.
+pub fn write_zero_page(
+    mem: &GuestMem,
+    mem_size: u64,
+    hdr: setup_header,
+    cmdline_len: usize,
+    initrd: Option<(GuestAddress, usize)>,
+) -> Result<(), Error> {
+    let mut params = boot_params::default();
+    let mut hdr = hdr;
+    hdr.type_of_loader = LOADER_UNDEFINED;
+    hdr.cmd_line_ptr = CMDLINE_START as u32;
+    hdr.cmdline_size = cmdline_len as u32;
+    if let Some((addr, len)) = initrd {
+        hdr.ramdisk_image = addr.raw_value() as u32;
+        hdr.ramdisk_size = len as u32;
+    }
+    params.hdr = hdr;
+    let map = e820_map(mem_size);
+    for (slot, e) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.type_,
+        };
+    }
+    params.e820_entries = map.len().min(params.e820_table.len()) as u8;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
+        .map_err(Error::Memory)
+}
+
 /// Loads everything the guest needs to boot and returns where to start it.
 pub fn load(
     mem: &GuestMem,
@@ -194,13 +270,34 @@ pub fn load(
     initrd: Option<&Path>,
     cmdline: &Cmdline,
 ) -> Result<BootInfo, Error> {
+    if is_bzimage(kernel)? {
+        let (entry, kernel_end, hdr) = load_bzimage(mem, kernel)?;
+        let initrd = initrd
+            .map(|p| load_initrd(mem, p, kernel_end))
+            .transpose()?;
+        write_cmdline(mem, cmdline)?;
+        let len = cmdline
+            .as_cstring()
+            .map(|c| c.as_bytes().len())
+            .unwrap_or(0);
+        write_zero_page(mem, mem_size, hdr, len, initrd)?;
+        return Ok(BootInfo {
+            entry,
+            rbx: 0,
+            rsi: ZERO_PAGE_START,
+        });
+    }
     let (entry, kernel_end) = load_kernel(mem, kernel)?;
     let initrd = initrd
         .map(|p| load_initrd(mem, p, kernel_end))
         .transpose()?;
     write_cmdline(mem, cmdline)?;
     write_start_info(mem, mem_size, initrd)?;
-    Ok(BootInfo { entry })
+    Ok(BootInfo {
+        entry,
+        rbx: PVH_INFO_START,
+        rsi: 0,
+    })
 }
 
 #[cfg(test)]
@@ -267,6 +364,66 @@ mod tests {
             load_initrd(&ram.mem, &big, 0),
             Err(Error::InitrdTooBig(..))
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A minimal bzImage: one setup sector with the boot protocol header, then `payload`.
+    fn fake_bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut img = vec![0u8; 2 * 512];
+        img[0x1f1] = 1; // setup_sects
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
+        img[0x211] = 1; // loadflags: LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&(HIMEM_START as u32).to_le_bytes()); // code32_start
+        img[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+        img[0x260..0x264].copy_from_slice(&0x80_0000u32.to_le_bytes()); // init_size
+        img.extend_from_slice(payload);
+        img
+    }
+
+    #[test]
+    fn bzimage_is_loaded_at_code32_start_with_a_zero_page() {
+        let ram = crate::memory::create(64).unwrap();
+        let dir = std::env::temp_dir().join(format!("hull-bz-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("bzImage");
+        std::fs::write(&kernel, fake_bzimage(b"\xf4kernel")).unwrap();
+        let initrd = dir.join("initrd");
+        std::fs::write(&initrd, b"070701rest").unwrap();
+        let c = cmdline("console=ttyS0", &[]).unwrap();
+        let info = load(&ram.mem, 64 << 20, &kernel, Some(&initrd), &c).unwrap();
+        assert_eq!(
+            info,
+            BootInfo {
+                entry: GuestAddress(HIMEM_START),
+                rbx: 0,
+                rsi: ZERO_PAGE_START
+            }
+        );
+        let mut code = [0u8; 7];
+        ram.mem
+            .read_slice(&mut code, GuestAddress(HIMEM_START))
+            .unwrap();
+        assert_eq!(&code, b"\xf4kernel");
+        let zp: boot_params = ram.mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        let hdr = zp.hdr;
+        assert_eq!(
+            (hdr.type_of_loader, hdr.cmd_line_ptr, hdr.cmdline_size),
+            (LOADER_UNDEFINED, CMDLINE_START as u32, 13)
+        );
+        let (image, size) = (hdr.ramdisk_image, hdr.ramdisk_size);
+        assert_eq!(size, 10);
+        assert!(
+            u64::from(image) >= 0x100_0000 + 0x80_0000,
+            "initrd clear of the unpacked kernel"
+        );
+        assert_eq!(zp.e820_entries, 3);
+        let ram_entry = zp.e820_table[2];
+        let (addr, kind) = (ram_entry.addr, ram_entry.r#type);
+        assert_eq!((addr, kind), (HIMEM_START, E820_RAM));
+        assert!(!is_bzimage(&initrd).unwrap());
+        std::fs::write(&kernel, &fake_bzimage(b"")[..0x204]).unwrap();
+        assert!(!is_bzimage(&kernel).unwrap(), "truncated header");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

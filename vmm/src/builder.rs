@@ -355,7 +355,7 @@ pub fn create_vcpus(
             id,
             &cpuid::for_vcpu(&supported, id, count, tsc_deadline),
         )?;
-        vcpu::set_pvh_entry(&fd, id, boot.entry)?;
+        vcpu::set_boot_entry(&fd, id, boot)?;
         vcpus.push(fd);
     }
     Ok(vcpus)

@@ -139,11 +139,12 @@ pub const HELP: &str = "\
 hull-vmm: run one KVM microVM (Hull's VMM, built on rust-vmm)
 
 USAGE:
-    hull-vmm --kernel VMLINUX [--initrd INITRAMFS] [OPTIONS]
+    hull-vmm --kernel VMLINUX|BZIMAGE [--initrd INITRAMFS] [OPTIONS]
     hull-vmm --config vm.json
 
 OPTIONS:
-    --kernel PATH      guest kernel: ELF vmlinux with a PVH entry note (CONFIG_PVH=y)
+    --kernel PATH      guest kernel: ELF vmlinux with a PVH entry note (CONFIG_PVH=y),
+                       or a bzImage (Linux 32-bit boot protocol; decompresses itself)
     --initrd PATH      initramfs: cpio archive, plain or gzip; its /init runs as PID 1
     --cmdline TEXT     guest kernel command line
                        [default: \"console=ttyS0 reboot=t panic=-1 quiet\"];

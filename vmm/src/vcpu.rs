@@ -12,7 +12,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::boot::PVH_INFO_START;
+use crate::boot::BootInfo;
 use crate::devices::bus::Bus;
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::memory::GuestMem;
@@ -165,9 +165,10 @@ pub fn configure(fd: &VcpuFd, id: u8, cpuid: &CpuId) -> Result<(), Error> {
         .map_err(|e| Error::Kvm(id, "KVM_SET_LAPIC", e))
 }
 
-/// Puts a vCPU in the PVH entry state: 32-bit protected mode, paging off, flat segments,
-/// `rip` at the kernel's PVH entry and `rbx` pointing at the start info.
-pub fn set_pvh_entry(fd: &VcpuFd, id: u8, entry: GuestAddress) -> Result<(), Error> {
+/// Puts a vCPU in the 32-bit entry state both boot protocols share: protected mode, paging
+/// off, flat segments, `rip` at the kernel's entry, and `rbx` (PVH start info) or `rsi` (Linux
+/// zero page) pointing at the boot structure.
+pub fn set_boot_entry(fd: &VcpuFd, id: u8, boot: &BootInfo) -> Result<(), Error> {
     let mut sregs = fd
         .get_sregs()
         .map_err(|e| Error::Kvm(id, "KVM_GET_SREGS", e))?;
@@ -191,8 +192,9 @@ pub fn set_pvh_entry(fd: &VcpuFd, id: u8, entry: GuestAddress) -> Result<(), Err
         .map_err(|e| Error::Kvm(id, "KVM_SET_SREGS", e))?;
     let regs = kvm_regs {
         rflags: 0x2,
-        rip: entry.0,
-        rbx: PVH_INFO_START,
+        rip: boot.entry.0,
+        rbx: boot.rbx,
+        rsi: boot.rsi,
         ..Default::default()
     };
     fd.set_regs(&regs)

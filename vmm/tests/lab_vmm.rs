@@ -96,9 +96,13 @@ fn run_vmm(args: &[String], timeout: Duration) -> Run {
 }
 
 fn boot_to_ready(vcpus: u8) {
+    boot_kernel_to_ready(&kernel(), vcpus);
+}
+
+fn boot_kernel_to_ready(kernel: &Path, vcpus: u8) {
     let args: Vec<String> = vec![
         "--kernel".into(),
-        kernel().display().to_string(),
+        kernel.display().to_string(),
         "--initrd".into(),
         initrd().display().to_string(),
         "--vcpus".into(),
@@ -143,6 +147,15 @@ fn boots_to_ready_with_one_vcpu() {
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn boots_to_ready_with_two_vcpus() {
     boot_to_ready(2);
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn boots_a_bzimage_through_the_linux_boot_protocol() {
+    // The kernel build puts the compressed bzImage next to vmlinux.
+    let bzimage = kernel().with_file_name("bzImage");
+    assert!(bzimage.is_file(), "no {bzimage:?} next to the vmlinux");
+    boot_kernel_to_ready(&bzimage, 1);
 }
 
 /// A scratch directory under /tmp (the only writable place inside the lab).
