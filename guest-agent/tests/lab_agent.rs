@@ -761,3 +761,19 @@ fn pause_freezes_the_container_and_resume_thaws_it() {
     a.remove("c1");
     let _ = out.join();
 }
+
+#[test]
+#[ignore = "lab: needs root and a cgroup v2 hierarchy (make test-lab)"]
+fn devices_listed_by_the_spec_replace_the_default_nodes() {
+    // What `ctr run --privileged` sends: every device, the defaults among them.
+    let a = Agent::start("devices");
+    let mut s = sh("stat -c '%n %t:%T' /dev/full /dev/null /dev/loop-hull");
+    s["linux"]["devices"] = json!([
+        {"path": "/dev/full", "type": "c", "major": 1, "minor": 7, "fileMode": 438, "uid": 0, "gid": 0},
+        {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438, "uid": 0, "gid": 0},
+        {"path": "/dev/loop-hull", "type": "b", "major": 7, "minor": 0, "fileMode": 432, "uid": 0, "gid": 0}
+    ]);
+    let (status, out, err) = a.run("c1", &s);
+    assert_eq!(status, 0, "{out}{err}");
+    assert_eq!(out, "/dev/full 1:7\n/dev/null 1:3\n/dev/loop-hull 7:0\n");
+}

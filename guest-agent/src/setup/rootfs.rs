@@ -38,11 +38,14 @@ pub fn prepare(rootfs: &Path, spec: &Spec, cgroup: &Path) -> Result<(), SetupErr
     for m in &mounts {
         mount_one(rootfs, m, cgroup)?;
     }
-    if mounts.iter().any(|m| m.destination() == Path::new("/dev")) {
-        default_devices(rootfs)?;
-    }
     let linux = spec.linux().clone().unwrap_or_default();
-    for dev in linux.devices().clone().unwrap_or_default() {
+    let devices = linux.devices().clone().unwrap_or_default();
+    if mounts.iter().any(|m| m.destination() == Path::new("/dev")) {
+        // The spec's own nodes (a privileged container lists them all) win.
+        let listed: Vec<&Path> = devices.iter().map(|d| d.path().as_path()).collect();
+        default_devices(rootfs, &listed)?;
+    }
+    for dev in devices {
         let path = secure_join(rootfs, dev.path())?;
         let kind = match dev.typ() {
             LinuxDeviceType::B => SFlag::S_IFBLK,
@@ -167,10 +170,14 @@ fn create_target(dest: &Path, dir: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A fresh /dev gets the usual nodes (bound from the guest's /dev) and links.
-fn default_devices(rootfs: &Path) -> Result<(), SetupError> {
+/// A fresh /dev gets the usual nodes (bound from the guest's /dev), except those the spec
+/// lists itself (`skip`), and links.
+fn default_devices(rootfs: &Path, skip: &[&Path]) -> Result<(), SetupError> {
     let dev = rootfs.join("dev");
     for name in DEFAULT_DEVICES {
+        if skip.contains(&Path::new("/dev").join(name).as_path()) {
+            continue;
+        }
         let target = dev.join(name);
         create_target(&target, false).map_err(io(format!("create /dev/{name}")))?;
         let source = Path::new("/dev").join(name);
