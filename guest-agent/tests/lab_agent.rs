@@ -767,13 +767,18 @@ fn pause_freezes_the_container_and_resume_thaws_it() {
 fn devices_listed_by_the_spec_replace_the_default_nodes() {
     // What `ctr run --privileged` sends: every device, the defaults among them.
     let a = Agent::start("devices");
-    let mut s = sh("stat -c '%n %t:%T' /dev/full /dev/null /dev/loop-hull");
+    let mut s = sh("stat -c '%n %t:%T' /dev/full /dev/null /dev/ptmx /dev/loop-hull /dev/net/tun");
     s["linux"]["devices"] = json!([
         {"path": "/dev/full", "type": "c", "major": 1, "minor": 7, "fileMode": 438, "uid": 0, "gid": 0},
         {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438, "uid": 0, "gid": 0},
-        {"path": "/dev/loop-hull", "type": "b", "major": 7, "minor": 0, "fileMode": 432, "uid": 0, "gid": 0}
+        {"path": "/dev/ptmx", "type": "c", "major": 5, "minor": 2, "fileMode": 438, "uid": 0, "gid": 0},
+        {"path": "/dev/loop-hull", "type": "b", "major": 7, "minor": 0, "fileMode": 432, "uid": 0, "gid": 0},
+        {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 438, "uid": 0, "gid": 0}
     ]);
     let (status, out, err) = a.run("c1", &s);
     assert_eq!(status, 0, "{out}{err}");
-    assert_eq!(out, "/dev/full 1:7\n/dev/null 1:3\n/dev/loop-hull 7:0\n");
+    assert_eq!(
+        out,
+        "/dev/full 1:7\n/dev/null 1:3\n/dev/ptmx 5:2\n/dev/loop-hull 7:0\n/dev/net/tun a:c8\n"
+    );
 }

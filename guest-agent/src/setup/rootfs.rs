@@ -53,6 +53,13 @@ pub fn prepare(rootfs: &Path, spec: &Spec, cgroup: &Path) -> Result<(), SetupErr
             _ => SFlag::S_IFCHR,
         };
         let mode = Mode::from_bits_truncate(dev.file_mode().unwrap_or(0o666));
+        if let Some(parent) = path.parent() {
+            // Nodes in subdirectories (/dev/net/tun, /dev/dri/...).
+            std::fs::create_dir_all(parent).map_err(io(format!(
+                "create the directory of {}",
+                dev.path().display()
+            )))?;
+        }
         let _ = std::fs::remove_file(&path);
         mknod(
             &path,
@@ -193,6 +200,9 @@ fn default_devices(rootfs: &Path, skip: &[&Path]) -> Result<(), SetupError> {
     ];
     for (target, name) in links {
         let link = dev.join(name);
+        if skip.contains(&Path::new("/dev").join(name).as_path()) {
+            continue;
+        }
         if link.symlink_metadata().is_err() {
             symlink(target, &link).map_err(io(format!("link /dev/{name}")))?;
         }
