@@ -47,15 +47,19 @@ fn kill_processes_rooted_in(shared: &Path) {
     }
 }
 
-/// Removes the dead shim's socket, named by `<bundle>/address`, unless a live
-/// shim (of another container of the pod) still answers on it.
+/// The shim socket named by `<bundle>/address`, if the file is there.
+fn shim_socket(bundle: &Path) -> Option<PathBuf> {
+    let address = std::fs::read_to_string(bundle.join("address")).ok()?;
+    Some(PathBuf::from(socket_path(address.trim())))
+}
+
+/// Removes the dead shim's socket, unless a live shim (of another container of
+/// the pod) answers on it by now.
 fn remove_dead_socket(bundle: &Path) {
-    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
-    };
-    let path = socket_path(address.trim());
-    if UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
+    if let Some(path) = shim_socket(bundle) {
+        if UnixStream::connect(&path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -102,15 +106,10 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     }
     host_pids::clear(&state_dir);
     kill_processes_rooted_in(&shared);
+    // The bundle's rootfs, then everything mounted in the dead shim's pod
+    // directory (container roots like `shared`, volumes): deepest first.
     let mut failures = Vec::new();
-    for target in [shared.clone(), bundle.join("rootfs")] {
-        if let Err(e) = rootfs::unmount(&target) {
-            failures.push(format!("{e:#}"));
-        }
-    }
-    // Everything mounted in the dead shim's pod directory was its own
-    // (container roots, volumes): deepest first.
-    for target in mounts_under(&state_dir) {
+    for target in std::iter::once(bundle.join("rootfs")).chain(mounts_under(&state_dir)) {
         if let Err(e) = rootfs::unmount(&target) {
             failures.push(format!("{e:#}"));
         }
@@ -176,8 +175,7 @@ fn unescape_mountinfo(field: &str) -> PathBuf {
 
 /// Whether the shim named by `<bundle>/address` is alive and accepts connections.
 fn shim_answers(bundle: &Path) -> bool {
-    std::fs::read_to_string(bundle.join("address"))
-        .is_ok_and(|address| UnixStream::connect(socket_path(address.trim())).is_ok())
+    shim_socket(bundle).is_some_and(|path| UnixStream::connect(path).is_ok())
 }
 
 /// Prints the `DeleteResponse` of a container whose shim is gone.
