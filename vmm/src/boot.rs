@@ -270,34 +270,43 @@ pub fn load(
     initrd: Option<&Path>,
     cmdline: &Cmdline,
 ) -> Result<BootInfo, Error> {
-    if is_bzimage(kernel)? {
-        let (entry, kernel_end, hdr) = load_bzimage(mem, kernel)?;
-        let initrd = initrd
-            .map(|p| load_initrd(mem, p, kernel_end))
-            .transpose()?;
-        write_cmdline(mem, cmdline)?;
-        let len = cmdline
-            .as_cstring()
-            .map(|c| c.as_bytes().len())
-            .unwrap_or(0);
-        write_zero_page(mem, mem_size, hdr, len, initrd)?;
-        return Ok(BootInfo {
-            entry,
-            rbx: 0,
-            rsi: ZERO_PAGE_START,
-        });
-    }
-    let (entry, kernel_end) = load_kernel(mem, kernel)?;
+    // Both protocols: kernel first, the initramfs above what it will occupy,
+    // then the command line and the protocol's own boot structure.
+    let bzimage = if is_bzimage(kernel)? {
+        Some(load_bzimage(mem, kernel)?)
+    } else {
+        None
+    };
+    let (entry, kernel_end) = match &bzimage {
+        Some((entry, end, _)) => (*entry, *end),
+        None => load_kernel(mem, kernel)?,
+    };
     let initrd = initrd
         .map(|p| load_initrd(mem, p, kernel_end))
         .transpose()?;
     write_cmdline(mem, cmdline)?;
-    write_start_info(mem, mem_size, initrd)?;
-    Ok(BootInfo {
-        entry,
-        rbx: PVH_INFO_START,
-        rsi: 0,
-    })
+    match bzimage {
+        Some((_, _, hdr)) => {
+            let len = cmdline
+                .as_cstring()
+                .map(|c| c.as_bytes().len())
+                .unwrap_or(0);
+            write_zero_page(mem, mem_size, hdr, len, initrd)?;
+            Ok(BootInfo {
+                entry,
+                rbx: 0,
+                rsi: ZERO_PAGE_START,
+            })
+        }
+        None => {
+            write_start_info(mem, mem_size, initrd)?;
+            Ok(BootInfo {
+                entry,
+                rbx: PVH_INFO_START,
+                rsi: 0,
+            })
+        }
+    }
 }
 
 #[cfg(test)]
