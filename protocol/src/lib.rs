@@ -18,6 +18,10 @@ pub const API_VERSION: &str = "hull.agent.v1";
 /// vsock CID of the host, which the agent dials for stdio streams.
 pub const HOST_CID: u32 = 2;
 
+/// Length of the per-stream secret (`StreamEndpoint.token`) that the agent
+/// writes first on every stdio stream it dials.
+pub const STREAM_TOKEN_LEN: usize = 16;
+
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/gen/mod.rs"));
 }
