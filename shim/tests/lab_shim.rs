@@ -17,6 +17,16 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+// Hostile-guest scenarios share this binary's containerd (one image import).
+#[path = "lab_shim/fs_conformance.rs"]
+mod fs_conformance;
+#[path = "lab_shim/hostile_guest.rs"]
+mod hostile_guest;
+#[path = "lab_shim/hostile_host.rs"]
+mod hostile_host;
+#[path = "lab_shim/hostile_share.rs"]
+mod hostile_share;
+
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-hull-v2");
 const HULL: &str = "io.containerd.hull.v2";
 const RUNC: &str = "io.containerd.runc.v2";
