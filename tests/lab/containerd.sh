@@ -2,6 +2,9 @@
 # A private containerd for tests and benchmarks: its own root, state and socket
 # under $HULL_CTRD_DIR (default /run/hull-test/containerd), so it never touches
 # a containerd the host already runs. Prints the socket path on start.
+# Its root (image content and snapshots, hence the containers' root file
+# systems) lives on disk under /var/lib/hull-test, as a node's does: the lab
+# mounts ext4 there (tests/lab/stage2.sh).
 #
 # usage: containerd.sh start     start (if not running), import busybox, print the address
 #        containerd.sh stop      stop it, remove its tasks, containers, mounts and state
@@ -10,16 +13,17 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dir="${HULL_CTRD_DIR:-/run/hull-test/containerd}"
 sock="$dir/containerd.sock"
+root="/var/lib/hull-test$dir/root"
 die() { echo "containerd.sh: $*" >&2; exit 1; }
 
 case "${1:-}" in
 start)
     command -v containerd >/dev/null || die "containerd is not installed; run 'make setup'"
-    mkdir -p "$dir/root" "$dir/state"
+    mkdir -p "$root" "$dir/state"
     if [[ ! -S "$sock" ]] || ! ctr --address "$sock" version >/dev/null 2>&1; then
         cat > "$dir/config.toml" <<CFG
 version = 2
-root = "$dir/root"
+root = "$root"
 state = "$dir/state"
 [grpc]
   address = "$sock"
@@ -63,8 +67,8 @@ stop)
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
     fi
-    { grep -o " $dir/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-    rm -rf "$dir"
+    { grep -oE " ($dir|$root)/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$dir" "$root"
     ;;
 *) die "usage: containerd.sh start|stop" ;;
 esac
