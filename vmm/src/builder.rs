@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{Console, VmConfig};
 use crate::control::ControlServer;
 use crate::devices::bus::Bus;
+use crate::devices::console::BoundedConsole;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
 use crate::devices::virtio::block::device::Block;
 use crate::devices::virtio::fs::device::Fs;
@@ -60,6 +61,9 @@ pub enum Error {
     /// Console file.
     #[error("cannot open console file {0}")]
     Console(String, #[source] std::io::Error),
+    /// The console's writer thread could not start.
+    #[error("cannot start the console writer thread")]
+    ConsoleThread(#[source] std::io::Error),
     /// An eventfd could not be created or registered.
     #[error("cannot create an event file descriptor")]
     EventFd(#[source] std::io::Error),
@@ -121,6 +125,8 @@ pub struct VmParts {
     pub cleanup: Vec<PathBuf>,
     /// The control socket server, if asked for.
     pub control_server: Option<Arc<Mutex<ControlServer>>>,
+    /// The serial console's output buffer, drained when the VM exits.
+    pub console: Option<BoundedConsole>,
 }
 
 /// Fails fast when /dev/kvm cannot boot a standard guest.
@@ -172,6 +178,7 @@ pub fn create_vm(ram: GuestRam) -> Result<VmParts, Error> {
         devices: Vec::new(),
         cleanup: Vec::new(),
         control_server: None,
+        console: None,
     })
 }
 
@@ -221,7 +228,9 @@ pub fn irq_eventfd(vm: &VmFd, gsi: u32) -> Result<EventFd, Error> {
 /// Adds COM1 and the i8042.
 pub fn attach_legacy(parts: &mut VmParts, console: &Console) -> Result<(), Error> {
     let irq = irq_eventfd(&parts.vm, legacy::SERIAL_IRQ)?;
-    let serial = SerialDevice::new(irq, open_console(console)?);
+    let out = BoundedConsole::spawn(open_console(console)?).map_err(Error::ConsoleThread)?;
+    parts.console = Some(out.clone());
+    let serial = SerialDevice::new(irq, Box::new(out));
     parts.pio.insert(
         legacy::SERIAL_PORT,
         legacy::SERIAL_LEN,

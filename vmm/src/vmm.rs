@@ -1,6 +1,7 @@
 //! Running a built VM: start the event loop and the vCPU threads, wait for the exit, clean up.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kvm_ioctls::VcpuFd;
 
@@ -8,6 +9,9 @@ use crate::builder::VmParts;
 use crate::event_loop::EventLoop;
 use crate::exit::ExitReason;
 use crate::vcpu::{self, Vcpu};
+
+/// How long the VMM waits at exit for the guest's last console bytes to reach the reader.
+const CONSOLE_DRAIN: Duration = Duration::from_millis(500);
 
 /// A built VM, ready to run.
 pub struct Vmm {
@@ -76,6 +80,9 @@ impl Vmm {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .finish(&reason);
+        }
+        if let Some(console) = &self.parts.console {
+            console.drain(CONSOLE_DRAIN);
         }
         for path in &self.parts.cleanup {
             let _ = std::fs::remove_file(path);

@@ -33,6 +33,8 @@ const S_UNSUPP: u8 = 2;
 const REQ_HDR_LEN: usize = 16;
 const ID_LEN: usize = 20;
 const CHUNK: usize = 64 * 1024;
+/// Requests served per event.
+pub const EVENT_BUDGET: usize = 32;
 
 /// Errors opening the disk.
 #[derive(Debug, thiserror::Error)]
@@ -205,21 +207,31 @@ impl Block {
         }
     }
 
-    /// Serves every available request. Returns true if any was completed.
-    pub fn process_requests(&mut self) -> bool {
+    /// Serves at most [`EVENT_BUDGET`] available requests. When the budget runs out, the device
+    /// kicks its own queue event so the event loop comes back after serving everything else
+    /// that is ready. Returns how many requests were completed.
+    pub fn process_requests(&mut self) -> usize {
         let Some(mut a) = self.active.take() else {
-            return false;
+            return 0;
         };
-        let mut used = false;
-        while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
+        let mut used = 0;
+        while used < EVENT_BUDGET {
+            let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) else {
+                break;
+            };
             let head = chain.head_index();
             let len = self.serve(&a.mem, chain).unwrap_or(0);
             if a.queue.add_used(&a.mem, head, len).is_err() {
                 tracing::warn!("virtio-blk: cannot return a request");
             }
-            used = true;
+            used += 1;
         }
-        if used {
+        if used == EVENT_BUDGET {
+            if let Err(e) = self.evts[0].write(1) {
+                tracing::warn!(error = %e, "virtio-blk: cannot re-arm the queue event");
+            }
+        }
+        if used > 0 {
             a.interrupt.trigger(INT_VRING);
         }
         self.active = Some(a);

@@ -23,6 +23,8 @@ pub const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
 const EVT: usize = 2;
+/// Descriptor chains handled per event, both queues together.
+pub const EVENT_BUDGET: usize = 64;
 
 /// Errors creating the device.
 #[derive(Debug, thiserror::Error)]
@@ -69,16 +71,18 @@ impl Vsock {
         &self.muxer
     }
 
-    /// Takes every packet the guest queued on TX. Returns true if any chain was used.
-    pub fn process_tx(&mut self) -> bool {
+    /// Takes the packets the guest queued on TX, at most `budget` chains (each one taken
+    /// counts down `budget`). Returns how many chains were used.
+    pub fn process_tx(&mut self, budget: &mut usize) -> usize {
         let Some(a) = self.active.as_mut() else {
-            return false;
+            return 0;
         };
-        let mut used = false;
-        while !self.muxer.control_full() {
+        let mut used = 0;
+        while *budget > 0 && !self.muxer.control_full() {
             let Some(chain) = a.queues[TX].pop_descriptor_chain(&a.mem) else {
                 break;
             };
+            *budget -= 1;
             let head = chain.head_index();
             if let Some(pkt) = read_packet(&a.mem, chain) {
                 self.muxer.handle_guest_packet(pkt);
@@ -86,34 +90,37 @@ impl Vsock {
             if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
                 tracing::warn!("vsock: cannot return a TX buffer");
             }
-            used = true;
+            used += 1;
         }
         used
     }
 
-    /// Fills guest RX buffers with whatever the muxer has. Returns true if any chain was used.
-    pub fn process_rx(&mut self) -> bool {
+    /// Fills guest RX buffers with whatever the muxer has, at most `budget` chains. Returns
+    /// how many chains were used.
+    pub fn process_rx(&mut self, budget: &mut usize) -> usize {
         let Some(a) = self.active.as_mut() else {
-            return false;
+            return 0;
         };
-        let mut used = false;
-        while self.muxer.has_rx() {
+        let mut used = 0;
+        while *budget > 0 && self.muxer.has_rx() {
             let Some(chain) = a.queues[RX].pop_descriptor_chain(&a.mem) else {
                 break;
             };
+            *budget -= 1;
+            used += 1;
             let head = chain.head_index();
             let mut writer = match Writer::new(&a.mem, chain) {
                 Ok(w) if w.available_bytes() >= HDR_LEN => w,
                 _ => {
                     // Malformed or too small: hand it back empty.
                     let _ = a.queues[RX].add_used(&a.mem, head, 0);
-                    used = true;
                     continue;
                 }
             };
             let room = (writer.available_bytes() - HDR_LEN).min(MAX_RX_PAYLOAD);
             let Some(pkt) = self.muxer.next_rx_packet(room) else {
                 a.queues[RX].go_to_previous_position();
+                used -= 1;
                 break;
             };
             let mut hdr = pkt.hdr;
@@ -129,7 +136,6 @@ impl Vsock {
             let ok = writer.write_all(&hdr.bytes()).is_ok() && writer.write_all(&pkt.data).is_ok();
             let len = if ok { writer.bytes_written() as u32 } else { 0 };
             let _ = a.queues[RX].add_used(&a.mem, head, len);
-            used = true;
         }
         used
     }
@@ -140,17 +146,28 @@ impl Vsock {
         }
     }
 
+    /// Moves packets both ways, at most [`EVENT_BUDGET`] chains in all. When the budget runs
+    /// out with work left, the device kicks its own TX event so the event loop comes back after
+    /// serving everything else that is ready (other devices, signals, the control socket).
     fn pump(&mut self) {
-        let mut used = false;
+        let mut budget = EVENT_BUDGET;
+        let mut used = 0;
         loop {
-            let tx = self.process_tx();
-            let rx = self.process_rx();
-            used |= tx || rx;
-            if !tx {
+            let was_full = self.muxer.control_full();
+            let tx = self.process_tx(&mut budget);
+            let rx = self.process_rx(&mut budget);
+            used += tx + rx;
+            // Go round again while TX moves, or while RX made room for a stalled TX.
+            if budget == 0 || (tx == 0 && !(was_full && rx > 0)) {
                 break;
             }
         }
-        if used {
+        if budget == 0 {
+            if let Err(e) = self.evts[TX].write(1) {
+                tracing::warn!(error = %e, "vsock: cannot re-arm the queue event");
+            }
+        }
+        if used > 0 {
             self.notify();
         }
     }

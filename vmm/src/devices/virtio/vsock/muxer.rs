@@ -1,35 +1,53 @@
 //! Hybrid vsock backend: maps guest vsock streams to Unix sockets, Firecracker-style. The host
 //! connects to `uds` and sends `CONNECT <port>\n` (answer `OK <host port>\n`); a guest
-//! connection to host port P is forwarded to the Unix socket `<uds>_P`. Buffers and the number
-//! of connections are bounded; a guest that breaks the protocol gets its connection reset.
+//! connection to host port P is forwarded to the Unix socket `<uds>_P`.
+//!
+//! What a guest can make the host keep is bounded per VM: at most [`MAX_CONNECTIONS`]
+//! connections (beyond it the guest gets RST), each buffering at most [`TX_BUF_SIZE`] bytes
+//! toward its host socket (the credit the guest is given), so [`TX_BUDGET`] in all; host-to-guest
+//! data stays in the host socket until the guest has credit and RX buffers. A host socket that
+//! hangs up leaves the epoll set at once (EPOLLHUP cannot be masked, so keeping it would spin);
+//! what it still holds goes to the guest as credit allows, and a guest that takes none of it for
+//! [`HUNG_UP_GRACE`] gets RST. Dialing `<uds>_P` never waits: a full backlog is an RST.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
+use super::conn::{connect_nonblocking, Conn, State};
 use super::packet::*;
 
 /// Most connections at once (host- and guest-initiated together, pending handshakes included).
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 128;
 /// Bytes the device buffers per connection toward the host socket: also the credit it gives.
-pub const TX_BUF_SIZE: u32 = 256 * 1024;
+pub const TX_BUF_SIZE: u32 = 64 * 1024;
+/// Most guest bytes the device holds for all host sockets together.
+pub const TX_BUDGET: usize = MAX_CONNECTIONS * TX_BUF_SIZE as usize;
 /// Largest payload the device puts in one packet to the guest.
 pub const MAX_RX_PAYLOAD: usize = 64 * 1024;
 /// Longest `CONNECT <port>\n` line accepted.
 const MAX_CONNECT_LINE: usize = 32;
 /// Control packets waiting for guest RX buffers; beyond this the device stops taking TX packets.
 pub const MAX_PENDING_CONTROL: usize = 2 * MAX_CONNECTIONS;
+/// How long a hung-up host socket waits for a guest that takes none of its remaining data.
+pub const HUNG_UP_GRACE: Duration = Duration::from_secs(10);
+/// How often parked connections are checked.
+const PARK_TICK: Duration = Duration::from_secs(1);
+/// Socket events handled per call of [`Muxer::process_events`].
+const EVENTS_PER_CALL: usize = 32;
 /// First host port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
 /// Errors of the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Creating the listening socket or the epoll set failed.
+    /// Creating the listening socket, the epoll set or the timer failed.
     #[error("cannot listen on vsock socket {0}")]
     Listen(String, #[source] std::io::Error),
 }
@@ -40,87 +58,23 @@ struct Key {
     peer: u32,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum State {
-    /// Host-initiated, REQUEST sent, waiting for the guest's RESPONSE.
-    Connecting,
-    Established,
-}
-
-struct Conn {
-    stream: UnixStream,
-    state: State,
-    peer_buf_alloc: u32,
-    peer_fwd_cnt: u32,
-    /// Bytes sent to the guest.
-    rx_cnt: u32,
-    /// Bytes written to the host socket.
-    fwd_cnt: u32,
-    last_fwd_cnt_sent: u32,
-    tx_buf: VecDeque<u8>,
-    /// The host socket may have data (EPOLLIN seen and not yet drained).
-    readable: bool,
-    host_eof: bool,
-    peer_shut_send: bool,
-    peer_shut_recv: bool,
-    want_out: bool,
-}
-
-impl Conn {
-    fn new(stream: UnixStream, state: State) -> Self {
-        Conn {
-            stream,
-            state,
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: 0,
-            rx_cnt: 0,
-            fwd_cnt: 0,
-            last_fwd_cnt_sent: 0,
-            tx_buf: VecDeque::new(),
-            readable: false,
-            host_eof: false,
-            peer_shut_send: false,
-            peer_shut_recv: false,
-            want_out: false,
-        }
-    }
-
-    fn peer_credit(&self) -> u32 {
-        self.peer_buf_alloc
-            .saturating_sub(self.rx_cnt.wrapping_sub(self.peer_fwd_cnt))
-    }
-
-    /// Writes as much of the buffer as the socket takes; false on a broken socket.
-    fn flush(&mut self) -> bool {
-        while !self.tx_buf.is_empty() {
-            let (front, _) = self.tx_buf.as_slices();
-            match self.stream.write(front) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.tx_buf.drain(..n);
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
-    }
-}
-
 /// The connection multiplexer of one vsock device.
 pub struct Muxer {
     cid: u64,
     uds: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
+    timer: TimerFd,
+    timer_armed: bool,
+    grace: Duration,
     conns: HashMap<Key, Conn>,
     /// Accepted host connections still sending their CONNECT line.
     handshakes: HashMap<RawFd, (UnixStream, Vec<u8>)>,
     fds: HashMap<RawFd, Key>,
     control: VecDeque<Packet>,
     next_local_port: u32,
+    /// Where the next scan for host data starts, so every connection gets its turn.
+    rx_turn: usize,
 }
 
 impl Muxer {
@@ -128,14 +82,17 @@ impl Muxer {
     pub fn new(cid: u64, uds: &Path) -> Result<Self, Error> {
         let name = uds.display().to_string();
         let listener = UnixListener::bind(uds).map_err(|e| Error::Listen(name.clone(), e))?;
-        let setup = || -> std::io::Result<Epoll> {
+        let setup = || -> std::io::Result<(Epoll, TimerFd)> {
             listener.set_nonblocking(true)?;
             let epoll = Epoll::new()?;
             let ev = EpollEvent::new(EventSet::IN, listener.as_raw_fd() as u64);
             epoll.ctl(ControlOperation::Add, listener.as_raw_fd(), ev)?;
-            Ok(epoll)
+            let timer = TimerFd::new()?;
+            let ev = EpollEvent::new(EventSet::IN, timer.as_raw_fd() as u64);
+            epoll.ctl(ControlOperation::Add, timer.as_raw_fd(), ev)?;
+            Ok((epoll, timer))
         };
-        let epoll = setup().map_err(|e| {
+        let (epoll, timer) = setup().map_err(|e| {
             let _ = std::fs::remove_file(uds);
             Error::Listen(name, e)
         })?;
@@ -144,11 +101,15 @@ impl Muxer {
             uds: uds.to_path_buf(),
             listener,
             epoll,
+            timer,
+            timer_armed: false,
+            grace: HUNG_UP_GRACE,
             conns: HashMap::new(),
             handshakes: HashMap::new(),
             fds: HashMap::new(),
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            rx_turn: 0,
         })
     }
 
@@ -160,6 +121,11 @@ impl Muxer {
     /// Number of live connections and pending handshakes.
     pub fn connection_count(&self) -> usize {
         self.conns.len() + self.handshakes.len()
+    }
+
+    /// Guest bytes buffered toward host sockets, all connections together.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns.values().map(|c| c.tx_buf.len()).sum()
     }
 
     /// Whether the device should stop taking TX packets until the guest drains RX.
@@ -195,12 +161,8 @@ impl Muxer {
     }
 
     fn set_interest(&self, fd: RawFd, c: &Conn) {
-        if c.host_eof {
-            // EPOLLHUP cannot be masked: stop polling a socket whose peer is gone.
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            return;
+        if c.hup {
+            return; // Out of the epoll set for good.
         }
         let mut set = EventSet::empty();
         if !c.readable && !c.host_eof && !c.peer_shut_recv && c.state == State::Established {
@@ -209,6 +171,8 @@ impl Muxer {
         if c.want_out {
             set |= EventSet::OUT;
         }
+        // An empty set still reports EPOLLHUP and EPOLLERR: `process_events` takes the socket
+        // out of the set on either, so neither can repeat.
         let _ = self.epoll.ctl(
             ControlOperation::Modify,
             fd,
@@ -231,9 +195,11 @@ impl Muxer {
     fn remove(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
             let fd = c.stream.as_raw_fd();
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            if !c.hup {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
             self.fds.remove(&fd);
         }
     }
@@ -241,6 +207,32 @@ impl Muxer {
     fn reset(&mut self, key: Key) {
         self.remove(key);
         self.push_control(key, OP_RST, 0);
+    }
+
+    /// Answers a guest packet not addressed to the host (a guest dialing CID 1, its own CID or
+    /// another VM): RST from where it was headed, so the guest's connect fails at once. A
+    /// packet with a source other than the guest's CID is dropped: nobody there to answer.
+    fn refuse_foreign(&mut self, h: Header) {
+        tracing::debug!(
+            src = h.src_cid,
+            dst = h.dst_cid,
+            "vsock: packet not addressed guest-to-host refused"
+        );
+        if h.op == OP_RST || h.src_cid != self.cid {
+            return;
+        }
+        self.control.push_back(Packet {
+            hdr: Header {
+                src_cid: h.dst_cid,
+                dst_cid: h.src_cid,
+                src_port: h.dst_port,
+                dst_port: h.src_port,
+                type_: h.type_,
+                op: OP_RST,
+                ..Default::default()
+            },
+            data: Vec::new(),
+        });
     }
 
     /// Handles one packet the guest sent.
@@ -254,11 +246,7 @@ impl Muxer {
             "vsock: from guest"
         );
         if h.src_cid != self.cid || h.dst_cid != HOST_CID {
-            tracing::debug!(
-                src = h.src_cid,
-                dst = h.dst_cid,
-                "vsock: dropped packet with wrong CIDs"
-            );
+            self.refuse_foreign(h);
             return;
         }
         let key = Key {
@@ -318,11 +306,15 @@ impl Muxer {
 
     fn guest_connect(&mut self, key: Key, h: Header) {
         if self.conns.contains_key(&key) || self.connection_count() >= MAX_CONNECTIONS {
+            tracing::debug!(
+                port = key.local,
+                "vsock: guest connection over the cap refused"
+            );
             self.push_control(key, OP_RST, 0);
             return;
         }
         let path = format!("{}_{}", self.uds.display(), key.local);
-        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+        match connect_nonblocking(&path) {
             Ok(stream) => {
                 let mut conn = Conn::new(stream, State::Established);
                 conn.peer_buf_alloc = h.buf_alloc;
@@ -331,6 +323,7 @@ impl Muxer {
                 self.push_control(key, OP_RESPONSE, 0);
             }
             Err(e) => {
+                // WouldBlock is a full backlog: refused like a missing listener.
                 tracing::debug!(%path, error = %e, "vsock: guest connection refused");
                 self.push_control(key, OP_RST, 0);
             }
@@ -371,30 +364,95 @@ impl Muxer {
         }
     }
 
-    /// Handles socket readiness; call when `poll_fd()` is readable.
+    /// Handles socket readiness; call when `poll_fd()` is readable. Handles at most a fixed
+    /// number of events per call; the rest stay pending in the epoll set.
     pub fn process_events(&mut self) {
-        let mut events = vec![EpollEvent::default(); 32];
+        let mut events = [EpollEvent::default(); EVENTS_PER_CALL];
         let n = self.epoll.wait(0, &mut events).unwrap_or(0);
         for ev in &events[..n] {
             let fd = ev.data() as RawFd;
+            let set = ev.event_set();
             if fd == self.listener.as_raw_fd() {
                 self.accept();
+            } else if fd == self.timer.as_raw_fd() {
+                self.expire_parked();
             } else if self.handshakes.contains_key(&fd) {
                 self.read_connect_line(fd);
             } else if let Some(&key) = self.fds.get(&fd) {
-                let set = ev.event_set();
-                if set.intersects(EventSet::OUT) {
-                    self.after_tx(key);
-                }
-                if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
-                    if let Some(c) = self.conns.get_mut(&key).filter(|c| !c.host_eof) {
-                        c.readable = true;
-                        let fd = c.stream.as_raw_fd();
-                        let c = &self.conns[&key];
-                        self.set_interest(fd, c);
+                if set.intersects(EventSet::ERROR) {
+                    tracing::debug!(port = key.local, "vsock: host socket error");
+                    self.reset(key);
+                } else if set.intersects(EventSet::HANG_UP) {
+                    self.host_hung_up(key);
+                } else {
+                    if set.intersects(EventSet::OUT) {
+                        self.after_tx(key);
+                    }
+                    if set.intersects(EventSet::IN) {
+                        if let Some(c) = self.conns.get_mut(&key) {
+                            c.readable = true;
+                            let c = &self.conns[&key];
+                            self.set_interest(fd, c);
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// The host socket of `key` hung up: take it out of the epoll set, then either finish the
+    /// connection or park it until the guest takes what the socket still holds.
+    fn host_hung_up(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let fd = c.stream.as_raw_fd();
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        c.hup = true;
+        c.want_out = false;
+        if c.state == State::Connecting || c.peer_shut_recv || !c.tx_buf.is_empty() {
+            // Nothing more can pass: the guest will not read, or the host will not.
+            self.reset(key);
+        } else if c.host_eof {
+            self.finish(key);
+        } else {
+            c.readable = true;
+            c.parked = Some(Instant::now());
+            self.arm_timer();
+        }
+    }
+
+    /// Ends a connection whose host side is gone entirely and whose data the guest has.
+    fn finish(&mut self, key: Key) {
+        self.push_control(key, OP_SHUTDOWN, SHUTDOWN_SEND | SHUTDOWN_RCV);
+        self.remove(key);
+    }
+
+    fn arm_timer(&mut self) {
+        if !self.timer_armed && self.timer.reset(PARK_TICK, Some(PARK_TICK)).is_ok() {
+            self.timer_armed = true;
+        }
+    }
+
+    /// Resets parked connections the guest made no progress on for the grace period.
+    fn expire_parked(&mut self) {
+        let _ = self.timer.wait();
+        let grace = self.grace;
+        let stale: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.parked.is_some_and(|t| t.elapsed() >= grace))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            tracing::debug!(port = key.local, "vsock: hung-up connection expired");
+            self.reset(key);
+        }
+        if !self.conns.values().any(|c| c.parked.is_some()) {
+            let _ = self.timer.clear();
+            self.timer_armed = false;
         }
     }
 
@@ -463,30 +521,30 @@ impl Muxer {
 
     /// Whether a packet for the guest may be ready.
     pub fn has_rx(&self) -> bool {
-        !self.control.is_empty()
-            || self
-                .conns
-                .values()
-                .any(|c| c.readable && c.state == State::Established && c.peer_credit() > 0)
+        !self.control.is_empty() || self.conns.values().any(Conn::wants_rx)
     }
 
-    /// The next packet for the guest whose payload fits `max_data` bytes.
+    /// The next packet for the guest whose payload fits `max_data` bytes. Connections take
+    /// turns, so one busy host socket cannot starve the others.
     pub fn next_rx_packet(&mut self, max_data: usize) -> Option<Packet> {
         if let Some(p) = self.control.pop_front() {
             return Some(p);
         }
-        let keys: Vec<Key> = self
+        let mut keys: Vec<Key> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.readable && c.state == State::Established && c.peer_credit() > 0)
+            .filter(|(_, c)| c.wants_rx())
             .map(|(k, _)| *k)
             .collect();
-        for key in keys {
-            if let Some(p) = self.read_host(key, max_data) {
-                return Some(p);
-            }
+        if keys.is_empty() {
+            return None;
         }
-        None
+        keys.sort_unstable_by_key(|k| (k.local, k.peer));
+        self.rx_turn = self.rx_turn.wrapping_add(1);
+        let start = self.rx_turn % keys.len();
+        keys.rotate_left(start);
+        keys.into_iter()
+            .find_map(|key| self.read_host(key, max_data))
     }
 
     fn read_host(&mut self, key: Key, max_data: usize) -> Option<Packet> {
@@ -498,10 +556,13 @@ impl Muxer {
         let mut buf = vec![0u8; want];
         loop {
             match c.stream.read(&mut buf) {
+                Ok(0) if c.hup => {
+                    self.finish(key);
+                    return self.control.pop_back();
+                }
                 Ok(0) => {
-                    // The host shut its sending side (or closed): the guest
-                    // reads what it has, then EOF, and may still send to a
-                    // host that only half-closed (stdin of a pty stream).
+                    // The host shut its sending side: the guest reads what it has, then EOF,
+                    // and may still send to a host that only half-closed (stdin of a pty).
                     c.host_eof = true;
                     c.readable = false;
                     let both_done = c.peer_shut_send && c.tx_buf.is_empty();
@@ -521,6 +582,9 @@ impl Muxer {
                 }
                 Ok(n) => {
                     c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
+                    if c.hup {
+                        c.parked = Some(Instant::now());
+                    }
                     buf.truncate(n);
                     let mut hdr = self.header(key, OP_RW);
                     hdr.len = n as u32;
@@ -556,6 +620,12 @@ impl Muxer {
             self.drop_handshake(fd);
         }
         self.control.clear();
+    }
+
+    /// Shortens [`HUNG_UP_GRACE`] for tests.
+    #[cfg(test)]
+    pub(crate) fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
     }
 }
 
