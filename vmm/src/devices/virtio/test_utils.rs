@@ -88,6 +88,11 @@ impl TestQueue {
         self.add_raw(&descs)
     }
 
+    /// The available ring's index (requests made so far).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
         self.mem.read_obj(GuestAddress(self.used + 2)).unwrap()

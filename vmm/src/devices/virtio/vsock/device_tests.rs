@@ -18,12 +18,16 @@ struct Rig {
 }
 
 fn rig(name: &str) -> Rig {
+    rig_sized(name, 16)
+}
+
+fn rig_sized(name: &str, size: u16) -> Rig {
     let mem = crate::memory::create(16).unwrap().mem;
     let uds = std::env::temp_dir().join(format!("hull-vsockdev-{name}-{}", std::process::id()));
     let _ = std::fs::remove_file(&uds);
     let mut dev = Vsock::new(CID, &uds).unwrap();
-    let rx = TestQueue::new(&mem, 0x10_0000, 16);
-    let tx = TestQueue::new(&mem, 0x20_0000, 16);
+    let rx = TestQueue::new(&mem, 0x10_0000, size);
+    let tx = TestQueue::new(&mem, 0x20_0000, size);
     let ev = TestQueue::new(&mem, 0x30_0000, 16);
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
     let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
@@ -160,4 +164,52 @@ fn reset_drops_connections() {
     assert_eq!(r.dev.muxer().connection_count(), 0);
     // Not active anymore: queue notifications do nothing.
     r.dev.process_queue(TX);
+}
+
+#[test]
+fn one_event_moves_a_bounded_batch_and_re_arms() {
+    let mut r = rig_sized("budget", 256);
+    let mem = r.tx.mem.clone();
+    // 200 packets that need no answer (RST for nothing).
+    let h = hdr(OP_RST, 1, 2, 0);
+    mem.write_slice(&h.bytes(), GuestAddress(BUF)).unwrap();
+    for _ in 0..200 {
+        r.tx.add_chain(&[(BUF, HDR_LEN as u32, false)]);
+    }
+    r.dev.process_queue(TX);
+    assert_eq!(usize::from(r.tx.used_idx()), EVENT_BUDGET);
+    let mut events = 1;
+    while r.dev.queue_events()[TX].read().is_ok() {
+        r.dev.process_queue(TX);
+        events += 1;
+        assert!(events < 10, "the re-arming never stops");
+    }
+    assert_eq!(r.tx.used_idx(), 200);
+    assert_eq!(events, 200usize.div_ceil(EVENT_BUDGET));
+}
+
+#[test]
+fn a_guest_dialing_cid_1_or_itself_is_reset_through_the_queue() {
+    let mut r = rig("cid1");
+    let mem = r.tx.mem.clone();
+    for (i, dst) in [1u64, CID].into_iter().enumerate() {
+        let mut h = hdr(OP_REQUEST, 4000 + i as u32, 1024, 0);
+        h.dst_cid = dst;
+        let at = BUF + 0x100 * i as u64;
+        mem.write_slice(&h.bytes(), GuestAddress(at)).unwrap();
+        r.tx.add_chain(&[(at, HDR_LEN as u32, false)]);
+        r.rx.add_chain(&[(BUF + 0x1000 + 0x100 * i as u64, 0x100, true)]);
+    }
+    r.dev.process_queue(TX);
+    assert_eq!(r.rx.used_idx(), 2);
+    for (i, dst) in [1u64, CID].into_iter().enumerate() {
+        let mut raw = [0u8; HDR_LEN];
+        mem.read_slice(&mut raw, GuestAddress(BUF + 0x1000 + 0x100 * i as u64))
+            .unwrap();
+        let h = Header::parse(&raw);
+        assert_eq!(
+            (h.op, h.src_cid, h.dst_cid, h.dst_port),
+            (OP_RST, dst, CID, 4000 + i as u32)
+        );
+    }
 }

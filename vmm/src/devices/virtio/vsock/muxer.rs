@@ -431,7 +431,8 @@ impl Muxer {
     }
 
     fn arm_timer(&mut self) {
-        if !self.timer_armed && self.timer.reset(PARK_TICK, Some(PARK_TICK)).is_ok() {
+        let tick = PARK_TICK.min(self.grace);
+        if !self.timer_armed && self.timer.reset(tick, Some(tick)).is_ok() {
             self.timer_armed = true;
         }
     }

@@ -259,3 +259,241 @@ fn closed_host_socket_is_reported_once() {
     );
     let _ = std::fs::remove_file(format!("{}_62", uds.display()));
 }
+
+/// Whether the muxer's poll descriptor is readable now: what makes the event loop call it.
+fn poll_ready(m: &Muxer) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: m.poll_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+}
+
+/// A guest connection to host port `port` (listener at `<uds>_<port>`), answered and accepted.
+fn guest_conn(m: &mut Muxer, l: &UnixListener, src: u32, port: u32, buf_alloc: u32) -> UnixStream {
+    let mut req = guest_pkt(OP_REQUEST, src, port, b"");
+    req.hdr.buf_alloc = buf_alloc;
+    m.handle_guest_packet(req);
+    assert_eq!(m.next_rx_packet(4096).unwrap().hdr.op, OP_RESPONSE);
+    l.accept().unwrap().0
+}
+
+/// Drains the muxer's events and packets for a while; returns every packet sent to the guest.
+fn settle(m: &mut Muxer, rounds: usize) -> Vec<Packet> {
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        m.process_events();
+        while let Some(p) = m.next_rx_packet(4096) {
+            out.push(p);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    out
+}
+
+#[test]
+fn zero_credit_guest_and_hung_up_host_neither_spin_nor_stay() {
+    let uds = tmp("zc");
+    let l = UnixListener::bind(format!("{}_63", uds.display())).unwrap();
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    m.set_grace(std::time::Duration::from_millis(100));
+    // The guest advertises no buffer at all; the host writes, then hangs up.
+    let mut peer = guest_conn(&mut m, &l, 10, 63, 0);
+    peer.write_all(&[7u8; 1000]).unwrap();
+    drop(peer);
+    let early = settle(&mut m, 5);
+    assert!(
+        early.is_empty(),
+        "nothing may reach a zero-credit guest: {early:?}"
+    );
+    // What spun before: the hung-up socket kept the poll descriptor readable.
+    assert!(!poll_ready(&m), "the muxer stays readable after a hang-up");
+    assert_eq!(
+        m.connection_count(),
+        1,
+        "parked until the grace period ends"
+    );
+    // After the grace period the connection is reset and nothing is left.
+    let late = settle(&mut m, 60);
+    assert_eq!(late.iter().map(|p| p.hdr.op).collect::<Vec<_>>(), [OP_RST]);
+    assert_eq!(m.connection_count(), 0);
+    let quiet = settle(&mut m, 30);
+    assert!(quiet.is_empty());
+    assert!(!poll_ready(&m), "the timer stops with no parked connection");
+    let _ = std::fs::remove_file(format!("{}_63", uds.display()));
+}
+
+#[test]
+fn a_hung_up_host_socket_is_drained_then_finished() {
+    let uds = tmp("drain");
+    let l = UnixListener::bind(format!("{}_64", uds.display())).unwrap();
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let mut peer = guest_conn(&mut m, &l, 11, 64, 3);
+    peer.write_all(b"abcdef").unwrap();
+    drop(peer);
+    // Credit for 3 bytes: they go, then the guest's credit stops the rest (parked, quiet).
+    let first = settle(&mut m, 5);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].data, b"abc");
+    assert!(!poll_ready(&m));
+    // The guest frees its buffer: the rest, then a full shutdown, and the connection is gone.
+    let mut upd = guest_pkt(OP_CREDIT_UPDATE, 11, 64, b"");
+    upd.hdr.buf_alloc = 3;
+    upd.hdr.fwd_cnt = 3;
+    m.handle_guest_packet(upd);
+    let mut upd = guest_pkt(OP_CREDIT_UPDATE, 11, 64, b"");
+    upd.hdr.buf_alloc = 64;
+    upd.hdr.fwd_cnt = 6;
+    let second = settle(&mut m, 2);
+    m.handle_guest_packet(upd);
+    let third = settle(&mut m, 2);
+    let all: Vec<_> = second.iter().chain(&third).collect();
+    assert_eq!(all[0].data, b"def");
+    let last = all.last().unwrap().hdr;
+    assert_eq!(
+        (last.op, last.flags),
+        (OP_SHUTDOWN, SHUTDOWN_SEND | SHUTDOWN_RCV)
+    );
+    assert_eq!(m.connection_count(), 0);
+    let _ = std::fs::remove_file(format!("{}_64", uds.display()));
+}
+
+#[test]
+fn hang_ups_nobody_can_finish_are_reset_at_once() {
+    let uds = tmp("hupreset");
+    let l = UnixListener::bind(format!("{}_65", uds.display())).unwrap();
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    // The guest shut its receiving side, then the host hangs up.
+    let peer = guest_conn(&mut m, &l, 12, 65, 65536);
+    let mut shut = guest_pkt(OP_SHUTDOWN, 12, 65, b"");
+    shut.hdr.flags = SHUTDOWN_RCV;
+    m.handle_guest_packet(shut);
+    drop(peer);
+    let out = settle(&mut m, 5);
+    assert_eq!(out.iter().map(|p| p.hdr.op).collect::<Vec<_>>(), [OP_RST]);
+    // A host-initiated connection whose client hangs up before the guest answers.
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    assert_eq!(pump(&mut m).unwrap().hdr.op, OP_REQUEST);
+    drop(host);
+    let out = settle(&mut m, 5);
+    assert_eq!(out.iter().map(|p| p.hdr.op).collect::<Vec<_>>(), [OP_RST]);
+    assert_eq!(m.connection_count(), 0);
+    assert!(!poll_ready(&m));
+    let _ = std::fs::remove_file(format!("{}_65", uds.display()));
+}
+
+#[test]
+fn zero_credit_guest_that_hangs_up_leaves_nothing() {
+    let uds = tmp("zcguest");
+    let l = UnixListener::bind(format!("{}_66", uds.display())).unwrap();
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let mut a = guest_conn(&mut m, &l, 13, 66, 0);
+    let mut b = guest_conn(&mut m, &l, 14, 66, 0);
+    a.write_all(&[1u8; 4096]).unwrap();
+    b.write_all(&[1u8; 4096]).unwrap();
+    assert!(settle(&mut m, 3).is_empty());
+    m.handle_guest_packet(guest_pkt(OP_RST, 13, 66, b""));
+    let mut shut = guest_pkt(OP_SHUTDOWN, 14, 66, b"");
+    shut.hdr.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    m.handle_guest_packet(shut);
+    settle(&mut m, 3);
+    assert_eq!(m.connection_count(), 0);
+    assert!(!poll_ready(&m));
+    // Both host sockets see the end (closed with their data unread: EOF or a reset).
+    for s in [&mut a, &mut b] {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        match s.read(&mut [0u8; 8]) {
+            Ok(n) => assert_eq!(n, 0),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    }
+    let _ = std::fs::remove_file(format!("{}_66", uds.display()));
+}
+
+#[test]
+fn a_full_host_backlog_is_refused_without_waiting() {
+    let uds = tmp("backlog");
+    let path = format!("{}_67", uds.display());
+    let l = UnixListener::bind(&path).unwrap();
+    // SAFETY: re-listening on an owned listening socket only changes its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let mut fillers = Vec::new();
+    while let Ok(s) = super::super::conn::connect_nonblocking(&path) {
+        fillers.push(s);
+        assert!(fillers.len() < 64, "the backlog never filled");
+    }
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let start = std::time::Instant::now();
+    m.handle_guest_packet(guest_pkt(OP_REQUEST, 15, 67, b""));
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(m.next_rx_packet(4096).unwrap().hdr.op, OP_RST);
+    assert_eq!(m.connection_count(), 0);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_connection_flood_stops_at_the_cap_and_buffers_stay_in_budget() {
+    let uds = tmp("flood");
+    let path = format!("{}_68", uds.display());
+    let l = UnixListener::bind(&path).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let mut peers = Vec::new();
+    let (mut ok, mut rst) = (0, 0);
+    for src in 0..(MAX_CONNECTIONS as u32 + 100) {
+        m.handle_guest_packet(guest_pkt(OP_REQUEST, 20_000 + src, 68, b""));
+        match m.next_rx_packet(4096).unwrap().hdr.op {
+            OP_RESPONSE => ok += 1,
+            OP_RST => rst += 1,
+            op => panic!("unexpected op {op}"),
+        }
+        while let Ok((s, _)) = l.accept() {
+            peers.push(s);
+        }
+    }
+    assert_eq!((ok, rst), (MAX_CONNECTIONS, 100));
+    assert_eq!(m.connection_count(), MAX_CONNECTIONS);
+    // Host peers that never read: every connection fills its buffer up to its credit, no
+    // further (a packet beyond it is an overrun, and reset).
+    let chunk = vec![0u8; 16 * 1024];
+    for src in 0..MAX_CONNECTIONS as u32 {
+        for _ in 0..(TX_BUF_SIZE as usize / chunk.len() + 16) {
+            m.handle_guest_packet(guest_pkt(OP_RW, 20_000 + src, 68, &chunk));
+            assert!(m.buffered_bytes() <= TX_BUDGET);
+            if m.connection_count() < MAX_CONNECTIONS - src as usize {
+                break;
+            }
+        }
+    }
+    assert!(m.buffered_bytes() <= TX_BUDGET);
+    while m.next_rx_packet(4096).is_some() {}
+    drop(peers);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn packets_to_other_cids_are_reset_from_where_they_were_headed() {
+    let uds = tmp("cids");
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    for dst in [1, CID, 7] {
+        let mut p = guest_pkt(OP_REQUEST, 5555, 1024, b"");
+        p.hdr.dst_cid = dst;
+        m.handle_guest_packet(p);
+        let rst = m.next_rx_packet(4096).expect("RST");
+        assert_eq!(
+            (rst.hdr.op, rst.hdr.src_cid, rst.hdr.dst_cid),
+            (OP_RST, dst, CID)
+        );
+        assert_eq!((rst.hdr.src_port, rst.hdr.dst_port), (1024, 5555));
+    }
+    // An RST to another CID gets no answer, and nothing is kept.
+    let mut p = guest_pkt(OP_RST, 5555, 1024, b"");
+    p.hdr.dst_cid = 1;
+    m.handle_guest_packet(p);
+    assert!(m.next_rx_packet(4096).is_none());
+    assert_eq!(m.connection_count(), 0);
+}
