@@ -42,13 +42,26 @@ pub struct BoundedConsole {
 }
 
 impl BoundedConsole {
-    /// Starts the writer thread that feeds `out`.
+    /// Starts the writer thread that feeds `out`. The thread blocks every signal, so SIGTERM
+    /// and SIGINT reach only the event loop's signalfd (and vCPU kicks only the vCPUs).
     pub fn spawn(out: Box<dyn Write + Send>) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
-        std::thread::Builder::new()
+        // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask only touch it and the
+        // calling thread's mask, which is restored below (a new thread inherits the mask).
+        let old = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            old
+        };
+        let spawned = std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || write_loop(&theirs, out))?;
+            .spawn(move || write_loop(&theirs, out));
+        // SAFETY: `old` is the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        spawned?;
         Ok(BoundedConsole { shared })
     }
 
