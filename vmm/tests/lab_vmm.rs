@@ -451,3 +451,217 @@ fn fs_mount_read_write_and_restart_through_virtiofsd() {
     assert_eq!(vfsd_code, Some(0), "virtiofsd must exit cleanly");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The VMM's own memory (anonymous pages: guest RAM is a shared memfd and not counted) most
+/// a hostile guest may make it hold: 8 MiB of vsock buffers, 256 KiB of console, the rest
+/// stacks, allocator slack and the libraries' heaps.
+const HOSTILE_RSS_ANON_BOUND_KIB: u64 = 48 * 1024;
+/// CPU the VMM may use, in percent of one CPU, once the guest has gone idle.
+const IDLE_CPU_BOUND_PERCENT: f64 = 15.0;
+
+/// `field` (in kB) of /proc/<pid>/status.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Host side of the hostile guest: port 5001 accepts and holds, 5002 writes 1 MiB (as far as
+/// the guest's credit lets it) and hangs up, 5003 reads and discards.
+fn serve_hostile_ports(dir: &Path, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    for port in [5001, 5002, 5003] {
+        let l = UnixListener::bind(dir.join(format!("v.sock_{port}"))).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                match port {
+                    5001 => held.push(s),
+                    5002 => {
+                        std::thread::spawn(move || {
+                            s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                            let _ = (&s).write_all(&vec![0x5a; 1 << 20]);
+                        });
+                    }
+                    _ => {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut &s, &mut std::io::sink());
+                        });
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn hostile_guest_cannot_exhaust_the_vmm() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = scratch("hostile");
+    let initrd = test_initrd(&dir);
+    let disk = dir.join("a.img");
+    std::fs::write(&disk, vec![0u8; 64 * 1024]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    serve_hostile_ports(&dir, stop.clone());
+    let mut args = test_args(&initrd, "hostile");
+    args.extend([
+        "--vcpus".into(),
+        "2".into(),
+        "--memory".into(),
+        "256".into(),
+        "--vsock".into(),
+        format!("3,{}", dir.join("v.sock").display()),
+        "--disk".into(),
+        format!("{},ro", disk.display()),
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let console = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = console.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // The VMM's own memory, sampled through the whole run.
+    let peak = Arc::new(Mutex::new((0u64, 0u64)));
+    let (peak2, stop2) = (peak.clone(), stop.clone());
+    let sampler = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            if let (Some(anon), Some(rss)) =
+                (status_kib(pid, "RssAnon:"), status_kib(pid, "VmRSS:"))
+            {
+                let mut p = peak2.lock().unwrap();
+                *p = (p.0.max(anon), p.1.max(rss));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let wait_for = |marker: &str, child: &mut std::process::Child| {
+        while !console.lock().unwrap().contains(marker) {
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("no {marker} from the guest\n{}", console.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (Instant::now(), cpu_ticks(pid).unwrap_or(0))
+    };
+    let (storm_t0, storm_c0) = wait_for("STORM_START", &mut child);
+    let (storm_t1, storm_c1) = wait_for("STORM_DONE", &mut child);
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let storm_cpu = (storm_c1 - storm_c0) as f64 / hz / (storm_t1 - storm_t0).as_secs_f64() * 100.0;
+    // The guest is idle now: the VMM must be too.
+    std::thread::sleep(Duration::from_secs(2));
+    let window = Duration::from_secs(3);
+    let t0 = cpu_ticks(pid).unwrap();
+    std::thread::sleep(window);
+    let t1 = cpu_ticks(pid).unwrap();
+    let idle_cpu = (t1 - t0) as f64 / hz / window.as_secs_f64() * 100.0;
+    let term = Instant::now();
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if term.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let term_took = term.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    reader.join().unwrap();
+    let out = console.lock().unwrap().clone();
+    let (anon, rss) = *peak.lock().unwrap();
+    println!(
+        "--- hostile guest\n{out}\n--- peak RssAnon {anon} KiB, peak VmRSS {rss} KiB, CPU during \
+         the storm {storm_cpu:.1}%, idle CPU {idle_cpu:.1}% over {window:?}, SIGTERM to exit \
+         {term_took:?}, exit {code:?}"
+    );
+    let flood = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FLOOD "))
+        .expect("no FLOOD line");
+    let count = |key: &str| -> usize {
+        flood
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let max = hull_vmm::devices::virtio::vsock::muxer::MAX_CONNECTIONS;
+    assert!(
+        count("ok=") <= max && count("ok=") > 0,
+        "connections past the cap: {flood}"
+    );
+    assert_eq!(count("ok=") + count("refused="), 400);
+    // CID 1 and the guest's own CID: refused at once (RST), not timed out.
+    let dials: Vec<&str> = out.lines().filter(|l| l.starts_with("DIAL ")).collect();
+    assert_eq!(dials.len(), 2, "{dials:?}");
+    assert!(dials[0].starts_with("DIAL cid=1 ") && dials[1].starts_with("DIAL cid=3 "));
+    for d in &dials {
+        assert!(d.contains(&format!("result=-{}", libc::ECONNRESET)), "{d}");
+    }
+    assert!(out.contains("ZERO_CREDIT opened"));
+    for cpu in [0, 1] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("STORM cpu={cpu} ")))
+            .expect("a storm line per vCPU");
+        assert!(
+            !line.contains("writes=0 ") && !line.ends_with("reads=0"),
+            "{line}"
+        );
+    }
+    assert!(
+        anon <= HOSTILE_RSS_ANON_BOUND_KIB,
+        "the VMM's own memory grew to {anon} KiB"
+    );
+    assert!(
+        idle_cpu <= IDLE_CPU_BOUND_PERCENT,
+        "the VMM kept busy after the storm: {idle_cpu:.1}%"
+    );
+    assert_eq!(code, Some(hull_vmm::exit::EXIT_STOPPED));
+    assert!(
+        term_took < Duration::from_secs(10),
+        "SIGTERM took {term_took:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

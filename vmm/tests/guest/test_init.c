@@ -1,7 +1,12 @@
 /* Guest side of hull-vmm's lab tests: runs as /init of a throwaway initramfs, does the test
  * named by HULL_TEST (from the kernel command line), prints its findings on the console and
  * reboots (the VMM then exits). Built by the lab tests with `gcc -static`. */
+#define _GNU_SOURCE
 #include <dirent.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
@@ -176,12 +181,121 @@ static int fs_test(void) {
     return fs_mount_and_read();
 }
 
+static long now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
+}
+
+static int vsock_dial(unsigned cid, unsigned port) {
+    int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+    struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = cid, .svm_port = port};
+    if (s < 0) return -errno;
+    if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+        int e = errno;
+        close(s);
+        return -e;
+    }
+    return s;
+}
+
+#define FLOOD 400
+#define ZERO_CREDIT 8
+
+/* A hostile guest against hull-vmm's vsock and queues: a connection flood, dials to CID 1 and
+ * its own CID, zero-credit connections whose host side hangs up, then a storm on the vsock
+ * and block queues from both vCPUs. Ends idle (the host measures, then sends SIGTERM). */
+static int hostile_test(void) {
+    mkdir("/dev", 0755);
+    mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+    static int fds[FLOOD];
+    int ok = 0, refused = 0;
+    for (int i = 0; i < FLOOD; i++) {
+        fds[i] = vsock_dial(VMADDR_CID_HOST, 5001);
+        if (fds[i] >= 0) ok++;
+        else refused++;
+    }
+    printf("FLOOD ok=%d refused=%d\n", ok, refused);
+    fflush(stdout);
+    /* The host never reads these: fill the device's buffers (and the host sockets) on many
+     * connections at once, for at most 60 s. */
+    static char chunk[65536];
+    long sent = 0, fill_end = now_ms() + 60000;
+    for (int i = 0, filled = 0; i < FLOOD && filled < 48 && now_ms() < fill_end; i++) {
+        if (fds[i] < 0) continue;
+        filled++;
+        fcntl(fds[i], F_SETFL, O_NONBLOCK);
+        for (long mine = 0; mine < 512 * 1024 && now_ms() < fill_end;) {
+            ssize_t n = write(fds[i], chunk, sizeof chunk);
+            if (n > 0) {
+                mine += n;
+                sent += n;
+            } else if (errno == EAGAIN) {
+                usleep(200000);
+                if (write(fds[i], chunk, 1) != 1) break;
+                sent++;
+            } else {
+                break;
+            }
+        }
+    }
+    printf("FILL sent=%ld\n", sent);
+    for (int i = 0; i < FLOOD; i++)
+        if (fds[i] >= 0) close(fds[i]);
+
+    unsigned cids[2] = {VMADDR_CID_LOCAL, 0};
+    int dev = open("/dev/vsock", O_RDONLY);
+    if (dev < 0 || ioctl(dev, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cids[1]) != 0)
+        printf("GUEST_ERROR local CID: %s\n", strerror(errno));
+    if (dev >= 0) close(dev);
+    for (int i = 0; i < 2; i++) {
+        long t0 = now_ms();
+        int s = vsock_dial(cids[i], 1024);
+        printf("DIAL cid=%u result=%d ms=%ld\n", cids[i], s < 0 ? s : 0, now_ms() - t0);
+        if (s >= 0) close(s);
+    }
+
+    /* The host writes to these and hangs up; the guest never reads. Half are closed by the
+     * guest with data unread, half stay open (the device must give up on them by itself). */
+    int zc[ZERO_CREDIT];
+    for (int i = 0; i < ZERO_CREDIT; i++) zc[i] = vsock_dial(VMADDR_CID_HOST, 5002);
+    sleep(3);
+    for (int i = 0; i < ZERO_CREDIT / 2; i++)
+        if (zc[i] >= 0) close(zc[i]);
+    printf("ZERO_CREDIT opened\nSTORM_START\n");
+    fflush(stdout);
+
+    long storm_ms = 15000, end = now_ms() + storm_ms;
+    pid_t child = fork();
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(child == 0 ? 1 : 0, &set);
+    sched_setaffinity(0, sizeof set, &set);
+    int v = vsock_dial(VMADDR_CID_HOST, 5003);
+    int d = open("/dev/vda", O_RDONLY | O_DIRECT);
+    static char buf[4096] __attribute__((aligned(4096)));
+    long writes = 0, reads = 0;
+    while (now_ms() < end) {
+        if (v >= 0 && write(v, "x", 1) == 1) writes++;
+        if (d >= 0 && pread(d, buf, 512, (reads % 64) * 512) == 512) reads++;
+    }
+    printf("STORM cpu=%d vsock_writes=%ld blk_reads=%ld\n", child == 0 ? 1 : 0, writes, reads);
+    fflush(stdout);
+    if (child == 0) _exit(0);
+    waitpid(child, NULL, 0);
+    if (v >= 0) close(v);
+    printf("STORM_DONE\n");
+    fflush(stdout);
+    for (;;) pause();
+}
+
 int main(void) {
     const char *test = getenv("HULL_TEST");
     int rc = 1;
     if (test && strcmp(test, "vsock") == 0) rc = vsock_test();
     else if (test && strcmp(test, "blk") == 0) rc = blk_test();
     else if (test && strcmp(test, "fs") == 0) rc = fs_test();
+    else if (test && strcmp(test, "hostile") == 0) rc = hostile_test();
     else printf("GUEST_ERROR unknown HULL_TEST\n");
     printf("HULL_TEST_DONE %d\n", rc);
     fflush(stdout);
