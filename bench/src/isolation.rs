@@ -218,7 +218,10 @@ fn syscalls(iso: &Isolation, host: &HostFacts) -> Cell {
         )
     } else {
         cell(
-            format!("0 host syscalls reachable: {detail} (the guest)"),
+            format!(
+                "0 host syscalls reachable from the container: {detail} (the guest); \
+                 the pod's host processes: see the next row"
+            ),
             true,
         )
     }
@@ -292,6 +295,59 @@ fn missing(rt: &RuntimeData, what: &str) -> Cell {
 }
 
 type Probe = fn(&Isolation, &HostFacts) -> Cell;
+
+/// How many syscalls the host kernel answers, from a scan that ran on it (runc, crun).
+fn host_syscall_count(host: &HostFacts, runtimes: &[RuntimeData]) -> Option<u32> {
+    runtimes
+        .iter()
+        .filter_map(|rt| rt.isolation.as_ref())
+        .filter(|iso| same_kernel(iso, host))
+        .filter_map(|iso| iso.syscalls.as_ref())
+        .map(|s| s.answered + s.skipped.len() as u32)
+        .max()
+}
+
+/// The host syscalls the pod's own host processes (shim, hull-vmm, virtiofsd; runc's container)
+/// can make, from the `Seccomp:` mode each had while the pod ran: a process without a filter
+/// can make every syscall the host kernel answers.
+fn host_side(rt: &RuntimeData, host_syscalls: Option<u32>) -> Cell {
+    let Some(m) = &rt.memory else {
+        return missing(rt, "memory");
+    };
+    let all = host_syscalls.map_or_else(
+        || "every host syscall".to_string(),
+        |n| format!("all {n} host syscalls"),
+    );
+    let mut seen: Vec<(String, Option<u8>)> = Vec::new();
+    for p in &m.procs {
+        if !seen.contains(&(p.name.clone(), p.seccomp)) {
+            seen.push((p.name.clone(), p.seccomp));
+        }
+    }
+    if seen.is_empty() {
+        return Cell {
+            text: "no host processes recorded".into(),
+            isolated: None,
+        };
+    }
+    let mut isolated = true;
+    let parts: Vec<String> = seen
+        .iter()
+        .map(|(name, mode)| match mode {
+            Some(0) => {
+                isolated = false;
+                format!("{name}: no seccomp filter: **{all}**")
+            }
+            Some(1) => format!("{name}: strict seccomp (4 syscalls)"),
+            Some(2) => format!("{name}: seccomp filter (its allow-list)"),
+            _ => {
+                isolated = false;
+                format!("{name}: seccomp mode not recorded")
+            }
+        })
+        .collect();
+    cell(parts.join("; "), isolated)
+}
 
 /// The table's rows, one cell per runtime in `runtimes` order.
 pub fn rows(host: &HostFacts, runtimes: &[RuntimeData]) -> Vec<Row> {
@@ -382,6 +438,12 @@ pub fn rows(host: &HostFacts, runtimes: &[RuntimeData]) -> Vec<Row> {
             cells,
         });
     }
+    let n = host_syscall_count(host, runtimes);
+    out.push(Row {
+        probe: "host syscalls of the pod's own host processes",
+        expected: "each behind a seccomp filter".into(),
+        cells: runtimes.iter().map(|rt| host_side(rt, n)).collect(),
+    });
     out.push(Row {
         probe: "kernel crash (sysrq-trigger)",
         expected: "cannot reach the host kernel; a crash takes down only its pod".into(),
@@ -489,6 +551,60 @@ mod tests {
         assert!(crash[0].text.contains("would crash the HOST"));
         assert_eq!(crash[1].isolated, Some(true));
         assert_eq!(get("host devices").cells[0].isolated, Some(false));
+    }
+
+    #[test]
+    fn the_pods_host_processes_are_judged_by_their_seccomp_mode() {
+        use crate::model::Memory;
+        use crate::procs::ProcMem;
+        let proc = |name: &str, seccomp| ProcMem {
+            pid: 7,
+            name: name.into(),
+            pss_kib: 1,
+            guest_ram_kib: 0,
+            seccomp,
+        };
+        let runc = RuntimeData {
+            name: "runc".into(),
+            isolation: Some(runc_like()),
+            ..Default::default()
+        };
+        let hull = RuntimeData {
+            name: "hull".into(),
+            memory: Some(Memory {
+                procs: vec![
+                    proc("containerd-shim-hull-v2", Some(0)),
+                    proc("hull-vmm", Some(0)),
+                    proc("virtiofsd", Some(2)),
+                    proc("virtiofsd", Some(2)),
+                ],
+            }),
+            ..Default::default()
+        };
+        let jailed = RuntimeData {
+            name: "hull".into(),
+            memory: Some(Memory {
+                procs: vec![proc("hull-vmm", Some(2)), proc("virtiofsd", Some(2))],
+            }),
+            ..Default::default()
+        };
+        let rows = rows(&host(), &[runc, hull, jailed]);
+        let row = rows
+            .iter()
+            .find(|r| r.probe == "host syscalls of the pod's own host processes")
+            .unwrap();
+        // runc recorded no processes: said so, not judged.
+        assert_eq!(row.cells[0].isolated, None);
+        // hull-vmm without a filter can make every syscall runc's scan found on this kernel.
+        let text = &row.cells[1].text;
+        assert_eq!(row.cells[1].isolated, Some(false));
+        assert!(
+            text.contains("hull-vmm: no seccomp filter: **all 380 host syscalls**"),
+            "{text}"
+        );
+        assert_eq!(text.matches("virtiofsd").count(), 1, "{text}");
+        assert!(text.contains("virtiofsd: seccomp filter"), "{text}");
+        assert_eq!(row.cells[2].isolated, Some(true));
     }
 
     #[test]

@@ -300,6 +300,7 @@ mod tests {
                     name: "containerd-shim-runc-v2".into(),
                     pss_kib: 8192,
                     guest_ram_kib: 0,
+                    seccomp: None,
                 }],
             }),
             ..Default::default()

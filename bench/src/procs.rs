@@ -29,6 +29,17 @@ pub struct ProcMem {
     pub pss_kib: u64,
     /// Of which Hull's guest RAM mapping, KiB.
     pub guest_ram_kib: u64,
+    /// Its seccomp mode (`Seccomp:` in /proc/PID/status): 0 none, 1 strict, 2 filter.
+    #[serde(default)]
+    pub seccomp: Option<u8>,
+}
+
+/// The `Seccomp:` mode in the text of a /proc/PID/status file.
+pub fn seccomp_mode(status: &str) -> Option<u8> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Sums the Pss lines of a smaps file: (all mappings, the guest RAM mapping).
@@ -144,11 +155,13 @@ pub fn memory_of(procs: &[&ProcInfo]) -> Vec<ProcMem> {
         .filter_map(|p| {
             let smaps = fs::read_to_string(format!("/proc/{}/smaps", p.pid)).ok()?;
             let (pss_kib, guest_ram_kib) = smaps_pss(&smaps);
+            let status = fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
             Some(ProcMem {
                 pid: p.pid,
                 name: p.name(),
                 pss_kib,
                 guest_ram_kib,
+                seccomp: seccomp_mode(&status),
             })
         })
         .collect()
@@ -188,6 +201,14 @@ Pss_Dirty:         40000 kB
 7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]
 Pss:                  12 kB
 ";
+
+    #[test]
+    fn seccomp_mode_from_status() {
+        let status = "Name:\thull-vmm\nNoNewPrivs:\t0\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+        assert_eq!(seccomp_mode(status), Some(2));
+        assert_eq!(seccomp_mode("Name:\tx\nSeccomp:\t0\n"), Some(0));
+        assert_eq!(seccomp_mode("Name:\tx\n"), None);
+    }
 
     #[test]
     fn smaps_splits_guest_ram_from_the_rest() {
