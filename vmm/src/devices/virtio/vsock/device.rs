@@ -119,8 +119,10 @@ impl Vsock {
             };
             let room = (writer.available_bytes() - HDR_LEN).min(MAX_RX_PAYLOAD);
             let Some(pkt) = self.muxer.next_rx_packet(room) else {
+                // Nothing to send after all: the chain goes back, and so does its share.
                 a.queues[RX].go_to_previous_position();
                 used -= 1;
+                *budget += 1;
                 break;
             };
             let mut hdr = pkt.hdr;
