@@ -379,10 +379,9 @@ impl Muxer {
             } else if self.handshakes.contains_key(&fd) {
                 self.read_connect_line(fd);
             } else if let Some(&key) = self.fds.get(&fd) {
-                if set.intersects(EventSet::ERROR) {
-                    tracing::debug!(port = key.local, "vsock: host socket error");
-                    self.reset(key);
-                } else if set.intersects(EventSet::HANG_UP) {
+                if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                    // A Unix stream socket errs only when its peer closed with data unread:
+                    // a hang-up too. What the peer wrote before stays readable.
                     self.host_hung_up(key);
                 } else {
                     if set.intersects(EventSet::OUT) {

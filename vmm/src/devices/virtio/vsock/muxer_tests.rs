@@ -497,3 +497,22 @@ fn packets_to_other_cids_are_reset_from_where_they_were_headed() {
     assert!(m.next_rx_packet(4096).is_none());
     assert_eq!(m.connection_count(), 0);
 }
+
+#[test]
+fn a_host_that_closes_with_guest_data_unread_still_delivers_its_reply() {
+    let uds = tmp("errhup");
+    let l = UnixListener::bind(format!("{}_69", uds.display())).unwrap();
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let mut peer = guest_conn(&mut m, &l, 16, 69, 65536);
+    // The guest's bytes sit unread in the peer's socket when it closes: EPOLLERR on ours.
+    m.handle_guest_packet(guest_pkt(OP_RW, 16, 69, b"unread"));
+    peer.write_all(b"reply").unwrap();
+    drop(peer);
+    let out = settle(&mut m, 5);
+    let ops: Vec<u16> = out.iter().map(|p| p.hdr.op).collect();
+    assert_eq!(out[0].data, b"reply", "{ops:?}");
+    assert!(matches!(ops[1..], [OP_SHUTDOWN] | [OP_RST]), "{ops:?}");
+    assert_eq!(m.connection_count(), 0);
+    assert!(!poll_ready(&m));
+    let _ = std::fs::remove_file(format!("{}_69", uds.display()));
+}
