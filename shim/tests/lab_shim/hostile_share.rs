@@ -39,16 +39,23 @@ fn fingerprint(path: &Path) -> (String, i64, i64) {
     )
 }
 
-/// What the privileged container does as guest root: mount the share itself,
-/// try to plant symlinks to host files where the shim makes the next
-/// container's mount points (then keep trying in the background while that
-/// container is created), make a setuid file and a block device node in its
-/// own root, and chown a file.
+/// What the privileged container does as guest root: reach the share's top
+/// level (through the agent's root when its PID namespace is joinable, else by
+/// mounting the virtio-fs tag itself, which in the guest yields the newest
+/// superblock of the connection: a container root, not the top), try to plant
+/// symlinks to host files where the shim makes the next container's mount
+/// points (then keep trying in the background while that container is
+/// created), make a setuid file and a block device node in its own root, and
+/// chown a file.
 fn attack_script(canary: &Path, canary_dir: &Path) -> String {
     let (c, d) = (canary.display(), canary_dir.display());
     format!(
-        r#"mkdir -p /mnt/s && mount -t virtiofs hullshare /mnt/s || {{ echo MOUNT-FAILED; exit 10; }}
-cd /mnt/s
+        r#"S=/proc/1/root/run/hull/shared
+if [ -d $S/.volumes ]; then echo "REACHED: the agent's view of the share"; else
+  mkdir -p /mnt/s && mount -t virtiofs hullshare /mnt/s || {{ echo MOUNT-FAILED; exit 10; }}
+  S=/mnt/s; [ -d $S/.volumes ] && echo "REACHED: a mount of the tag" || echo "NOT-REACHED: the tag mounts as $(ls $S | tr '\n' ' ')"
+fi
+cd $S
 try() {{ if "$@" 2>/tmp/err; then echo "PLANTED: $*"; else echo "REFUSED: $* ($(cat /tmp/err))"; fi; }}
 try ln -s {d} .volumes/hs2
 try mkdir .volumes/hs2
@@ -58,12 +65,12 @@ try ln -s {d} hs2
 try mv .volumes .volumes-old
 try rmdir .volumes
 try ln -s {d} .volumes/hs1
-ls -la /mnt/s
+ls -la $S
 cp /bin/busybox /hs-suid && chmod 4755 /hs-suid && echo SUID-MADE
 if mknod /hs-blk b 7 0 2>/tmp/err; then echo MKNOD-MADE; else echo "MKNOD-REFUSED $(cat /tmp/err)"; fi
 touch /owned && chown 1234:4321 /owned && echo "CHOWN $(stat -c %u:%g /owned)"
 (while [ ! -e /tmp/stop ]; do
-   mkdir .volumes/hs2; ln -s {c} .volumes/hs2/0; ln -s {d} hs2; usleep 20000
+   mkdir -p .volumes/hs2; ln -s {c} .volumes/hs2/0; ln -s {d} hs2; usleep 20000
  done) >/dev/null 2>&1 &
 echo ATTACK-DONE
 "#
@@ -97,11 +104,18 @@ fn lab_hostile_share_planted_symlinks_setuid_files_and_device_nodes() {
     let before = (fingerprint(&canary), fingerprint(&canary_dir.join("keep")));
 
     let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=hspod"];
-    ctrd.run_detached(
-        "hs1",
-        &[&pod[..], &["--privileged"]].concat(),
-        &["sleep", "1000"],
-    );
+    // The issue's entry: join the agent's PID namespace (its root at /proc/1/root).
+    // Once the agent refuses that, the container runs plain privileged.
+    let privileged = [&pod[..], &["--privileged"]].concat();
+    let joined = [&privileged[..], &["--with-ns", "pid:/proc/1/ns/pid"]].concat();
+    let mut full = vec!["run", "-d", "--runtime", HULL];
+    full.extend_from_slice(&joined);
+    full.extend_from_slice(&[IMAGE, "hs1", "sleep", "1000"]);
+    if !ctrd.ctr(&full).status.success() {
+        println!("the agent refuses its PID namespace: attacking through the virtio-fs tag");
+        ctrd.remove("hs1");
+        ctrd.run_detached("hs1", &privileged, &["sleep", "1000"]);
+    }
     let pod_dir = Path::new(BASE).join("pods/default/hspod");
     let share = pod_dir.join("shared");
     let mode = std::fs::metadata(&pod_dir).unwrap().permissions().mode() & 0o7777;
@@ -129,13 +143,16 @@ fn lab_hostile_share_planted_symlinks_setuid_files_and_device_nodes() {
     ]);
     println!("attack from hs1:\n{out}");
     assert!(out.contains("ATTACK-DONE"), "{out}");
-    assert!(
-        !out.contains("PLANTED"),
-        "the guest wrote the share's own levels:\n{out}"
-    );
-    let refused = out.lines().filter(|l| l.starts_with("REFUSED")).count();
-    assert_eq!(refused, 8, "{out}");
-    assert!(out.contains("Read-only file system"), "{out}");
+    if out.lines().any(|l| l.starts_with("REACHED:")) {
+        let planted = out.contains("PLANTED");
+        assert!(!planted, "the guest wrote the share's own levels:\n{out}");
+        let refused = out.lines().filter(|l| l.starts_with("REFUSED")).count();
+        assert_eq!(refused, 8, "{out}");
+        assert!(out.contains("Read-only file system"), "{out}");
+    } else {
+        assert!(out.contains("NOT-REACHED"), "{out}");
+        println!("the guest did not reach the share's top level; the host side is checked below");
+    }
     assert!(
         out.contains("MKNOD-REFUSED"),
         "virtiofsd has no CAP_MKNOD:\n{out}"
