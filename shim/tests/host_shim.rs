@@ -147,9 +147,14 @@ impl Lab {
     }
 
     fn ctr_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        self.ctr_in("hulltest", args, input)
+    }
+
+    /// Runs `ctr` in containerd namespace `ns`.
+    fn ctr_in(&self, ns: &str, args: &[&str], input: Option<&[u8]>) -> Output {
         let sock = self.dir.join("c.sock");
         let mut child = Command::new("timeout")
-            .args(["30", "ctr", "-a", sock.to_str().unwrap(), "-n", "hulltest"])
+            .args(["30", "ctr", "-a", sock.to_str().unwrap(), "-n", ns])
             .args(args)
             .stdin(if input.is_some() {
                 Stdio::piped()
@@ -523,7 +528,7 @@ fn containers_of_one_pod_share_one_shim() {
         ]);
     }
     assert_eq!(lab.shim_pids().len(), 1, "one shim per pod");
-    let shared = lab.dir.join("run/pod1/shared");
+    let shared = lab.dir.join("run/hulltest/pod1/shared");
     assert!(shared.join("p1/bin/busybox").exists() && shared.join("p2/bin/busybox").exists());
     let in_share = shared.join(".volumes/p1/0");
     assert_eq!(
@@ -549,6 +554,80 @@ fn containers_of_one_pod_share_one_shim() {
     lab.assert_clean();
 }
 
+/// Per-mount options of the mount at `path` (from /proc/self/mountinfo).
+fn mount_options(path: &Path) -> String {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&path.to_str().unwrap()))
+        .map(|f| f[5].to_string())
+        .unwrap_or_else(|| panic!("{} is not a mount point", path.display()))
+}
+
+#[test]
+fn one_container_id_in_two_namespaces_gets_two_private_pods() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::start("ns");
+    let tar = lab.dir.join("img.tar");
+    for ns in ["a", "b"] {
+        let import = ["images", "import", "--base-name", "hull/busybox"];
+        let out = lab.ctr_in(ns, &[&import[..], &[tar.to_str().unwrap()]].concat(), None);
+        assert!(out.status.success(), "import in {ns}: {out:?}");
+        let run = [
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "web",
+            "sleep",
+            "100",
+        ];
+        let out = lab.ctr_in(ns, &run, None);
+        assert!(
+            out.status.success(),
+            "ctr -n {ns} run ... web: {out:?}\n{}",
+            lab.log()
+        );
+    }
+    assert_eq!(lab.shim_pids().len(), 2, "one shim per namespace's pod");
+    for ns in ["a", "b"] {
+        let pod = lab.dir.join("run").join(ns).join("web");
+        assert!(pod.join("shared/web/bin/busybox").exists(), "{ns}");
+        let mode = std::fs::metadata(&pod).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "pod directory of {ns}");
+        let share = mount_options(&pod.join("shared"));
+        assert!(share.starts_with("ro,") && share.contains("nosuid") && share.contains("nodev"));
+        let root = mount_options(&pod.join("shared/web"));
+        assert!(root.contains("nosuid") && root.contains("nodev"), "{root}");
+    }
+    let run_mode = std::fs::metadata(lab.dir.join("run"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(run_mode & 0o022, 0, "run_dir is writable by root only");
+    for ns in ["a", "b"] {
+        for args in [
+            &["task", "kill", "-s", "KILL", "web"][..],
+            &["task", "delete", "web"][..],
+        ] {
+            // The kill may race the exit; the delete must succeed.
+            let out = lab.ctr_in(ns, args, None);
+            if args[1] == "kill" {
+                std::thread::sleep(Duration::from_millis(300));
+            } else {
+                assert!(out.status.success(), "{ns} {args:?}: {out:?}");
+            }
+        }
+        assert!(lab
+            .ctr_in(ns, &["containers", "rm", "web"], None)
+            .status
+            .success());
+    }
+    lab.assert_clean();
+}
+
 #[test]
 fn delete_subcommand_cleans_up_after_a_killed_shim() {
     let lab = Lab::start("dead");
@@ -571,7 +650,7 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or_else(|| panic!("no pid for d1 in {tasks}"));
     assert_eq!(lab.processes_rooted_here(), vec![task_pid]);
-    let recorded = std::fs::read_to_string(lab.dir.join("run/d1/host-pids")).unwrap();
+    let recorded = std::fs::read_to_string(lab.dir.join("run/hulltest/d1/host-pids")).unwrap();
     assert!(recorded.starts_with(&format!("{task_pid} ")), "{recorded}");
     let bundle = lab
         .dir

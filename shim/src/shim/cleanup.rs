@@ -2,6 +2,7 @@
 //! for one container (mounts, pod directories) and learn a final status.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -16,7 +17,7 @@ use nix::unistd::Pid;
 use super::{sandbox_id, socket_path};
 use crate::backend::host_pids;
 use crate::config::Config;
-use crate::task::rootfs;
+use crate::task::{rootfs, share};
 
 /// The shared directory the shim recorded in the bundle, if it is well formed
 /// (`<state_dir>/shared/<container_id>`, absolute, without `..`).
@@ -79,24 +80,20 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
         // that shim owns the VM and the mounts, and cleans up itself.
         return print_response();
     }
-    let (shared, share_dir, state_dir) = match read_marker(&bundle, &flags.id) {
+    let (shared, state_dir) = match read_marker(&bundle, &flags.id) {
         Some(shared) => {
-            let share_dir = shared.parent().unwrap_or(&shared).to_path_buf();
-            let state_dir = share_dir.parent().unwrap_or(&share_dir).to_path_buf();
-            (shared, share_dir, state_dir)
+            let state_dir = shared.parent().and_then(Path::parent).unwrap_or(&shared);
+            (shared.clone(), state_dir.to_path_buf())
         }
         None => {
             let config = Config::load(None).context("load the Hull config")?;
             let pod = sandbox_id(&bundle, &flags.id);
-            if !one_component(&pod) || !one_component(&flags.id) {
-                anyhow::bail!(
-                    "refusing to clean up: bad pod or container id {pod:?}/{:?}",
-                    flags.id
-                );
+            if !share::one_component(&flags.id) {
+                anyhow::bail!("refusing to clean up: bad container id {:?}", flags.id);
             }
-            let state_dir = config.run_dir.join(pod);
-            let share_dir = state_dir.join("shared");
-            (share_dir.join(&flags.id), share_dir, state_dir)
+            let state_dir = share::pod_dir(&config.run_dir, &flags.namespace, &pod)
+                .context("refusing to clean up")?;
+            (state_dir.join(share::SHARED).join(&flags.id), state_dir)
         }
     };
     // The shim served the whole pod: whatever its sandbox started on the host goes.
@@ -106,23 +103,14 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     }
     host_pids::clear(&state_dir);
     kill_processes_rooted_in(&shared);
-    // The bundle's rootfs, then everything mounted in the dead shim's pod
-    // directory (container roots like `shared`, volumes): deepest first.
     let mut failures = Vec::new();
-    for target in std::iter::once(bundle.join("rootfs")).chain(mounts_under(&state_dir)) {
-        if let Err(e) = rootfs::unmount(&target) {
-            failures.push(format!("{e:#}"));
-        }
+    if let Err(e) = rootfs::unmount(&bundle.join("rootfs")) {
+        failures.push(format!("{e:#}"));
+    }
+    if let Err(e) = sweep(&state_dir) {
+        failures.push(e);
     }
     remove_dead_socket(&bundle);
-    if mounts_under(&state_dir).is_empty() {
-        // Sockets, pid files and empty directories; never deleted through a mount.
-        let _ = std::fs::remove_dir_all(&state_dir);
-    } else {
-        for dir in [&shared, &share_dir, &state_dir] {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
     if !failures.is_empty() {
         anyhow::bail!(
             "cleanup of {} left mounts: {}",
@@ -133,18 +121,52 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     print_response()
 }
 
-/// Whether `name` is one plain path component (not empty, `.`, `..`, no `/`).
-fn one_component(name: &str) -> bool {
-    let mut parts = Path::new(name).components();
-    matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none()
+/// Unmounts everything mounted in a dead shim's pod directory (container
+/// roots, volumes, the share), deepest first, each walked beneath the pod
+/// directory without following a symlink; then removes the directory, only
+/// when no mount is left below it. Says what stayed.
+fn sweep(state_dir: &Path) -> Result<(), String> {
+    let dir = match share::open_dir(state_dir) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("open {}: {e}", state_dir.display())),
+    };
+    let mut errors = Vec::new();
+    // A few rounds: mounts can be stacked on one mount point.
+    for _ in 0..4 {
+        let mounts = mounts_under(state_dir);
+        if mounts.is_empty() {
+            break;
+        }
+        for mount in mounts {
+            let rel = mount.strip_prefix(state_dir).unwrap_or(&mount);
+            if let Err(e) = share::unmount_beneath(dir.as_fd(), rel) {
+                errors.push(format!("unmount {}: {e}", mount.display()));
+            }
+        }
+    }
+    let left = mounts_under(state_dir);
+    if !left.is_empty() {
+        // Nothing below a mount that stayed is removed.
+        let left: Vec<String> = left.iter().map(|m| m.display().to_string()).collect();
+        return Err(format!("{} ({})", left.join(", "), errors.join("; ")));
+    }
+    // Sockets, pid files, the share's host-only directories; std's remove_dir_all
+    // never follows a symlink, and no mount is left to delete through.
+    if let Err(e) = std::fs::remove_dir_all(state_dir) {
+        return Err(format!("remove {}: {e}", state_dir.display()));
+    }
+    share::remove_pod_dir(state_dir);
+    Ok(())
 }
 
 /// Mount points at or under `dir` (from /proc/self/mountinfo), deepest first.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Bytes, not a String: one mount point that is not UTF-8 must not hide the others.
+    let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
     let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
+        .split(|b| *b == b'\n')
+        .filter_map(|l| l.split(|b| *b == b' ').nth(4))
         .map(unescape_mountinfo)
         .filter(|m| m.starts_with(dir))
         .collect();
@@ -154,8 +176,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
-fn unescape_mountinfo(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
+fn unescape_mountinfo(bytes: &[u8]) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -201,14 +222,14 @@ mod tests {
     #[test]
     fn mountinfo_paths_are_unescaped_and_ids_are_single_components() {
         assert_eq!(
-            unescape_mountinfo("/run/a\\040b"),
+            unescape_mountinfo(b"/run/a\\040b"),
             PathBuf::from("/run/a b")
         );
-        assert_eq!(unescape_mountinfo("/x\\134y"), PathBuf::from("/x\\y"));
-        assert_eq!(unescape_mountinfo("/t\\04"), PathBuf::from("/t\\04"));
-        assert!(one_component("pod-1"));
+        assert_eq!(unescape_mountinfo(b"/x\\134y"), PathBuf::from("/x\\y"));
+        assert_eq!(unescape_mountinfo(b"/t\\04"), PathBuf::from("/t\\04"));
+        assert!(share::one_component("pod-1"));
         for bad in ["", ".", "..", "a/b", "/abs"] {
-            assert!(!one_component(bad), "{bad}");
+            assert!(!share::one_component(bad), "{bad}");
         }
         let root = mounts_under(Path::new("/"));
         assert!(root.contains(&PathBuf::from("/")), "{root:?}");
@@ -248,5 +269,76 @@ mod tests {
             write(bad).unwrap();
             assert_eq!(read_marker(bundle.path(), "c1"), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn sweep_of_a_dead_shims_pod_follows_no_planted_symlink() {
+        use crate::task::rootfs::{ContainerRootfs, VolumeSpec};
+        use crate::task::share::test_util::*;
+        use std::os::unix::fs::symlink;
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let tmpfs = |p: &Path| {
+            std::fs::create_dir_all(p).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                p,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+        };
+        // Outside the pod: a canary file and a mount point with the same
+        // relative path as one inside the container root.
+        let outside = tmp.path().join("outside");
+        tmpfs(&outside.join("sub"));
+        let canary = Canary::new(outside.join("canary"));
+        // The image root has a mount below it, so the container root's rbind does too.
+        let bundle = tmp.path().join("bundle");
+        tmpfs(&bundle.join("rootfs/a/sub"));
+        let vol = tmp.path().join("vol");
+        std::fs::write(&vol, "volume\n").unwrap();
+        let share = pod(tmp.path(), "p");
+        let served = share.served();
+        let state_dir = served.parent().unwrap().to_path_buf();
+        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1")).unwrap();
+        let volumes = [VolumeSpec {
+            source: vol.clone(),
+            destination: "/f".into(),
+            options: vec!["bind".into()],
+        }];
+        rootfs
+            .share_volumes(&volumes, &served, ".volumes/c1")
+            .unwrap();
+        std::fs::write(state_dir.join("host-pids"), "").unwrap();
+        // The shim dies with everything mounted.
+        std::mem::forget(rootfs);
+        std::mem::forget(share);
+        // The guest, in its root: moves the directory above a mount away and
+        // puts symlinks out of the pod in its place and beside it.
+        std::fs::rename(served.join("c1/a"), served.join("c1/b")).unwrap();
+        symlink(&outside, served.join("c1/a")).unwrap();
+        symlink(&canary.path, served.join("c1/link")).unwrap();
+        let before = mounts_outside(tmp.path(), &state_dir);
+        sweep(&state_dir).unwrap();
+        assert_eq!(mounts_below(&state_dir), Vec::<PathBuf>::new());
+        assert!(!state_dir.exists(), "the pod directory is removed");
+        assert!(!tmp.path().join("run/ns").exists());
+        assert_eq!(
+            mounts_outside(tmp.path(), &state_dir),
+            before,
+            "outside mounts stay"
+        );
+        canary.assert_intact("the sweep");
+        assert_eq!(std::fs::read_to_string(&vol).unwrap(), "volume\n");
+        assert!(bundle.join("rootfs/b/sub").is_dir() && bundle.join("rootfs/a").is_symlink());
+        for m in [outside.join("sub"), bundle.join("rootfs/b/sub")] {
+            nix::mount::umount(&m).unwrap();
+        }
+        assert!(
+            sweep(&state_dir).is_ok(),
+            "a pod directory already gone is fine"
+        );
     }
 }

@@ -8,6 +8,7 @@ mod process;
 pub mod rootfs;
 mod sandbox;
 pub mod service;
+pub mod share;
 pub mod stdio;
 
 pub use pod::{Pod, SANDBOX_ID_ANNOTATION};
@@ -208,7 +209,7 @@ mod tests {
             Err(TaskError::AlreadyExists(_))
         ));
         assert_eq!(f.pod.state("c1", None).unwrap().status, Status::Created);
-        assert!(Path::new(&f.run_dir().join("pod/shared/c1")).is_dir());
+        assert!(Path::new(&f.run_dir().join("ns/pod/shared/c1")).is_dir());
         let pid = f.pod.start("c1", None).unwrap();
         assert!(matches!(
             f.pod.start("c1", None),

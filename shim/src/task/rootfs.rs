@@ -1,21 +1,21 @@
 //! A container's root filesystem on the host: containerd's mounts at
 //! `<bundle>/rootfs`, bind-mounted into the pod's shared directory that
-//! virtiofsd serves. Everything done is undone, on errors too.
+//! virtiofsd serves (see `share.rs` for why nothing there follows a symlink).
+//! Everything done is undone, on errors too.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::Spec;
 
+use super::share::{self, BindFlags, Kind, PodShare, ShareError};
 use crate::backend::SharedVolume;
 
 /// File in the bundle naming the container's shared directory, so the `delete`
 /// subcommand finds it after the shim died, whatever config the shim had.
 pub const SHARE_MARKER: &str = "hull-shared";
 
-/// Directory of the share holding the containers' volumes, `<VOLUMES_DIR>/<container_id>/<n>`
-/// (container ids never start with a dot, so it cannot clash with a rootfs).
-pub const VOLUMES_DIR: &str = ".volumes";
+pub use super::share::VOLUMES_DIR;
 
 /// Errors of mounting or unmounting a root filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,10 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0} is not <pod>/shared/<container> of a pod share")]
+    NotInShare(PathBuf),
+    #[error(transparent)]
+    Share(#[from] ShareError),
 }
 
 /// A bind mount of the OCI spec whose source is on the host.
@@ -111,12 +115,23 @@ fn split_options(options: &[String]) -> (MsFlags, Vec<&str>) {
     (flags, data)
 }
 
-/// Undoes mounts and directory creations in reverse order, unless disarmed.
+/// One step to undo, in reverse order of creation.
+#[derive(Debug)]
+enum Step {
+    /// A mount at a host path the shim owns (the bundle's rootfs).
+    HostMount(PathBuf),
+    HostDir(PathBuf),
+    HostFile(PathBuf),
+    /// A mount at a path inside the served share.
+    ShareMount(PathBuf),
+    /// A directory or mount point made in the share's host-only root.
+    ShareEntry(PathBuf, Kind),
+}
+
+/// Undoes mounts and creations in reverse order.
 #[derive(Debug, Default)]
 struct Undo {
-    mounts: Vec<PathBuf>,
-    dirs: Vec<PathBuf>,
-    files: Vec<PathBuf>,
+    steps: Vec<Step>,
 }
 
 impl Undo {
@@ -135,79 +150,105 @@ impl Undo {
                 path: dir.clone(),
                 source,
             })?;
-            self.dirs.push(dir);
+            self.steps.push(Step::HostDir(dir));
         }
         Ok(())
     }
 
-    fn run(&mut self) -> Result<(), RootfsError> {
+    fn run(&mut self, share: &PodShare) -> Result<(), RootfsError> {
         let mut first_err = None;
-        while let Some(target) = self.mounts.pop() {
-            if let Err(e) = unmount(&target) {
+        while let Some(step) = self.steps.pop() {
+            let result = match step {
+                Step::HostMount(target) => unmount(&target),
+                Step::ShareMount(rel) => share.unmount(&rel).map(drop).map_err(Into::into),
+                Step::HostFile(file) => {
+                    let _ = std::fs::remove_file(file);
+                    Ok(())
+                }
+                Step::HostDir(dir) => {
+                    if let Err(e) = std::fs::remove_dir(&dir) {
+                        tracing::warn!(dir = %dir.display(), "remove: {e}");
+                    }
+                    Ok(())
+                }
+                Step::ShareEntry(rel, kind) => {
+                    if let Err(e) = share.remove_entry(&rel, kind) {
+                        tracing::warn!("{e}");
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
                 tracing::warn!("{e}");
                 first_err.get_or_insert(e);
-            }
-        }
-        for file in self.files.drain(..) {
-            let _ = std::fs::remove_file(file);
-        }
-        while let Some(dir) = self.dirs.pop() {
-            if let Err(e) = std::fs::remove_dir(&dir) {
-                tracing::warn!(dir = %dir.display(), "remove: {e}");
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 }
 
-/// Unmounts `target`, lazily if it is busy; a target that is not mounted is fine.
+/// Unmounts `target` (a host path the shim owns, never inside the share),
+/// lazily if it is busy; a target that is not mounted is fine.
 pub fn unmount(target: &Path) -> Result<(), RootfsError> {
-    match umount2(target, MntFlags::empty()) {
+    let err = |source| RootfsError::Unmount {
+        target: target.to_path_buf(),
+        source,
+    };
+    match umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
         Err(nix::Error::EBUSY) => {
-            umount2(target, MntFlags::MNT_DETACH).map_err(|source| RootfsError::Unmount {
-                target: target.to_path_buf(),
-                source,
-            })
+            umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(err)
         }
-        Err(source) => Err(RootfsError::Unmount {
-            target: target.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(err(source)),
     }
 }
 
 /// The mounted root of one container; call [`ContainerRootfs::teardown`] to undo it.
 #[derive(Debug)]
 pub struct ContainerRootfs {
-    /// `<share_dir>/<container_id>`, the directory served to the guest.
+    /// `<pod>/shared/<container_id>`, the directory served to the guest.
     pub shared: PathBuf,
+    share: PodShare,
     undo: Undo,
 }
 
 impl ContainerRootfs {
     /// Mounts `mounts` at `<bundle>/rootfs` (or uses it as is when `mounts` is empty)
-    /// and bind-mounts the result at `shared`.
+    /// and binds the result, nosuid and nodev, at `shared`: `<pod>/shared/<container_id>`
+    /// of a pod share made by [`PodShare::create`].
     pub fn setup(mounts: &[MountSpec], bundle: &Path, shared: &Path) -> Result<Self, RootfsError> {
-        let mut undo = Undo::default();
-        match Self::mount_all(&mut undo, mounts, bundle, shared) {
-            Ok(()) => Ok(Self {
-                shared: shared.to_path_buf(),
-                undo,
-            }),
+        let bad = || RootfsError::NotInShare(shared.to_path_buf());
+        let id = shared
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| share::one_component(n))
+            .ok_or_else(bad)?;
+        let served = shared.parent().ok_or_else(bad)?;
+        if served.file_name() != Some(std::ffi::OsStr::new(share::SHARED)) {
+            return Err(bad());
+        }
+        let share = PodShare::open(served.parent().ok_or_else(bad)?)?;
+        let mut rootfs = Self {
+            shared: shared.to_path_buf(),
+            share,
+            undo: Undo::default(),
+        };
+        match rootfs.mount_all(mounts, bundle, id) {
+            Ok(()) => Ok(rootfs),
             Err(e) => {
-                let _ = undo.run();
+                let _ = rootfs.teardown();
                 Err(e)
             }
         }
     }
 
     fn mount_all(
-        undo: &mut Undo,
+        &mut self,
         mounts: &[MountSpec],
         bundle: &Path,
-        shared: &Path,
+        id: &str,
     ) -> Result<(), RootfsError> {
+        let undo = &mut self.undo;
         let rootfs = bundle.join("rootfs");
         undo.mkdir_all(&rootfs)?;
         for m in mounts {
@@ -222,85 +263,81 @@ impl ContainerRootfs {
                 other => return Err(RootfsError::UnsupportedType(other.to_string())),
             };
             do_mount(&m.source, &rootfs, kind, flags, &data.join(","))?;
-            undo.mounts.push(rootfs.clone());
+            undo.steps.push(Step::HostMount(rootfs.clone()));
             if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
                 // A bind mount only becomes read-only through a remount.
                 do_mount("", &rootfs, None, flags | MsFlags::MS_REMOUNT, "")?;
             }
         }
-        undo.mkdir_all(shared)?;
-        do_mount(
-            &rootfs.to_string_lossy(),
-            shared,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            "",
-        )?;
-        undo.mounts.push(shared.to_path_buf());
+        for dir in self.share.make_dirs(Path::new(id))? {
+            undo.steps.push(Step::ShareEntry(dir, Kind::Dir));
+        }
+        let flags = BindFlags {
+            recursive: true,
+            readonly: false,
+        };
+        self.share.bind(&rootfs, Path::new(id), flags)?;
+        undo.steps.push(Step::ShareMount(id.into()));
         let marker = bundle.join(SHARE_MARKER);
-        std::fs::write(&marker, shared.as_os_str().as_encoded_bytes()).map_err(|source| {
+        std::fs::write(&marker, self.shared.as_os_str().as_encoded_bytes()).map_err(|source| {
             RootfsError::Marker {
                 path: marker.clone(),
                 source,
             }
         })?;
-        undo.files.push(marker);
+        undo.steps.push(Step::HostFile(marker));
         Ok(())
     }
 
-    /// Binds each volume at `<dir>/<index>` (a directory Hull creates inside the share,
-    /// so no path from the image is followed), read-only when its options say `ro`.
-    /// Undone by [`ContainerRootfs::teardown`].
+    /// Binds each volume, nosuid and nodev, at `<dir_in_share>/<index>` of the
+    /// served `share_dir` (a mount point Hull creates in the share's host-only
+    /// root, so no path from the image or the guest is followed), read-only when
+    /// its options say `ro`. Undone by [`ContainerRootfs::teardown`].
     pub fn share_volumes(
         &mut self,
         volumes: &[VolumeSpec],
         share_dir: &Path,
         dir_in_share: &str,
     ) -> Result<Vec<SharedVolume>, RootfsError> {
+        if share_dir != self.share.served() {
+            return Err(RootfsError::NotInShare(share_dir.to_path_buf()));
+        }
         let mut shared = Vec::new();
+        if volumes.is_empty() {
+            return Ok(shared);
+        }
+        for dir in self.share.make_dirs(Path::new(dir_in_share))? {
+            self.undo.steps.push(Step::ShareEntry(dir, Kind::Dir));
+        }
         for (index, volume) in volumes.iter().enumerate() {
             let rel = format!("{dir_in_share}/{index}");
-            let target = share_dir.join(&rel);
             let meta = std::fs::metadata(&volume.source)
                 .map_err(|_| RootfsError::MissingSource(volume.source.clone()))?;
-            if meta.is_dir() {
-                self.undo.mkdir_all(&target)?;
-            } else {
-                self.undo.mkdir_all(target.parent().unwrap_or(share_dir))?;
-                std::fs::write(&target, b"").map_err(|source| RootfsError::Marker {
-                    path: target.clone(),
-                    source,
-                })?;
-                self.undo.files.push(target.clone());
-            }
+            let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
+            self.share.make_mount_point(Path::new(&rel), kind)?;
+            self.undo
+                .steps
+                .push(Step::ShareEntry(rel.clone().into(), kind));
             let (flags, _) = split_options(&volume.options);
-            let recursive = flags & MsFlags::MS_REC;
-            do_mount(
-                &volume.source.to_string_lossy(),
-                &target,
-                None,
-                MsFlags::MS_BIND | recursive,
-                "",
-            )?;
-            self.undo.mounts.push(target.clone());
-            let readonly = flags.contains(MsFlags::MS_RDONLY);
-            if readonly {
-                let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-                do_mount("", &target, None, remount, "")?;
-            }
+            let bind = BindFlags {
+                recursive: flags.contains(MsFlags::MS_REC),
+                readonly: flags.contains(MsFlags::MS_RDONLY),
+            };
+            self.share.bind(&volume.source, Path::new(&rel), bind)?;
+            self.undo.steps.push(Step::ShareMount(rel.clone().into()));
             shared.push(SharedVolume {
                 destination: volume.destination.clone(),
                 path_in_share: rel,
-                readonly,
+                readonly: bind.readonly,
             });
         }
         Ok(shared)
     }
 
-    /// Unmounts the shared bind and containerd's mounts, and removes the directories
-    /// this created. Safe to call again after an error.
+    /// Unmounts the shared bind and containerd's mounts, and removes what this
+    /// created. Safe to call again after an error.
     pub fn teardown(&mut self) -> Result<(), RootfsError> {
-        self.undo.run()
+        self.undo.run(&self.share)
     }
 }
 
@@ -331,19 +368,32 @@ fn do_mount(
 
 #[cfg(test)]
 mod tests {
+    use super::share::test_util::*;
     use super::*;
+    use std::os::unix::fs::symlink;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     fn is_mountpoint(p: &Path) -> bool {
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let p = p.to_string_lossy();
-        mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+        options(p).is_some()
     }
 
-    fn require_root() {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "host tier: this test mounts and needs root"
-        );
+    /// A pod share and a bundle (with `rootfs` holding `hello`) in `tmp`.
+    fn fixture(tmp: &Path) -> (PodShare, PathBuf) {
+        let share = pod(tmp, "pod");
+        let bundle = tmp.join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::write(bundle.join("rootfs/hello"), "hi").unwrap();
+        (share, bundle)
+    }
+
+    /// Removes the share and asserts the pod left nothing: no mount, no file.
+    fn assert_pod_gone(tmp: &Path, share: PodShare) {
+        let dir = share.served().parent().unwrap().to_path_buf();
+        share.remove().unwrap();
+        share::remove_pod_dir(&dir);
+        assert_eq!(mounts_below(tmp), Vec::<PathBuf>::new(), "mounts left");
+        assert!(!tmp.join("run/ns").exists(), "pod directories left");
     }
 
     #[test]
@@ -359,15 +409,16 @@ mod tests {
     }
 
     #[test]
-    fn bind_rootfs_is_shared_and_fully_undone() {
+    fn bind_rootfs_is_shared_nosuid_nodev_and_fully_undone() {
         require_root();
         let tmp = tempfile::tempdir().unwrap();
         let image = tmp.path().join("image");
         std::fs::create_dir(&image).unwrap();
         std::fs::write(image.join("hello"), "hi").unwrap();
-        let bundle = tmp.path().join("bundle");
+        let (share, _) = fixture(tmp.path());
+        let bundle = tmp.path().join("bundle2");
         std::fs::create_dir(&bundle).unwrap();
-        let shared = tmp.path().join("pod/shared/c1");
+        let shared = share.served().join("c1");
         let mounts = [MountSpec {
             kind: "bind".into(),
             source: image.to_string_lossy().into(),
@@ -375,6 +426,10 @@ mod tests {
         }];
         let mut rootfs = ContainerRootfs::setup(&mounts, &bundle, &shared).unwrap();
         assert_eq!(std::fs::read_to_string(shared.join("hello")).unwrap(), "hi");
+        let opts = options(&shared).unwrap();
+        for flag in ["ro", "nosuid", "nodev"] {
+            assert!(opts.split(',').any(|o| o == flag), "{flag} in {opts}");
+        }
         let marker = bundle.join(SHARE_MARKER);
         assert_eq!(
             std::fs::read_to_string(&marker).unwrap(),
@@ -386,19 +441,17 @@ mod tests {
         );
         rootfs.teardown().unwrap();
         assert!(!is_mountpoint(&shared) && !is_mountpoint(&bundle.join("rootfs")));
-        assert!(
-            !tmp.path().join("pod").exists(),
-            "created directories are removed"
-        );
+        assert!(!shared.exists(), "the mount point is removed");
         assert!(!bundle.join("rootfs").exists() && !marker.exists());
         assert!(image.join("hello").exists(), "the source is untouched");
+        assert_pod_gone(tmp.path(), share);
     }
 
     #[test]
     fn overlay_rootfs_mounts() {
         require_root();
         let tmp = tempfile::tempdir().unwrap();
-        for d in ["lower", "upper", "work", "bundle"] {
+        for d in ["lower", "upper", "work", "b"] {
             std::fs::create_dir(tmp.path().join(d)).unwrap();
         }
         std::fs::write(tmp.path().join("lower/f"), "lower").unwrap();
@@ -412,8 +465,9 @@ mod tests {
                 format!("workdir={}", p("work")),
             ],
         }];
-        let shared = tmp.path().join("shared/c");
-        let rootfs = ContainerRootfs::setup(&mounts, &tmp.path().join("bundle"), &shared).unwrap();
+        let (share, _) = fixture(tmp.path());
+        let shared = share.served().join("c");
+        let rootfs = ContainerRootfs::setup(&mounts, &tmp.path().join("b"), &shared).unwrap();
         std::fs::write(shared.join("g"), "new").unwrap();
         assert_eq!(std::fs::read_to_string(shared.join("f")).unwrap(), "lower");
         drop(rootfs);
@@ -422,18 +476,18 @@ mod tests {
             std::fs::read_to_string(tmp.path().join("upper/g")).unwrap(),
             "new"
         );
+        assert_pod_gone(tmp.path(), share);
     }
 
     #[test]
     fn failure_leaves_nothing_behind() {
         require_root();
         let tmp = tempfile::tempdir().unwrap();
-        let bundle = tmp.path().join("bundle");
-        std::fs::create_dir(&bundle).unwrap();
+        let (share, bundle) = fixture(tmp.path());
         let mounts = [
             MountSpec {
                 kind: "bind".into(),
-                source: tmp.path().to_string_lossy().into(),
+                source: tmp.path().join("bundle/rootfs").to_string_lossy().into(),
                 options: vec!["rbind".into()],
             },
             MountSpec {
@@ -442,10 +496,15 @@ mod tests {
                 options: vec![],
             },
         ];
-        let err = ContainerRootfs::setup(&mounts, &bundle, &tmp.path().join("s/c")).unwrap_err();
+        let b2 = tmp.path().join("b2");
+        let err = ContainerRootfs::setup(&mounts, &b2, &share.served().join("c")).unwrap_err();
         assert!(matches!(err, RootfsError::UnsupportedType(_)), "{err}");
-        assert!(!is_mountpoint(&bundle.join("rootfs")));
-        assert!(!bundle.join("rootfs").exists() && !tmp.path().join("s").exists());
+        assert!(!b2.join("rootfs").exists());
+        for bad in [tmp.path().join("elsewhere/c"), share.served().join("..")] {
+            let err = ContainerRootfs::setup(&[], &bundle, &bad).unwrap_err();
+            assert!(matches!(err, RootfsError::NotInShare(_)), "{err}");
+        }
+        assert_pod_gone(tmp.path(), share);
     }
 
     #[test]
@@ -465,18 +524,25 @@ mod tests {
     }
 
     #[test]
-    fn volumes_are_shared_read_only_when_asked_and_undone() {
+    fn volumes_are_shared_nosuid_nodev_read_only_when_asked_and_undone() {
         require_root();
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         std::fs::create_dir(&data).unwrap();
         std::fs::write(data.join("f"), "v").unwrap();
+        // A block device node and a setuid file in the volume's source.
+        nix::sys::stat::mknod(
+            &data.join("blk"),
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(7, 0),
+        )
+        .unwrap();
         let hosts = tmp.path().join("hosts");
         std::fs::write(&hosts, "127.0.0.1 x\n").unwrap();
-        let bundle = tmp.path().join("bundle");
-        std::fs::create_dir(&bundle).unwrap();
-        let share = tmp.path().join("share");
-        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &share.join("c1")).unwrap();
+        let (share, bundle) = fixture(tmp.path());
+        let served = share.served();
+        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1")).unwrap();
         let volumes = [
             VolumeSpec {
                 source: data.clone(),
@@ -484,37 +550,191 @@ mod tests {
                 options: vec!["rbind".into(), "ro".into()],
             },
             VolumeSpec {
-                source: hosts,
+                source: hosts.clone(),
                 destination: "/etc/hosts".into(),
                 options: vec!["bind".into()],
             },
         ];
         let shared = rootfs
-            .share_volumes(&volumes, &share, ".volumes/c1")
+            .share_volumes(&volumes, &served, ".volumes/c1")
             .unwrap();
         assert_eq!(shared[0].path_in_share, ".volumes/c1/0");
         assert!(shared[0].readonly && !shared[1].readonly);
-        let v0 = share.join(".volumes/c1/0");
+        let v0 = served.join(".volumes/c1/0");
         assert_eq!(std::fs::read_to_string(v0.join("f")).unwrap(), "v");
         assert!(
             std::fs::write(v0.join("g"), "x").is_err(),
             "ro enforced on the host"
         );
-        let v1 = share.join(".volumes/c1/1");
+        let err = std::fs::File::open(v0.join("blk")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "nodev: {err}");
+        let v1 = served.join(".volumes/c1/1");
         assert!(std::fs::read_to_string(&v1)
             .unwrap()
             .starts_with("127.0.0.1"));
+        for (v, ro) in [(&v0, true), (&v1, false)] {
+            let opts = options(v).unwrap();
+            assert!(opts.contains("nosuid") && opts.contains("nodev"), "{opts}");
+            assert_eq!(opts.starts_with("ro"), ro, "{opts}");
+        }
         let missing = [VolumeSpec {
             source: tmp.path().join("nope"),
             destination: "/n".into(),
             options: vec![],
         }];
         assert!(matches!(
-            rootfs.share_volumes(&missing, &share, ".volumes/c1"),
+            rootfs.share_volumes(&missing, &served, ".volumes/c1"),
             Err(RootfsError::MissingSource(_))
         ));
         rootfs.teardown().unwrap();
-        assert!(!share.exists(), "everything under the share is gone");
         assert!(!is_mountpoint(&v0) && data.join("f").exists());
+        assert!(!served.join(".volumes/c1").exists() && !served.join("c1").exists());
+        assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "127.0.0.1 x\n");
+        assert_pod_gone(tmp.path(), share);
+    }
+
+    /// Plants `link` -> `target` in the host-only root, as a guest could if it
+    /// ever reached it (the layout keeps it out; this checks the walk as well).
+    fn plant(share: &PodShare, rel: &str, target: &Path) {
+        let root = share.served().with_file_name(share::SHARE_ROOT);
+        let link = root.join(rel);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        symlink(target, link).unwrap();
+    }
+
+    #[test]
+    fn planted_symlinks_make_the_shim_touch_nothing_outside_the_pod() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let canary = Canary::new(outside.join("canary"));
+        let file_vol = tmp.path().join("vol-file");
+        std::fs::write(&file_vol, "volume\n").unwrap();
+        let dir_vol = tmp.path().join("vol-dir");
+        std::fs::create_dir(&dir_vol).unwrap();
+        let volumes = [
+            VolumeSpec {
+                source: file_vol.clone(),
+                destination: "/f".into(),
+                options: vec!["bind".into()],
+            },
+            VolumeSpec {
+                source: dir_vol,
+                destination: "/d".into(),
+                options: vec!["rbind".into()],
+            },
+        ];
+        let cases: [(&str, &Path); 6] = [
+            (".volumes/c1", &outside),
+            (".volumes/c1/0", &canary.path),
+            (".volumes/c1/0", &outside),
+            (".volumes/c1/1", &outside),
+            (".volumes/c1/1", &canary.path),
+            ("c1", &outside),
+        ];
+        for (rel, target) in cases {
+            let (share, bundle) = fixture(tmp.path());
+            let before = mounts_outside(tmp.path(), share.served().parent().unwrap());
+            plant(&share, rel, target);
+            let served = share.served();
+            let result =
+                ContainerRootfs::setup(&[], &bundle, &served.join("c1")).and_then(|mut r| {
+                    let v = r.share_volumes(&volumes, &served, ".volumes/c1");
+                    r.teardown()?;
+                    v
+                });
+            let err = result.expect_err("a planted symlink is refused");
+            assert!(format!("{err}").contains("symlinks"), "{rel}: {err}");
+            canary.assert_intact(rel);
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "{rel}");
+            assert_eq!(
+                mounts_outside(tmp.path(), share.served().parent().unwrap()),
+                before,
+                "{rel}"
+            );
+            assert_eq!(std::fs::read_to_string(&file_vol).unwrap(), "volume\n");
+            let link = served.with_file_name(share::SHARE_ROOT).join(rel);
+            std::fs::remove_file(link).unwrap();
+            let _ =
+                std::fs::remove_dir(served.with_file_name(share::SHARE_ROOT).join(".volumes/c1"));
+            assert_pod_gone(tmp.path(), share);
+            std::fs::remove_dir_all(&bundle).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_racing_swap_of_directory_and_symlink_never_escapes() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let canary = Canary::new(outside.join("canary"));
+        let file_vol = tmp.path().join("vol-file");
+        std::fs::write(&file_vol, "volume\n").unwrap();
+        let volumes = [VolumeSpec {
+            source: file_vol.clone(),
+            destination: "/f".into(),
+            options: vec!["bind".into()],
+        }];
+        let (share, bundle) = fixture(tmp.path());
+        let served = share.served();
+        let pod_dir = served.parent().unwrap().to_path_buf();
+        let before = mounts_outside(tmp.path(), &pod_dir);
+        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1")).unwrap();
+        // The swapper flips `.volumes/c2` (and `c2/0`) between a directory and
+        // a symlink out of the pod as fast as it can.
+        let stop = Arc::new(AtomicBool::new(false));
+        let root = served.with_file_name(share::SHARE_ROOT);
+        let swapper = {
+            let (stop, root, outside, canary) = (
+                stop.clone(),
+                root.clone(),
+                outside.clone(),
+                canary.path.clone(),
+            );
+            std::thread::spawn(move || {
+                let dir = root.join(".volumes/c2");
+                let (tmp_dir, tmp_link) = (root.join(".volumes/d"), root.join(".volumes/l"));
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::create_dir(&tmp_dir);
+                    let _ = symlink(&canary, tmp_dir.join("0"));
+                    let _ = symlink(&outside, &tmp_link);
+                    let _ = std::fs::rename(&tmp_dir, &dir);
+                    let _ = std::fs::rename(&tmp_link, &dir);
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..300 {
+            match rootfs.share_volumes(&volumes, &served, ".volumes/c2") {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert!(matches!(e, RootfsError::Share(_)), "{e}");
+                    refused += 1;
+                }
+            }
+            let _ = rootfs.teardown();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        println!("race: {ok} volume binds made, {refused} refused, {swaps} swaps");
+        assert!(swaps > 100 && refused > 0, "the race happened");
+        canary.assert_intact("the race");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        assert_eq!(
+            mounts_outside(tmp.path(), &pod_dir),
+            before,
+            "nothing mounted outside"
+        );
+        assert_eq!(std::fs::read_to_string(&file_vol).unwrap(), "volume\n");
+        rootfs.teardown().unwrap();
+        drop(rootfs);
+        let _ = std::fs::remove_dir_all(root.join(".volumes"));
+        std::fs::create_dir(root.join(".volumes")).unwrap();
+        assert_pod_gone(tmp.path(), share);
     }
 }

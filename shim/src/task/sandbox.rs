@@ -1,4 +1,5 @@
-//! The pod's sandbox: its directories, the backend that runs it (the VM), its
+//! The pod's sandbox: its directories (`<run_dir>/<namespace>/<pod>`, 0700,
+//! with the share laid out by `share.rs`), the backend that runs it (the VM), its
 //! OOM watch, and its teardown with the pod's last container.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use containerd_shim::protos::protobuf::CodedInputStream;
 use containerd_shim::protos::topics;
 
 use super::pod::{Pod, PodState, Result, TaskError};
+use super::share::{self, PodShare, ShareError};
 use crate::backend::{Backend, SandboxRequest};
 use crate::config::Config;
 
@@ -52,12 +54,20 @@ impl Pod {
             )));
         }
         let backend = (self.shared.factory)()?;
-        let state_dir = config.run_dir.join(sandbox_id);
-        let share_dir = state_dir.join("shared");
-        std::fs::create_dir_all(&share_dir).map_err(|source| TaskError::PodDir {
-            path: share_dir.clone(),
-            source,
-        })?;
+        let namespace = &self.shared.namespace;
+        let state_dir =
+            share::create_pod_dir(&config.run_dir, namespace, sandbox_id).map_err(|e| match e {
+                ShareError::BadName(_) => TaskError::InvalidArgument(e.to_string()),
+                ShareError::PodDir { path, source } => TaskError::PodDir { path, source },
+                e => TaskError::Rootfs(e.into()),
+            })?;
+        let share_dir = match PodShare::create(&state_dir) {
+            Ok(share) => share.served(),
+            Err(e) => {
+                remove_pod_dirs(&state_dir);
+                return Err(TaskError::Rootfs(e.into()));
+            }
+        };
         let req = SandboxRequest {
             sandbox_id: sandbox_id.to_string(),
             share_dir: share_dir.clone(),
@@ -65,7 +75,7 @@ impl Pod {
             config,
         };
         if let Err(e) = backend.create_sandbox(&req) {
-            remove_pod_dirs(&state_dir, &share_dir);
+            remove_pod_dirs(&state_dir);
             return Err(e.into());
         }
         self.watch_oom(backend.clone(), sandbox_id);
@@ -102,23 +112,18 @@ impl Pod {
         if let Err(e) = sandbox.backend.destroy_sandbox() {
             tracing::error!(sandbox = %sandbox.id, "destroy sandbox: {e}");
         }
-        remove_pod_dirs(&sandbox.state_dir, &sandbox.share_dir);
+        remove_pod_dirs(&sandbox.state_dir);
         tracing::info!(sandbox = %sandbox.id, "sandbox stopped");
     }
 }
 
-/// Removes the (empty) pod directories; never recursively, so a mount that is
-/// somehow still there is never deleted through.
-fn remove_pod_dirs(state_dir: &Path, share_dir: &Path) {
-    for dir in [
-        &share_dir.join(super::rootfs::VOLUMES_DIR),
-        share_dir,
-        state_dir,
-    ] {
-        if let Err(e) = std::fs::remove_dir(dir) {
-            tracing::warn!(dir = %dir.display(), "remove pod directory: {e}");
-        }
+/// Unmounts the pod share and removes the (empty) pod directories; never
+/// recursively, so a mount that is somehow still there is never deleted through.
+fn remove_pod_dirs(state_dir: &Path) {
+    if let Err(e) = PodShare::open(state_dir).and_then(|share| share.remove()) {
+        tracing::warn!(dir = %state_dir.display(), "remove the pod share: {e}");
     }
+    share::remove_pod_dir(state_dir);
 }
 
 #[cfg(test)]

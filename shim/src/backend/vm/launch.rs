@@ -78,12 +78,17 @@ pub fn start_virtiofsd(
         .arg(&req.share_dir)
         // chroot, not a mount namespace: containers created later mount their
         // rootfs into the share after virtiofsd started, and it must see them.
+        // No CAP_MKNOD (a guest cannot make device nodes on the host) nor
+        // CAP_SETFCAP (no xattrs are served). CAP_DAC_READ_SEARCH stays for
+        // file handles: with O_PATH fds instead, every inode the guest caches
+        // holds an fd and large trees hit RLIMIT_NOFILE.
         .args([
             "--sandbox",
             "chroot",
             "--announce-submounts",
             "--cache",
             "auto",
+            "--modcaps=-mknod:-setfcap",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
