@@ -8,8 +8,9 @@
 //!       One vsock connect (2 s timeout). Prints
 //!       `connect cid=C port=P result=ok|ERRNO errno=N ms=T [read=B]`; when it
 //!       connects it sends a few bytes and reports how many came back.
-//!   hull-hostile vsock-scan CID FROM TO SECONDS
-//!       Connects to every port FROM..=TO again and again for SECONDS,
+//!   hull-hostile vsock-scan CID FROM TO SECONDS [STOPFILE]
+//!       Connects to every port FROM..=TO again and again for SECONDS (or
+//!       until STOPFILE exists),
 //!       silent on even rounds and with a guessed 16-byte token on odd ones,
 //!       reading what each connection yields. Prints one `got port=P bytes=N`
 //!       line per connection that gave data, then
@@ -181,12 +182,12 @@ fn vsock_connect(cid: u32, port: u32) {
     }
 }
 
-fn vsock_scan(cid: u32, from: u32, to: u32, secs: u64) {
+fn vsock_scan(cid: u32, from: u32, to: u32, secs: u64, stop: Option<&str>) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let guess = [0x5au8; 16];
     let (mut rounds, mut attempts, mut connected, mut bytes) = (0u64, 0u64, 0u64, 0usize);
     let mut errnos: BTreeMap<String, u64> = BTreeMap::new();
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !stop.is_some_and(|p| std::path::Path::new(p).exists()) {
         let send: &[u8] = if rounds % 2 == 0 { &[] } else { &guess };
         for port in from..=to {
             attempts += 1;
@@ -217,7 +218,9 @@ fn vsock_scan(cid: u32, from: u32, to: u32, secs: u64) {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: hull-hostile vsock-connect CID PORT | vsock-scan CID FROM TO SECONDS");
+    eprintln!(
+        "usage: hull-hostile vsock-connect CID PORT | vsock-scan CID FROM TO SECONDS [STOPFILE]"
+    );
     std::process::exit(2)
 }
 
@@ -230,9 +233,13 @@ fn main() {
     };
     match args.first().map(String::as_str) {
         Some("vsock-connect") if args.len() == 3 => vsock_connect(num(1), num(2)),
-        Some("vsock-scan") if args.len() == 5 => {
-            vsock_scan(num(1), num(2), num(3), u64::from(num(4)))
-        }
+        Some("vsock-scan") if args.len() == 5 || args.len() == 6 => vsock_scan(
+            num(1),
+            num(2),
+            num(3),
+            u64::from(num(4)),
+            args.get(5).map(String::as_str),
+        ),
         _ => usage(),
     }
 }
