@@ -150,6 +150,22 @@ fn lab_hostile_guest_cannot_take_over_an_exec_stream() {
     let _cleanup = Remove(ctrd, &["steal-b", "steal-a"]);
     let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=steal-pod"];
     ctrd.run_detached("steal-a", &pod, &["sleep", "1000"]);
+    let expected: String = (0..20).map(|i| format!("line-{i}\n")).collect();
+    let slow = "i=0; while [ $i -lt 20 ]; do echo line-$i; i=$((i+1)); sleep 0.2; done";
+    // One exec alone first: the time to compare with under attack.
+    let started = Instant::now();
+    let alone = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "alone",
+        "steal-a",
+        "sh",
+        "-c",
+        slow,
+    ]);
+    assert_eq!(alone, expected);
+    let alone_took = started.elapsed();
     let t = bind_ro(&dir, "/t");
     let out = format!(
         "type=bind,src={},dst=/out,options=rbind:rw",
@@ -176,8 +192,6 @@ fn lab_hostile_guest_cannot_take_over_an_exec_stream() {
         &["sh", "-c", &scan],
     );
     // B scans while A's execs print a known sequence slowly.
-    let expected: String = (0..20).map(|i| format!("line-{i}\n")).collect();
-    let slow = "i=0; while [ $i -lt 20 ]; do echo line-$i; i=$((i+1)); sleep 0.2; done";
     let started = Instant::now();
     for n in 0..3 {
         let exec_id = format!("slow{n}");
@@ -194,7 +208,8 @@ fn lab_hostile_guest_cannot_take_over_an_exec_stream() {
         assert_eq!(got, expected, "exec {n}'s stream arrived changed");
     }
     println!(
-        "3 execs into A intact while B scanned, {:.1} s",
+        "TIMING exec into A: {:.1} s alone; 3 execs intact while B scanned, {:.1} s",
+        alone_took.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
     std::fs::write(out_dir.join("stop"), "").unwrap();
