@@ -4,7 +4,7 @@
 //! agent's PID or mount namespace could reach the agent and the pod share).
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use nix::sched::{setns, unshare, CloneFlags};
@@ -114,7 +114,12 @@ pub fn create(spec: &Spec, joinable: &[NsId]) -> Result<(), SetupError> {
         let flag = flag(ns.typ())?;
         match ns.path() {
             Some(path) => {
-                let file = std::fs::File::open(path)
+                // Non-blocking: a FIFO swapped in after the agent's check
+                // must not hang the helper (it is then refused below).
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open(path)
                     .map_err(io(format!("open namespace {}", path.display())))?;
                 let meta = file
                     .metadata()
