@@ -14,7 +14,8 @@ const GUEST_CID: u32 = 3;
 const FIRST_STREAM_PORT: u32 = 10_000;
 const SCANNED_PORTS: u32 = 64;
 
-/// A directory holding only the attacker binary, built if missing.
+/// A directory holding only the attacker binary, built if missing. Call it
+/// after `containerd()`, whose first start empties [`BASE`].
 fn hostile_dir() -> PathBuf {
     let bin = workspace().join(HOSTILE_REL);
     if !bin.is_file() {
@@ -55,8 +56,8 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn lab_hostile_guest_vsock_to_the_agent_is_refused() {
-    let dir = hostile_dir();
     let (ctrd, _one) = containerd();
+    let dir = hostile_dir();
     let _cleanup = Remove(ctrd, &["vsock-probe"]);
     let mount = bind_ro(&dir, "/t");
     let script = format!(
@@ -142,11 +143,11 @@ fn lab_hostile_guest_cannot_join_the_agents_pid_namespace() {
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn lab_hostile_guest_cannot_take_over_an_exec_stream() {
+    let (ctrd, _one) = containerd();
     let dir = hostile_dir();
     let out_dir = Path::new(BASE).join("steal-out");
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();
-    let (ctrd, _one) = containerd();
     let _cleanup = Remove(ctrd, &["steal-b", "steal-a"]);
     let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=steal-pod"];
     ctrd.run_detached("steal-a", &pod, &["sleep", "1000"]);
