@@ -19,7 +19,8 @@ const MAX_MSG: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
-    /// Helper → agent: PID of the container process, in the agent's PID namespace.
+    /// Helper → agent: PID of the container process, in the agent's PID
+    /// namespace, with its pidfd attached.
     Pid(i32),
     /// Helper → agent: the pty master, passed as the attached descriptor.
     PtyMaster,

@@ -25,6 +25,7 @@ mod init;
 mod logging;
 mod oom;
 mod paths;
+mod pidfd;
 mod reaper;
 mod rpc;
 mod sandbox;

@@ -71,6 +71,12 @@ impl Sandbox {
             .ok_or_else(|| ContainerError::NotFound(id.into()))
     }
 
+    /// Every container, in no particular order.
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        let containers = self.containers.lock().expect("containers lock");
+        containers.values().cloned().collect()
+    }
+
     pub fn insert(&self, container: Arc<Container>) {
         self.oom.watch(&container.id, &container.cgroup);
         self.containers

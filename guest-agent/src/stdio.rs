@@ -1,6 +1,11 @@
 //! Stdio streams: the agent dials each one (host vsock port in the guest,
 //! Unix socket in host tests) and hands it to the process as is; with a pty
 //! it relays between the pty master and the one stream instead.
+//!
+//! When the host gave a token, it is the first thing written on the stream,
+//! before the process gets it: the host hands the stream to containerd only
+//! to the connection that presents it (another process of the guest can dial
+//! the same host port, but does not know the token).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,6 +29,14 @@ pub enum StdioError {
     },
     #[error("cannot duplicate a stdio descriptor")]
     Dup(#[source] std::io::Error),
+    #[error("stream token of {0} bytes for stdio endpoint {1}: the host must send exactly {len} or none", len = hull_protocol::STREAM_TOKEN_LEN)]
+    TokenLength(usize, String),
+    #[error("cannot send the token on stdio endpoint {endpoint}")]
+    Token {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The dialed streams of one process; `None` means /dev/null.
@@ -54,6 +67,33 @@ pub fn dial_all(stdio: &Stdio, terminal: bool) -> Result<Streams, StdioError> {
 }
 
 fn dial(ep: &StreamEndpoint) -> Result<Option<OwnedFd>, StdioError> {
+    let token = ep.token.as_slice();
+    if !token.is_empty() && token.len() != hull_protocol::STREAM_TOKEN_LEN {
+        return Err(StdioError::TokenLength(token.len(), describe(ep)));
+    }
+    let Some(fd) = connect_endpoint(ep)? else {
+        return Ok(None);
+    };
+    if !token.is_empty() {
+        File::from(fd.try_clone().map_err(StdioError::Dup)?)
+            .write_all(token)
+            .map_err(|source| StdioError::Token {
+                endpoint: describe(ep),
+                source,
+            })?;
+    }
+    Ok(Some(fd))
+}
+
+fn describe(ep: &StreamEndpoint) -> String {
+    match &ep.endpoint {
+        Some(Endpoint::UnixPath(path)) => format!("unix:{path}"),
+        Some(Endpoint::VsockPort(port)) => format!("vsock:{port}"),
+        Some(_) | None => "(none)".into(),
+    }
+}
+
+fn connect_endpoint(ep: &StreamEndpoint) -> Result<Option<OwnedFd>, StdioError> {
     match &ep.endpoint {
         None => Ok(None),
         Some(Endpoint::UnixPath(path)) => UnixStream::connect(path)
@@ -152,4 +192,51 @@ pub fn relay_pty(
 /// Makes the process read end-of-file on its stdin stream.
 pub fn close_read(fd: &OwnedFd) -> nix::Result<()> {
     shutdown(fd.as_raw_fd(), Shutdown::Read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A fresh socket path (no tempfile crate in the agent).
+    fn socket_path(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("hull-agent-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    fn unix_endpoint(path: &std::path::Path, token: &[u8]) -> StreamEndpoint {
+        let mut ep = StreamEndpoint::new();
+        ep.set_unix_path(path.to_str().unwrap().into());
+        ep.token = token.to_vec();
+        ep
+    }
+
+    #[test]
+    fn the_token_comes_before_the_process_bytes() {
+        let path = socket_path("token-first");
+        let listener = UnixListener::bind(&path).unwrap();
+        let token = [7u8; hull_protocol::STREAM_TOKEN_LEN];
+        let fd = dial(&unix_endpoint(&path, &token)).unwrap().unwrap();
+        File::from(fd).write_all(b"hello").unwrap();
+        let mut got = Vec::new();
+        listener.accept().unwrap().0.read_to_end(&mut got).unwrap();
+        assert_eq!(&got[..token.len()], &token);
+        assert_eq!(&got[token.len()..], b"hello");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn no_token_sends_nothing_and_a_bad_length_is_refused() {
+        let path = socket_path("no-token");
+        let listener = UnixListener::bind(&path).unwrap();
+        drop(dial(&unix_endpoint(&path, b"")).unwrap().unwrap());
+        let mut got = Vec::new();
+        listener.accept().unwrap().0.read_to_end(&mut got).unwrap();
+        assert!(got.is_empty());
+        let err = dial(&unix_endpoint(&path, b"short")).err().unwrap();
+        assert!(matches!(err, StdioError::TokenLength(5, _)), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -782,3 +782,73 @@ fn devices_listed_by_the_spec_replace_the_default_nodes() {
         "/dev/full 1:7\n/dev/null 1:3\n/dev/ptmx 5:2\n/dev/loop-hull 7:0\n/dev/net/tun a:c8\n"
     );
 }
+
+/// `spec` with the namespace entry of `typ` joined by `path` instead of new.
+fn with_ns_path(mut s: Value, typ: &str, path: &str) -> Value {
+    let list = s["linux"]["namespaces"].as_array_mut().unwrap();
+    list.retain(|ns| ns["type"] != typ);
+    list.push(json!({"type": typ, "path": path}));
+    s
+}
+
+#[test]
+#[ignore = "lab: needs root and a cgroup v2 hierarchy (make test-lab)"]
+fn namespace_paths_may_name_only_the_pods_containers() {
+    let a = Agent::start("nspath");
+    let none = || Stdio_(hull_protocol::agent::Stdio::new());
+    let agent_net = format!("/proc/{}/ns/net", a.child.id());
+    let sleeper = a.create("a", &sh("sleep 60"), none()).unwrap();
+    a.start_c("a");
+    // The agent's own namespaces, by every name, and a process that is not a
+    // container's (the lab's init shares the agent's namespaces here, and
+    // this test process is no container).
+    let own_pid = format!("/proc/{}/ns/pid", std::process::id());
+    for (i, (typ, path)) in [
+        ("pid", "/proc/1/ns/pid"),
+        ("pid", "/proc/self/ns/pid"),
+        ("mount", "/proc/1/ns/mnt"),
+        ("network", agent_net.as_str()),
+        ("pid", own_pid.as_str()),
+        ("network", "/etc/passwd"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("bad{i}");
+        let e = a
+            .create(&id, &with_ns_path(sh("true"), typ, path), none())
+            .unwrap_err();
+        let msg = rpc_message(e);
+        assert!(
+            msg.contains(&format!("namespace path {path}"))
+                && (msg.contains("the agent's own")
+                    || msg.contains("not a namespace of a container")),
+            "{typ} {path}: {msg}"
+        );
+        assert!(a.pids(&id).is_err(), "{id} was registered");
+    }
+    // The right inode under the wrong type is not that namespace.
+    let e = a
+        .create(
+            "wrongtype",
+            &with_ns_path(sh("true"), "pid", &format!("/proc/{sleeper}/ns/net")),
+            none(),
+        )
+        .unwrap_err();
+    assert!(rpc_message(e).contains("not a namespace of a container"));
+    // A namespace of a container of the pod can be joined.
+    let theirs = format!("/proc/{sleeper}/ns/net");
+    let (status, out, err) = a.run(
+        "b",
+        &with_ns_path(sh("readlink /proc/self/ns/net"), "network", &theirs),
+    );
+    let want = std::fs::read_link(&theirs).unwrap();
+    assert_eq!(
+        (status, out.trim()),
+        (0, want.to_str().unwrap()),
+        "stderr {err}"
+    );
+    a.signal("a", libc::SIGKILL);
+    a.wait("a", "");
+    a.remove("a");
+}

@@ -9,11 +9,11 @@ use hull_protocol::agent::CreateContainerRequest;
 use oci_spec::runtime::Spec;
 
 use super::spawn::spawn;
-use super::{check_id, Container, ContainerError};
+use super::{check_id, Container, ContainerError, Process};
 use crate::cgroup::Cgroup;
 use crate::paths::{check_lexical, check_rootfs};
 use crate::sandbox::Sandbox;
-use crate::setup::{namespace_flag, SetupConfig, SetupKind};
+use crate::setup::{check_joinable, id_at, ids_of, namespace_flag, NsId, SetupConfig, SetupKind};
 use crate::stdio::dial_all;
 
 pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32, ContainerError> {
@@ -25,6 +25,15 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
     let spec: Spec = serde_json::from_slice(&req.oci_spec_json).map_err(ContainerError::Spec)?;
     let rootfs = check_rootfs(&sandbox.config.containers_root, Path::new(&req.rootfs))?;
     check_spec(&spec)?;
+    let own =
+        ids_of("/proc/self").map_err(|e| ContainerError::Namespaces("the agent".into(), e))?;
+    let joinable: Vec<NsId> = sandbox
+        .all()
+        .iter()
+        .flat_map(|c| c.joinable().to_vec())
+        .filter(|ns| !own.contains(ns))
+        .collect();
+    check_namespace_paths(&spec, &own, &joinable)?;
     let process = spec
         .process()
         .clone()
@@ -52,20 +61,57 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
         kind: SetupKind::Create {
             rootfs,
             spec: Box::new(spec),
+            joinable,
         },
     };
-    let (init, chan) = spawn(&config, streams).map_err(undo)?;
+    let (init, chan) = spawn(&config, streams, None).map_err(undo)?;
     let pid = init.pid as u32;
+    let namespaces = namespaces_of(&init, &own).map_err(undo)?;
     let container = Arc::new(Container {
         id: id.into(),
         cgroup,
         init,
         seccomp,
+        namespaces,
         start: Mutex::new(Some(chan)),
         execs: Mutex::default(),
     });
     sandbox.insert(container);
     Ok(pid)
+}
+
+/// The init's namespaces that are not the agent's. The init waits for
+/// Start and is not reaped, which the pidfd confirms after reading /proc.
+fn namespaces_of(init: &Process, own: &[NsId]) -> Result<Vec<NsId>, ContainerError> {
+    let proc_dir = format!("/proc/{}", init.pid);
+    let ids = ids_of(&proc_dir).map_err(|e| ContainerError::Namespaces(proc_dir.clone(), e))?;
+    if !crate::pidfd::alive(&init.pidfd) {
+        return Err(ContainerError::Setup(format!(
+            "the container process {} died during setup",
+            init.pid
+        )));
+    }
+    Ok(ids.into_iter().filter(|ns| !own.contains(ns)).collect())
+}
+
+/// Every namespace the spec names by path must belong to a container of the
+/// pod, not to the agent (`/proc/1/ns/*`) or any other guest process.
+fn check_namespace_paths(
+    spec: &Spec,
+    own: &[NsId],
+    joinable: &[NsId],
+) -> Result<(), ContainerError> {
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone());
+    for ns in namespaces.unwrap_or_default() {
+        let Some(path) = ns.path() else { continue };
+        let kind = namespace_flag(ns.typ()).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        let id = id_at(path, kind).map_err(|e| {
+            ContainerError::Invalid(format!("namespace path {}: {e}", path.display()))
+        })?;
+        check_joinable(path, id, own, joinable)
+            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// What can be refused before touching the system.

@@ -40,9 +40,10 @@ pub fn do_exec(container: &Container, req: &ExecProcessRequest) -> Result<u32, C
         seccomp: container.seccomp.clone(),
         kind: SetupKind::Exec {
             init_pid: container.init.pid,
+            kinds: container.namespaces.iter().fold(0, |acc, ns| acc | ns.kind),
         },
     };
-    let (proc, chan) = spawn(&config, streams)?;
+    let (proc, chan) = spawn(&config, streams, Some(&container.init.pidfd))?;
     await_exec(&chan)?;
     let pid = proc.pid as u32;
     tracing::info!(container = %container.id, exec = %req.exec_id, pid, "exec started");

@@ -24,6 +24,7 @@ pub use wait::do_wait;
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::channel::{Channel, ChannelError};
 use crate::paths::PathError;
+use crate::setup::NsId;
 use crate::stdio::{Drained, StdioError};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ pub enum ContainerError {
     Helper(#[source] std::io::Error),
     #[error("container setup failed: {0}")]
     Setup(String),
+    #[error("cannot read the namespaces of {0}")]
+    Namespaces(String, #[source] std::io::Error),
     #[error("container {0} was already started")]
     AlreadyStarted(String),
     #[error("process has no terminal")]
@@ -67,6 +70,8 @@ pub enum ContainerError {
 /// One process of a container: its init or an exec.
 pub struct Process {
     pub pid: i32,
+    /// Names this process for good (PIDs are reused).
+    pub pidfd: OwnedFd,
     /// Our copy of the stdin stream, to end it on CloseStdin.
     pub stdin: Mutex<Option<OwnedFd>>,
     /// The pty master and its relay's progress, with a terminal.
@@ -79,12 +84,25 @@ pub struct Container {
     pub init: Arc<Process>,
     /// Applied to exec'd processes too.
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The init's namespaces that are not the agent's: what an exec joins
+    /// and what other containers' specs may name by path.
+    pub namespaces: Vec<NsId>,
     /// Channel to the waiting init until StartContainer.
     start: Mutex<Option<Channel>>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
 }
 
 impl Container {
+    /// The namespaces other containers may join: none once the init is gone
+    /// (a freed namespace's inode number can be reused).
+    pub fn joinable(&self) -> &[NsId] {
+        if crate::reaper::reaper().exited(self.init.pid).is_some() {
+            &[]
+        } else {
+            &self.namespaces
+        }
+    }
+
     /// The init process for an empty `exec_id`, else that exec.
     pub fn process(&self, exec_id: &str) -> Result<Arc<Process>, ContainerError> {
         if exec_id.is_empty() {

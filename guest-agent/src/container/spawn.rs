@@ -13,7 +13,7 @@ use nix::unistd::pipe2;
 use super::{ContainerError, Process};
 use crate::channel::{Channel, Msg};
 use crate::reaper::reaper;
-use crate::setup::{SetupConfig, CHANNEL_FD, CONFIG_FD, SETUP_ARG};
+use crate::setup::{SetupConfig, CHANNEL_FD, CONFIG_FD, PIDFD_FD, SETUP_ARG};
 use crate::stdio::{relay_pty, Streams};
 
 /// Descriptors at or above this are free while the child rearranges its table.
@@ -21,9 +21,11 @@ const SCRATCH_FD: i32 = 10;
 
 /// Runs the helper until the process is set up (`Ready`); returns the process
 /// and the channel, which reaches end-of-file once the program is executed.
+/// `init_pidfd` (an exec) is handed to the helper at [`PIDFD_FD`].
 pub fn spawn(
     config: &SetupConfig,
     streams: Streams,
+    init_pidfd: Option<&OwnedFd>,
 ) -> Result<(Arc<Process>, Channel), ContainerError> {
     let id = &config.container_id;
     let (ours, theirs) = Channel::pair()?;
@@ -44,7 +46,12 @@ pub fn spawn(
     } else {
         (None, streams.stdin)
     };
-    let (chan_fd, cfg_fd) = (theirs.fd().as_raw_fd(), config_r.as_raw_fd());
+    // (from, to) pairs; -1 for no pidfd.
+    let moves = [
+        (theirs.fd().as_raw_fd(), CHANNEL_FD),
+        (config_r.as_raw_fd(), CONFIG_FD),
+        (init_pidfd.map_or(-1, |fd| fd.as_raw_fd()), PIDFD_FD),
+    ];
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(SETUP_ARG)
         .env_clear()
@@ -52,15 +59,26 @@ pub fn spawn(
         .stdout(stdio(streams.stdout))
         .stderr(stdio(streams.stderr));
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe fcntl/dup2/close on descriptors we own.
+    // async-signal-safe fcntl/dup2/close on descriptors we own. Every source
+    // is first copied above the targets, so no target overwrites a source.
     unsafe {
         cmd.pre_exec(move || {
-            for (fd, target) in [(chan_fd, CHANNEL_FD), (cfg_fd, CONFIG_FD)] {
-                let scratch = libc::fcntl(fd, libc::F_DUPFD, SCRATCH_FD);
-                if scratch < 0 || libc::dup2(scratch, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
+            let mut scratch = [-1; 3];
+            for (i, &(fd, _)) in moves.iter().enumerate() {
+                if fd >= 0 {
+                    scratch[i] = libc::fcntl(fd, libc::F_DUPFD, SCRATCH_FD);
+                    if scratch[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
-                libc::close(scratch);
+            }
+            for (i, &(_, target)) in moves.iter().enumerate() {
+                if scratch[i] >= 0 {
+                    if libc::dup2(scratch[i], target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(scratch[i]);
+                }
             }
             Ok(())
         })
@@ -73,12 +91,13 @@ pub fn spawn(
         .write_all(&json)
         .map_err(ContainerError::Helper)?;
 
-    let (mut pid, mut master, mut ready) = (None, None, false);
+    let (mut pid, mut pidfd, mut master, mut ready) = (None, None, None, false);
     // The helper reports the PID and its child reports Ready: either may come first.
     let result = loop {
         match ours.recv()? {
-            Some((Msg::Pid(p), _)) => {
+            Some((Msg::Pid(p), fd)) => {
                 pid = Some(p);
+                pidfd = fd;
                 if ready {
                     break Ok(());
                 }
@@ -104,6 +123,7 @@ pub fn spawn(
     reaper().forget(helper_pid);
     result?;
     let pid = pid.ok_or_else(|| ContainerError::Setup("no PID reported".into()))?;
+    let pidfd = pidfd.ok_or_else(|| ContainerError::Setup("no pidfd reported".into()))?;
     let pty = match (terminal, master) {
         (true, Some(master)) => {
             let drained = relay_pty(id, &master, pty_stream)?;
@@ -115,6 +135,7 @@ pub fn spawn(
     tracing::info!(container = %id, pid, terminal, "process set up");
     let process = Process {
         pid,
+        pidfd,
         stdin: Mutex::new(if terminal { None } else { stdin_copy }),
         pty,
     };

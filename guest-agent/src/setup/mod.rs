@@ -14,10 +14,10 @@ mod process;
 mod rootfs;
 mod seccomp;
 
-pub use namespaces::flag as namespace_flag;
+pub use namespaces::{check_joinable, flag as namespace_flag, id_at, ids_of, NsId};
 
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::unistd::{fork, ForkResult};
@@ -31,6 +31,8 @@ use crate::paths::PathError;
 pub const CHANNEL_FD: i32 = 3;
 /// Descriptor from which the helper reads its [`SetupConfig`] (JSON, to EOF).
 pub const CONFIG_FD: i32 = 4;
+/// Descriptor of the container init's pidfd, for an exec.
+pub const PIDFD_FD: i32 = 5;
 /// argv[1] that selects the helper.
 pub const SETUP_ARG: &str = "__setup";
 
@@ -47,10 +49,16 @@ pub struct SetupConfig {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SetupKind {
-    /// A new container: fresh namespaces, the spec's filesystem, wait for Start.
-    Create { rootfs: PathBuf, spec: Box<Spec> },
-    /// A new process in the container whose first process is `init_pid`.
-    Exec { init_pid: i32 },
+    /// A new container: fresh namespaces, the spec's filesystem, wait for
+    /// Start; namespace paths must name one of `joinable`.
+    Create {
+        rootfs: PathBuf,
+        spec: Box<Spec>,
+        joinable: Vec<NsId>,
+    },
+    /// A new process in the container whose first process is `init_pid`,
+    /// joining its namespaces `kinds` (clone flags) through its pidfd.
+    Exec { init_pid: i32, kinds: i32 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +83,8 @@ pub enum SetupError {
     Config(#[from] serde_json::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Shorthand for mapping a nix error to [`SetupError::Sys`].
@@ -123,14 +133,18 @@ fn run(chan: &Channel) -> Result<(), SetupError> {
     let config = read_config()?;
     namespaces::join_cgroup(&config.cgroup)?;
     match &config.kind {
-        SetupKind::Create { spec, .. } => namespaces::create(spec)?,
-        SetupKind::Exec { init_pid } => namespaces::join(*init_pid)?,
+        SetupKind::Create { spec, joinable, .. } => namespaces::create(spec, joinable)?,
+        SetupKind::Exec { kinds, .. } => namespaces::join(*kinds)?,
     }
     // SAFETY: this helper is single-threaded (freshly executed, no threads
     // started), so the child may run arbitrary code after fork.
     match unsafe { fork() }.map_err(sys("fork the container process"))? {
         ForkResult::Parent { child } => {
-            chan.send(&Msg::Pid(child.as_raw()), None)?;
+            // Our child cannot be reaped before we exit, so its PID is still
+            // its own: the pidfd names it for good.
+            let pidfd = crate::pidfd::open(child.as_raw())
+                .map_err(io("pidfd_open the container process"))?;
+            chan.send(&Msg::Pid(child.as_raw()), Some(pidfd.as_raw_fd()))?;
             std::process::exit(0);
         }
         ForkResult::Child => child(chan, &config),
@@ -148,7 +162,7 @@ fn read_config() -> Result<SetupConfig, SetupError> {
 
 fn child(chan: &Channel, config: &SetupConfig) -> Result<(), SetupError> {
     match &config.kind {
-        SetupKind::Create { rootfs, spec } => {
+        SetupKind::Create { rootfs, spec, .. } => {
             rootfs::prepare(rootfs, spec, &config.cgroup)?;
             process::session(chan, &config.process)?;
             chan.send(&Msg::Ready, None)?;

@@ -1,13 +1,85 @@
-//! Entering the container's cgroup and namespaces, in the setup helper.
+//! Entering the container's cgroup and namespaces, in the setup helper, and
+//! the rule for which namespaces a spec may name by path: only those of a
+//! container the agent created, never the agent's own (a container in the
+//! agent's PID or mount namespace could reach the agent and the pod share).
 
-use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use nix::sched::{setns, unshare, CloneFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::{Deserialize, Serialize};
 
-use super::{io, sys, SetupError};
+use super::{io, sys, SetupError, PIDFD_FD};
+
+/// The namespace kinds a container has, as named under /proc/PID/ns.
+pub const KINDS: [(&str, CloneFlags); 6] = [
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// One namespace: its kind (clone flag bits) and its nsfs file's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsId {
+    pub kind: i32,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl NsId {
+    fn of(kind: CloneFlags, meta: &std::fs::Metadata) -> NsId {
+        NsId {
+            kind: kind.bits(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// The namespaces of the process whose /proc directory is `proc_dir`
+/// (`/proc/self` or `/proc/PID`).
+pub fn ids_of(proc_dir: &str) -> std::io::Result<Vec<NsId>> {
+    KINDS
+        .iter()
+        .map(|&(name, kind)| {
+            std::fs::metadata(format!("{proc_dir}/ns/{name}")).map(|m| NsId::of(kind, &m))
+        })
+        .collect()
+}
+
+/// The identity of the namespace file at `path`, for a spec entry of `kind`.
+pub fn id_at(path: &Path, kind: CloneFlags) -> std::io::Result<NsId> {
+    std::fs::metadata(path).map(|m| NsId::of(kind, &m))
+}
+
+/// Whether a spec may join `wanted` (found at `path`): it must not be one
+/// of the agent's namespaces and must be one of `containers` (namespaces of
+/// the pod's running containers, the agent's own left out).
+pub fn check_joinable(
+    path: &Path,
+    wanted: NsId,
+    agent: &[NsId],
+    containers: &[NsId],
+) -> Result<(), SetupError> {
+    let refuse = |why: &str| {
+        Err(SetupError::Refused(format!(
+            "namespace path {} {why}; a container may join only a namespace of another container of this pod",
+            path.display()
+        )))
+    };
+    if agent.contains(&wanted) {
+        return refuse("is one of the agent's own namespaces");
+    }
+    if !containers.contains(&wanted) {
+        return refuse("is not a namespace of a container of this pod");
+    }
+    Ok(())
+}
 
 /// Moves this process (and so its future children) into the cgroup.
 pub fn join_cgroup(cgroup: &Path) -> Result<(), SetupError> {
@@ -32,16 +104,27 @@ pub fn flag(typ: LinuxNamespaceType) -> Result<CloneFlags, SetupError> {
     })
 }
 
-/// Creates (or joins, when the spec gives a path) the spec's namespaces.
-pub fn create(spec: &Spec) -> Result<(), SetupError> {
+/// Creates (or joins, when the spec gives a path) the spec's namespaces; a
+/// path must open a namespace in `joinable` (checked again here on the open
+/// file, so a path that changed since the agent checked it is refused too).
+pub fn create(spec: &Spec, joinable: &[NsId]) -> Result<(), SetupError> {
     let mut fresh = CloneFlags::empty();
     let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone());
     for ns in namespaces.unwrap_or_default() {
         let flag = flag(ns.typ())?;
         match ns.path() {
             Some(path) => {
-                let file = std::fs::File::open(path)
+                // Non-blocking: a FIFO swapped in after the agent's check
+                // must not hang the helper (it is then refused below).
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open(path)
                     .map_err(io(format!("open namespace {}", path.display())))?;
+                let meta = file
+                    .metadata()
+                    .map_err(io(format!("stat namespace {}", path.display())))?;
+                check_joinable(path, NsId::of(flag, &meta), &[], joinable)?;
                 setns(file.as_fd(), flag)
                     .map_err(sys(format!("join namespace {}", path.display())))?;
             }
@@ -57,29 +140,75 @@ pub fn create(spec: &Spec) -> Result<(), SetupError> {
     unshare(fresh).map_err(sys("unshare namespaces"))
 }
 
-/// Joins every namespace of `init_pid` that differs from ours, mount last.
-pub fn join(init_pid: i32) -> Result<(), SetupError> {
-    let kinds = [
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ];
-    let mut files = Vec::new();
-    for (name, flag) in kinds {
-        let theirs = format!("/proc/{init_pid}/ns/{name}");
-        let file = std::fs::File::open(&theirs).map_err(io(format!("open {theirs}")))?;
-        let ours = std::fs::metadata(format!("/proc/self/ns/{name}"))
-            .map_err(io(format!("stat our {name} namespace")))?;
-        let meta = file.metadata().map_err(io(format!("stat {theirs}")))?;
-        if (meta.dev(), meta.ino()) != (ours.dev(), ours.ino()) {
-            files.push((file, flag, theirs));
-        }
-    }
-    for (file, flag, path) in files {
-        setns(file.as_fd(), flag).map_err(sys(format!("join {path}")))?;
+/// Joins the namespaces `kinds` of the container's init through its pidfd
+/// (installed at [`PIDFD_FD`]): the pidfd names that process for good, so a
+/// reused PID cannot send us elsewhere, and a dead init fails with ESRCH.
+pub fn join(kinds: i32) -> Result<(), SetupError> {
+    // SAFETY: the agent installs the init's pidfd on PIDFD_FD for an exec;
+    // nothing else in this process owns it, and it is closed when dropped so
+    // the executed process does not inherit it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(PIDFD_FD) };
+    let kinds = CloneFlags::from_bits_truncate(kinds);
+    if !kinds.is_empty() {
+        let fd: BorrowedFd<'_> = pidfd.as_fd();
+        setns(fd, kinds).map_err(sys("join the container's namespaces through its pidfd"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(kind: CloneFlags, ino: u64) -> NsId {
+        NsId {
+            kind: kind.bits(),
+            dev: 4,
+            ino,
+        }
+    }
+
+    #[test]
+    fn only_namespaces_of_containers_are_joinable() {
+        let path = Path::new("/proc/1/ns/pid");
+        let agent = [
+            id(CloneFlags::CLONE_NEWPID, 1),
+            id(CloneFlags::CLONE_NEWNS, 2),
+        ];
+        let containers = [
+            id(CloneFlags::CLONE_NEWPID, 10),
+            id(CloneFlags::CLONE_NEWNET, 11),
+        ];
+        let ok = |w| check_joinable(path, w, &agent, &containers);
+        assert!(ok(id(CloneFlags::CLONE_NEWPID, 10)).is_ok());
+        let err = ok(id(CloneFlags::CLONE_NEWPID, 1)).unwrap_err().to_string();
+        assert!(
+            err.contains("agent's own") && err.contains("/proc/1/ns/pid"),
+            "{err}"
+        );
+        let err = ok(id(CloneFlags::CLONE_NEWPID, 99))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a namespace of a container"), "{err}");
+        // The right inode under the wrong kind, or another device, is not it.
+        assert!(ok(id(CloneFlags::CLONE_NEWNET, 10)).is_err());
+        assert!(ok(NsId {
+            dev: 5,
+            ..id(CloneFlags::CLONE_NEWPID, 10)
+        })
+        .is_err());
+        // Even if a container shares it, the agent's namespace stays refused.
+        let shared = [agent[0]];
+        assert!(check_joinable(path, agent[0], &agent, &shared).is_err());
+    }
+
+    #[test]
+    fn our_own_namespaces_are_read() {
+        let ours = ids_of("/proc/self").unwrap();
+        assert_eq!(ours.len(), KINDS.len());
+        let pid = id_at(Path::new("/proc/self/ns/pid"), CloneFlags::CLONE_NEWPID).unwrap();
+        assert!(ours.contains(&pid));
+        let as_net = id_at(Path::new("/proc/self/ns/pid"), CloneFlags::CLONE_NEWNET).unwrap();
+        assert!(!ours.contains(&as_net));
+    }
 }

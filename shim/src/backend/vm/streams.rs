@@ -1,6 +1,8 @@
 //! A process's stdio in the VM: one hybrid-vsock port per stream that the
 //! agent dials during CreateContainer / ExecProcess, so the shim listens first
-//! and accepts after the call.
+//! and accepts after the call. Each stream has its own random token, which
+//! the agent writes first: another guest process that dials the port (they
+//! are predictable) is refused.
 
 use std::io::Write;
 use std::net::Shutdown;
@@ -11,17 +13,23 @@ use std::time::Duration;
 
 use hull_protocol::agent::{Stdio, StreamEndpoint};
 
-use super::hybrid::{HybridError, PortListener};
+use super::hybrid::{new_token, HybridError, PortListener};
 use crate::backend::{ProcessStreams, StdioWanted};
 
 /// How long the agent has to dial a stream once its call returned.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// One stream's listener and the token its connection must present.
+struct Slot {
+    listener: PortListener,
+    token: Vec<u8>,
+}
+
 /// Listeners bound for one process, before the agent call that dials them.
 pub struct Pending {
-    stdin: Option<PortListener>,
-    stdout: Option<PortListener>,
-    stderr: Option<PortListener>,
+    stdin: Option<Slot>,
+    stdout: Option<Slot>,
+    stderr: Option<Slot>,
     terminal: bool,
 }
 
@@ -57,10 +65,12 @@ pub fn prepare(
         }
         let port = ports.next();
         let listener = PortListener::bind(uds, port)?;
+        let token = new_token()?;
         let mut ep = StreamEndpoint::new();
         ep.set_vsock_port(port);
+        ep.token = token.clone();
         *slot = Some(ep);
-        Ok::<_, HybridError>(Some(listener))
+        Ok::<_, HybridError>(Some(Slot { listener, token }))
     };
     let (mut stdin_ep, mut stdout_ep, mut stderr_ep) = (None, None, None);
     let pending = if wanted.terminal {
@@ -87,7 +97,10 @@ pub fn prepare(
 impl Pending {
     /// Takes the agent's connections (after its call succeeded).
     pub fn accept(self, wanted: StdioWanted) -> Result<ProcessStreams, HybridError> {
-        let take = |l: Option<PortListener>| l.map(|l| l.accept(ACCEPT_TIMEOUT)).transpose();
+        let take = |slot: Option<Slot>| {
+            slot.map(|s| s.listener.accept(&s.token, ACCEPT_TIMEOUT))
+                .transpose()
+        };
         let stdin = take(self.stdin)?;
         let stdout = take(self.stdout)?;
         let stderr = take(self.stderr)?;
@@ -138,6 +151,17 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    fn token(ep: &protobuf::MessageField<StreamEndpoint>) -> Vec<u8> {
+        ep.as_ref().unwrap().token.clone()
+    }
+
+    /// What the agent does: dial the host port and present the token.
+    fn dial(uds: &Path, port: u32, token: &[u8]) -> UnixStream {
+        let mut s = UnixStream::connect(format!("{}_{port}", uds.display())).unwrap();
+        s.write_all(token).unwrap();
+        s
+    }
+
     #[test]
     fn each_stream_gets_its_own_port_and_stdin_half_closes() {
         let dir = tempfile::tempdir().unwrap();
@@ -154,9 +178,11 @@ mod tests {
         assert_eq!(port(&stdio.stdin), FIRST_PORT);
         assert_eq!(port(&stdio.stdout), FIRST_PORT + 1);
         assert!(stdio.stderr.is_none());
-        let guest_path = |p: u32| format!("{}_{p}", uds.display());
-        let mut guest_in = UnixStream::connect(guest_path(FIRST_PORT)).unwrap();
-        let mut guest_out = UnixStream::connect(guest_path(FIRST_PORT + 1)).unwrap();
+        let (tin, tout) = (token(&stdio.stdin), token(&stdio.stdout));
+        assert_eq!(tin.len(), hull_protocol::STREAM_TOKEN_LEN);
+        assert_ne!(tin, tout, "each stream has its own token");
+        let mut guest_in = dial(&uds, FIRST_PORT, &tin);
+        let mut guest_out = dial(&uds, FIRST_PORT + 1, &tout);
         let streams = pending.accept(wanted).unwrap();
         let mut stdin = streams.stdin.unwrap();
         stdin.write_all(b"in").unwrap();
@@ -169,7 +195,7 @@ mod tests {
         let mut out = String::new();
         streams.stdout.unwrap().read_to_string(&mut out).unwrap();
         assert_eq!(out, "out");
-        assert!(!Path::new(&guest_path(FIRST_PORT)).exists());
+        assert!(!Path::new(&format!("{}_{FIRST_PORT}", uds.display())).exists());
     }
 
     #[test]
@@ -184,11 +210,40 @@ mod tests {
         };
         let (pending, stdio) = prepare(&uds, &Ports::default(), wanted).unwrap();
         assert!(stdio.stdout.is_none() && stdio.stderr.is_none());
-        let mut guest = UnixStream::connect(format!("{}_{FIRST_PORT}", uds.display())).unwrap();
+        let mut guest = dial(&uds, FIRST_PORT, &token(&stdio.stdin));
         let streams = pending.accept(wanted).unwrap();
         guest.write_all(b"prompt").unwrap();
         let mut buf = [0u8; 6];
         streams.stdout.unwrap().read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"prompt");
+    }
+
+    /// Another container of the pod dials the stdout port first, silent or
+    /// with a guessed token: the agent's connection still gets the stream.
+    #[test]
+    fn a_neighbour_dialling_first_does_not_get_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let wanted = StdioWanted {
+            stdin: false,
+            stdout: true,
+            stderr: false,
+            terminal: false,
+        };
+        let (pending, stdio) = prepare(&uds, &Ports::default(), wanted).unwrap();
+        let path = format!("{}_{FIRST_PORT}", uds.display());
+        let _silent = UnixStream::connect(&path).unwrap();
+        let mut guess = UnixStream::connect(&path).unwrap();
+        guess
+            .write_all(&[0u8; hull_protocol::STREAM_TOKEN_LEN])
+            .unwrap();
+        guess.write_all(b"fake output").unwrap();
+        let mut real = dial(&uds, FIRST_PORT, &token(&stdio.stdout));
+        real.write_all(b"real output").unwrap();
+        drop(real);
+        let streams = pending.accept(wanted).unwrap();
+        let mut out = String::new();
+        streams.stdout.unwrap().read_to_string(&mut out).unwrap();
+        assert_eq!(out, "real output");
     }
 }
