@@ -26,12 +26,25 @@ fn full() -> bool {
     std::env::var("HULL_FS_FULL").is_ok_and(|v| v == "1")
 }
 
+/// The pjdfstest cases the default run keeps (substrings of case names):
+/// the calls that add, remove and rename entries, and times and allocation.
+/// The whole suite (398 cases) takes over 10 lab minutes per place under Hull.
+const PJDFSTEST_SUBSET: &[&str] = &[
+    "rename",
+    "unlink",
+    "rmdir",
+    "utimensat",
+    "posix_fallocate",
+    "ftruncate",
+];
+
 /// (files in the deleted tree, entries in the big directory).
 fn sizes() -> (usize, usize) {
     if full() {
         (20_000, 100_000)
     } else {
-        (3_000, 10_000)
+        // Under Hull in a loaded lab, 3,000 + 10,000 took over 10 minutes.
+        (1_000, 2_000)
     }
 }
 
@@ -162,16 +175,15 @@ impl<'a> Running<'a> {
         static EXEC: AtomicUsize = AtomicUsize::new(0);
         let exec_id = format!("x{}", EXEC.fetch_add(1, Ordering::Relaxed));
         let started = Instant::now();
-        let out = self.ctrd.ctr(&[
-            "task",
-            "exec",
-            "--exec-id",
-            &exec_id,
-            &self.id,
-            "sh",
-            "-c",
-            script,
-        ]);
+        // The whole suite under HULL_FS_FULL=1 outlasts CTR_TIMEOUT_SECS.
+        let limit = if full() { 4 * 3600 } else { CTR_TIMEOUT_SECS };
+        let out = Command::new("timeout")
+            .arg(limit.to_string())
+            .args(["ctr", "--address", &self.ctrd.address, "task", "exec"])
+            .args(["--exec-id", &exec_id, &self.id, "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr task exec");
         let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
         (all, out.status.success(), started.elapsed().as_secs_f64())
     }
@@ -375,7 +387,8 @@ struct PlaceResults {
 fn conformance_at(c: &Running, rt: &str, place: &str, dir: &str) -> PlaceResults {
     let (files, entries) = sizes();
     let (out, _, secs) = c.sh(&format!(
-        "mkdir -p {dir}/pjd && cd {dir}/pjd && NO_COLOR=1 /t/pjdfstest -c /t/pjdfstest.toml -p {dir}/pjd 2>&1"
+        "mkdir -p {dir}/pjd && cd {dir}/pjd && NO_COLOR=1 /t/pjdfstest -c /t/pjdfstest.toml -p {dir}/pjd {} 2>&1",
+        if full() { String::new() } else { PJDFSTEST_SUBSET.join(" ") }
     ));
     let pjdfstest = parse_pjdfstest(&out);
     println!(
@@ -451,13 +464,15 @@ fn lab_fs_pjdfstest_and_stress_on_root_and_volume_match_runc() {
         for (rt, r) in [("runc", runc), ("hull", hull)] {
             println!("{}", summary(rt, place, r));
         }
-        // The baseline must be sane: the suite ran, the stress cases pass under runc.
-        if count(&runc.pjdfstest, "ok") == 0 {
-            problems.push(format!("runc {place}: pjdfstest passed nothing"));
+        // The baseline must have run: both suites report every case.
+        if count(&runc.pjdfstest, "ok") == 0 || runc.stress.is_empty() {
+            problems.push(format!("runc {place}: the suites did not run"));
         }
+        // A case runc fails too is the lab kernel's, not Hull's (e.g. O_TMPFILE
+        // on overlayfs needs Linux 6.6): shown, compared, not a Hull failure.
         for (name, o) in &runc.stress {
             if let Outcome::Fail(why) = o {
-                problems.push(format!("runc {place}: stress {name} failed: {why}"));
+                println!("fs: baseline gap: runc {place}: stress {name}: {why}");
             }
         }
         for (case, r, h) in differences(runc, hull) {
