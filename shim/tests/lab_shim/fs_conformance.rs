@@ -391,6 +391,12 @@ fn conformance_at(c: &Running, rt: &str, place: &str, dir: &str) -> PlaceResults
         if full() { String::new() } else { PJDFSTEST_SUBSET.join(" ") }
     ));
     let pjdfstest = parse_pjdfstest(&out);
+    // Shown at once: a later step that times out must not hide these.
+    for (name, o) in &pjdfstest {
+        if let Outcome::Fail(why) = o {
+            println!("fs: {rt} {place}: pjdfstest {name} FAILED: {why}");
+        }
+    }
     println!(
         "TIMING fs pjdfstest {rt} {place}: {secs:.1} s ({} cases)",
         pjdfstest.len()
