@@ -41,6 +41,16 @@ if ! command -v virtiofsd >/dev/null; then
     say "building virtiofsd (cargo install, ~4 min once)"
     cargo install --locked --quiet virtiofsd
 fi
+# pjdfstest, the POSIX file-system suite the lab runs in runc and Hull
+# containers (shim/tests/lab_shim/fs_conformance.rs names this version):
+# static for musl, cached outside the repo by version.
+pjdfstest_version=0.2.2
+pjdfstest_root="${HULL_CACHE:-/var/cache/hull}/tools/pjdfstest-$pjdfstest_version"
+if [[ ! -x "$pjdfstest_root/bin/pjdfstest" ]]; then
+    say "building pjdfstest $pjdfstest_version (static, musl; ~3 min once)"
+    cargo install --locked --quiet pjdfstest --version "$pjdfstest_version" \
+        --target x86_64-unknown-linux-musl --root "$pjdfstest_root"
+fi
 
 say "guest kernel: $(kernel-config/build.sh)"
 say "guest image: $(rootfs/build.sh)"
