@@ -18,6 +18,11 @@ pub const SHARE_TAG: &str = "hullshare";
 const VMM_MAX_VCPUS: u32 = 8;
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 
+/// virtiofsd's xattr rules (`:type:scope:key:prepend:` each): names starting
+/// with `user.` pass unchanged, every other name is refused to the guest and
+/// hidden from its listings.
+const XATTR_MAP: &str = ":ok:all:user.:::bad:all:::";
+
 /// Errors of starting the pod's host processes.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -79,9 +84,11 @@ pub fn start_virtiofsd(
         // chroot, not a mount namespace: containers created later mount their
         // rootfs into the share after virtiofsd started, and it must see them.
         // No CAP_MKNOD (a guest cannot make device nodes on the host) nor
-        // CAP_SETFCAP (no xattrs are served). CAP_DAC_READ_SEARCH stays for
-        // file handles: with O_PATH fds instead, every inode the guest caches
-        // holds an fd and large trees hit RLIMIT_NOFILE.
+        // CAP_SETFCAP. Extended attributes: only `user.*` passes, both ways;
+        // `security.*` (file capabilities), `trusted.*` and ACLs are refused,
+        // so a guest cannot plant a file capability on a host file.
+        // CAP_DAC_READ_SEARCH stays for file handles: with O_PATH fds instead,
+        // every inode the guest caches holds an fd and large trees hit RLIMIT_NOFILE.
         .args([
             "--sandbox",
             "chroot",
@@ -89,6 +96,9 @@ pub fn start_virtiofsd(
             "--cache",
             "auto",
             "--modcaps=-mknod:-setfcap",
+            "--xattr",
+            "--xattrmap",
+            XATTR_MAP,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
