@@ -58,16 +58,20 @@ trap 'exit 130' INT TERM
     printf '%q ' "$@"; echo
 } > "$run/cmd.sh"
 
-start_vfsd() { # tag-socket source
-    "$vfsd" --socket-path="$1" -o source="$2" -o cache=none -o sandbox=chroot >/dev/null 2>&1 &
+start_vfsd() { # tag-socket source cache-mode
+    "$vfsd" --socket-path="$1" -o source="$2" -o cache="$3" -o sandbox=chroot >/dev/null 2>&1 &
     pids+=($!)
 }
-start_vfsd "$run/root.sock" /
-start_vfsd "$run/run.sock" "$run"
+# The host root does not change while the lab runs (it is mounted read-only
+# and everything is built before): the guest caches it, so binaries load
+# once instead of faulting every page through virtio-fs. The read-write
+# shares are not cached.
+start_vfsd "$run/root.sock" / "${HULL_LAB_ROOT_CACHE:-always}"
+start_vfsd "$run/run.sock" "$run" none
 fs_args=(-chardev "socket,id=root,path=$run/root.sock" -device vhost-user-fs-pci,chardev=root,tag=hostroot
          -chardev "socket,id=run,path=$run/run.sock" -device vhost-user-fs-pci,chardev=run,tag=run)
 if [[ -n "$share" ]]; then
-    start_vfsd "$run/share.sock" "$share"
+    start_vfsd "$run/share.sock" "$share" none
     fs_args+=(-chardev "socket,id=share,path=$run/share.sock" -device vhost-user-fs-pci,chardev=share,tag=share)
 fi
 socks=(root run); [[ -n "$share" ]] && socks+=(share)
