@@ -23,7 +23,9 @@ const DISK: &str = "/var/lib/hull-test/lab-shim-fs";
 const KNOWN_DIFFERENCES: &[(&str, &str)] = &[];
 
 fn full() -> bool {
-    std::env::var("HULL_FS_FULL").is_ok_and(|v| v == "1")
+    ["HULL_FS_FULL", "HULL_LAB_FULL"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| v == "1"))
 }
 
 /// The pjdfstest cases the default run keeps (substrings of case names):
