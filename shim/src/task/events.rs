@@ -55,15 +55,15 @@ impl Events {
     /// Queues an event behind every event emitted before it; an OOM event is
     /// dropped instead when [`MAX_QUEUED_OOM`] are already waiting.
     pub fn emit(&self, topic: &'static str, payload: impl MessageDyn) {
-        if topic == TASK_OOM_EVENT_TOPIC {
-            if self.queued_oom.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_OOM {
-                self.queued_oom.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!(
-                    topic,
-                    "containerd is behind on OOM events; this one is dropped"
-                );
-                return;
-            }
+        if topic == TASK_OOM_EVENT_TOPIC
+            && self.queued_oom.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_OOM
+        {
+            self.queued_oom.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(
+                topic,
+                "containerd is behind on OOM events; this one is dropped"
+            );
+            return;
         }
         let event = Event {
             topic,
