@@ -324,11 +324,13 @@ impl Backend for VmBackend {
         req.exec_id = exec_key(exec_id);
         req.signal = signal;
         req.all = all;
+        let started = Instant::now();
         match vm.client.signal_process(vm.prompt(), &req) {
             Ok(_) => Ok(()),
-            // No answer: the VM goes, and with it every process of the pod.
+            // No answer: the VM goes, and with it every process of the pod
+            // (unless the connection broke because the VM is already gone).
             Err(e) if agent::unanswered(&e) => {
-                if !self.vm_gone_within(Duration::from_secs(2)) {
+                if started.elapsed() >= vm.timeout || !self.vm_gone_within(Duration::from_secs(2)) {
                     self.stop_unresponsive(vm, "SignalProcess", &e);
                 }
                 Ok(())
@@ -429,10 +431,14 @@ impl Backend for VmBackend {
         let vm = self.vm()?;
         let mut req = RemoveContainerRequest::new();
         req.container_id = container_id.into();
+        let started = Instant::now();
         match vm.client.remove_container(vm.prompt(), &req) {
             Ok(_) => Ok(()),
             // A dead VM took the container with it: nothing is left to remove.
-            Err(e) if self.vm_gone_within(Duration::from_secs(2)) => {
+            Err(e)
+                if started.elapsed() < vm.timeout
+                    && self.vm_gone_within(Duration::from_secs(2)) =>
+            {
                 tracing::info!(sandbox = %vm.sandbox_id, container = %container_id,
                     "the VM is gone, so is the container: {e}");
                 Ok(())
@@ -592,7 +598,7 @@ mod tests {
         backend.signal("c1", None, 15, false).unwrap();
         let took = started.elapsed();
         assert!(
-            took >= timeout && took < timeout + Duration::from_secs(4),
+            took >= timeout && took < timeout + Duration::from_secs(2),
             "kill returned after {took:?}"
         );
         let vm = backend.vm.get().unwrap();
@@ -626,7 +632,7 @@ mod tests {
         let (backend, _agent) = hung_vm(dir.path(), timeout);
         let started = Instant::now();
         backend.remove_container("c1").unwrap();
-        assert!(started.elapsed() < timeout + Duration::from_secs(4));
+        assert!(started.elapsed() < timeout + Duration::from_secs(2));
         assert!(backend.unresponsive.load(Ordering::SeqCst));
         assert!(backend.vm_gone());
         backend.destroy_sandbox().unwrap();
