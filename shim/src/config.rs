@@ -13,9 +13,14 @@ pub const CONFIG_ENV: &str = "HULL_CONFIG";
 /// Prefix of the annotations Hull reads; every other `io.hull.` key is refused.
 pub const ANNOTATION_PREFIX: &str = "io.hull.";
 
-const MAX_VCPUS: u32 = 64;
+/// hull-vmm's vCPU limit: the highest `max_vcpus` an admin may set.
+pub const VMM_MAX_VCPUS: u32 = 8;
 const MIN_MEMORY_MIB: u32 = 64;
+/// The highest `max_memory_mib` an admin may set.
 const MAX_MEMORY_MIB: u32 = 256 * 1024;
+/// Bounds of `agent_timeout_secs`.
+const MIN_AGENT_TIMEOUT_SECS: u32 = 1;
+const MAX_AGENT_TIMEOUT_SECS: u32 = 3600;
 
 /// Errors of loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,16 @@ pub enum ConfigError {
         min: u64,
         max: u64,
     },
+    #[error(
+        "{field} = {value} is above the admin ceiling {ceiling} = {max} (raise {ceiling} in the \
+         config file or ask for less)"
+    )]
+    AboveCeiling {
+        field: String,
+        value: u32,
+        ceiling: &'static str,
+        max: u32,
+    },
     #[error("{field}: {path:?} must be an absolute path without `..`")]
     BadPath { field: &'static str, path: PathBuf },
     #[error("annotation {key}={value:?}: {reason}")]
@@ -61,6 +76,13 @@ pub struct Config {
     pub vcpus: u32,
     /// Guest memory of each pod VM, in MiB.
     pub memory_mib: u32,
+    /// Admin ceiling on `vcpus`, for the default and every annotation (at most 8, hull-vmm's limit).
+    pub max_vcpus: u32,
+    /// Admin ceiling on `memory_mib`, for the default and every annotation.
+    pub max_memory_mib: u32,
+    /// How long a guest agent call may take before the agent counts as hung;
+    /// Kill or Delete then stops the pod's VM (see the shim README).
+    pub agent_timeout_secs: u32,
     /// The `hull-vmm` binary.
     pub hull_vmm: PathBuf,
     /// The `virtiofsd` binary.
@@ -71,6 +93,8 @@ pub struct Config {
     pub debug: bool,
     /// Whether `io.hull.kernel` / `io.hull.initrd` annotations may choose guest images.
     pub allow_path_annotations: bool,
+    /// Whether the `io.hull.debug` annotation may turn on debug logs for one pod.
+    pub allow_debug_annotation: bool,
 }
 
 impl Default for Config {
@@ -81,11 +105,15 @@ impl Default for Config {
             initrd: PathBuf::from("/usr/local/share/hull/initramfs.cpio"),
             vcpus: 1,
             memory_mib: 512,
+            max_vcpus: VMM_MAX_VCPUS,
+            max_memory_mib: 16 * 1024,
+            agent_timeout_secs: 120,
             hull_vmm: PathBuf::from("/usr/local/bin/hull-vmm"),
             virtiofsd: PathBuf::from("/usr/local/bin/virtiofsd"),
             run_dir: PathBuf::from("/run/hull"),
             debug: false,
             allow_path_annotations: false,
+            allow_debug_annotation: false,
         }
     }
 }
@@ -135,12 +163,32 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        check_range("vcpus", self.vcpus, 1, MAX_VCPUS)?;
+        check_range("max_vcpus", self.max_vcpus, 1, VMM_MAX_VCPUS)?;
+        check_range(
+            "max_memory_mib",
+            self.max_memory_mib,
+            MIN_MEMORY_MIB,
+            MAX_MEMORY_MIB,
+        )?;
+        check_range(
+            "agent_timeout_secs",
+            self.agent_timeout_secs,
+            MIN_AGENT_TIMEOUT_SECS,
+            MAX_AGENT_TIMEOUT_SECS,
+        )?;
+        check_ceiling("vcpus", self.vcpus, "max_vcpus", self.max_vcpus)?;
+        check_ceiling(
+            "memory_mib",
+            self.memory_mib,
+            "max_memory_mib",
+            self.max_memory_mib,
+        )?;
+        check_range("vcpus", self.vcpus, 1, self.max_vcpus)?;
         check_range(
             "memory_mib",
             self.memory_mib,
             MIN_MEMORY_MIB,
-            MAX_MEMORY_MIB,
+            self.max_memory_mib,
         )?;
         for (field, path) in [
             ("kernel", &self.kernel),
@@ -173,11 +221,26 @@ impl Config {
                 reason: reason.to_string(),
             };
             match &key[ANNOTATION_PREFIX.len()..] {
-                "vcpus" => config.vcpus = value.parse().map_err(|_| bad("not a number"))?,
-                "memory_mib" => {
-                    config.memory_mib = value.parse().map_err(|_| bad("not a number"))?
+                "vcpus" => {
+                    config.vcpus = value.parse().map_err(|_| bad("not a number"))?;
+                    check_ceiling(key, config.vcpus, "max_vcpus", self.max_vcpus)?;
                 }
-                "debug" => config.debug = value.parse().map_err(|_| bad("not true or false"))?,
+                "memory_mib" => {
+                    config.memory_mib = value.parse().map_err(|_| bad("not a number"))?;
+                    check_ceiling(
+                        key,
+                        config.memory_mib,
+                        "max_memory_mib",
+                        self.max_memory_mib,
+                    )?;
+                }
+                "debug" => {
+                    if !self.allow_debug_annotation {
+                        return Err(bad("debug logs from annotations are refused; set \
+                             allow_debug_annotation = true in the config to allow them"));
+                    }
+                    config.debug = value.parse().map_err(|_| bad("not true or false"))?
+                }
                 name @ ("kernel" | "initrd") => {
                     if !self.allow_path_annotations {
                         return Err(bad("guest image paths from annotations are refused; set \
@@ -212,6 +275,24 @@ fn check_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<()
             value: value.into(),
             min: min.into(),
             max: max.into(),
+        })
+    }
+}
+
+fn check_ceiling(
+    field: &str,
+    value: u32,
+    ceiling: &'static str,
+    max: u32,
+) -> Result<(), ConfigError> {
+    if value <= max {
+        Ok(())
+    } else {
+        Err(ConfigError::AboveCeiling {
+            field: field.to_string(),
+            value,
+            ceiling,
+            max,
         })
     }
 }
@@ -321,7 +402,7 @@ mod tests {
     fn bad_annotations_are_refused_with_the_key() {
         for (key, value) in [
             ("io.hull.vcpus", "many"),
-            ("io.hull.vcpus", "1000"),
+            ("io.hull.vcpus", "0"),
             ("io.hull.memory_mib", "-5"),
             ("io.hull.cpus", "2"),
         ] {
@@ -336,6 +417,63 @@ mod tests {
                 "{key}={value}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn ceilings_bound_annotations_and_defaults_without_clamping() {
+        let admin = Config::parse("max_vcpus = 4\nmax_memory_mib = 2048\n").unwrap();
+        let ok = admin
+            .with_annotations(&annotations(&[
+                ("io.hull.vcpus", "4"),
+                ("io.hull.memory_mib", "2048"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            (ok.vcpus, ok.memory_mib),
+            (4, 2048),
+            "at the ceiling is fine"
+        );
+        for (key, value, ceiling) in [
+            ("io.hull.vcpus", "5", "max_vcpus = 4"),
+            ("io.hull.vcpus", "64", "max_vcpus = 4"),
+            ("io.hull.memory_mib", "2049", "max_memory_mib = 2048"),
+        ] {
+            let err = admin
+                .with_annotations(&annotations(&[(key, value)]))
+                .unwrap_err();
+            assert!(
+                matches!(err, ConfigError::AboveCeiling { .. }),
+                "{key}={value}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains(key) && msg.contains(value) && msg.contains(ceiling),
+                "{msg}"
+            );
+        }
+        // The default itself is bounded too, and hull-vmm's 8 vCPUs bound the ceiling.
+        let err = Config::parse("vcpus = 6\nmax_vcpus = 4\n").unwrap_err();
+        assert!(err.to_string().contains("max_vcpus = 4"), "{err}");
+        assert!(matches!(
+            Config::parse("max_vcpus = 9"),
+            Err(ConfigError::OutOfRange {
+                field: "max_vcpus",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Config::parse("memory_mib = 32768"),
+            Err(ConfigError::AboveCeiling { .. })
+        ));
+    }
+
+    #[test]
+    fn the_debug_annotation_needs_the_admin_switch() {
+        let a = annotations(&[("io.hull.debug", "true")]);
+        let err = Config::default().with_annotations(&a).unwrap_err();
+        assert!(err.to_string().contains("allow_debug_annotation"), "{err}");
+        let allowed = Config::parse("allow_debug_annotation = true\n").unwrap();
+        assert!(allowed.with_annotations(&a).unwrap().debug);
     }
 
     #[test]

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+// The VM backend against an agent stand-in that never answers.
+#[path = "host_shim/hung_agent.rs"]
+mod hung_agent;
+
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-hull-v2");
 const RUNTIME: &str = "io.containerd.hull.v2";
 const IMAGE: &str = "hull/busybox:latest";
@@ -40,7 +44,13 @@ struct Lab {
 }
 
 impl Lab {
+    /// A containerd whose shim uses the `fake` backend.
     fn start(name: &str) -> Self {
+        Self::start_with(name, "fake", "")
+    }
+
+    /// A containerd whose shim uses `backend`, with `config` added to its Hull config.
+    fn start_with(name: &str, backend: &str, config: &str) -> Self {
         assert!(
             nix_is_root(),
             "host tier: needs root to run containerd and mount rootfs"
@@ -66,14 +76,18 @@ impl Lab {
             ),
         )
         .unwrap();
-        std::fs::write(dir.join("hull.toml"), format!("run_dir = \"{d}/run\"\n")).unwrap();
+        std::fs::write(
+            dir.join("hull.toml"),
+            format!("run_dir = \"{d}/run\"\n{config}"),
+        )
+        .unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
         let path = format!("{d}/bin:{}", std::env::var("PATH").unwrap_or_default());
         let containerd = Command::new("containerd")
             .arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", path)
-            .env("HULL_SHIM_BACKEND", "fake")
+            .env("HULL_SHIM_BACKEND", backend)
             .env("HULL_CONFIG", dir.join("hull.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -644,12 +658,18 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     let shims = lab.shim_pids();
     assert_eq!(shims.len(), 1);
     let tasks = lab.ctr_ok(&["task", "ls"]);
-    let task_pid: i32 = tasks
+    let reported: i32 = tasks
         .lines()
         .find(|l| l.starts_with("d1"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or_else(|| panic!("no pid for d1 in {tasks}"));
-    assert_eq!(lab.processes_rooted_here(), vec![task_pid]);
+    assert_eq!(
+        reported, shims[0],
+        "the task pid containerd sees is the shim's, never one the backend chose"
+    );
+    let rooted = lab.processes_rooted_here();
+    assert_eq!(rooted.len(), 1, "{rooted:?}");
+    let task_pid = rooted[0];
     let recorded = std::fs::read_to_string(lab.dir.join("run/hulltest/d1/host-pids")).unwrap();
     assert!(recorded.starts_with(&format!("{task_pid} ")), "{recorded}");
     let bundle = lab

@@ -1,5 +1,6 @@
 //! Operations on existing processes: exec, kill, state, pids, stats,
-//! pause/resume, pty resize and stdin close.
+//! pause/resume, pty resize and stdin close. None calls the backend under the
+//! pod's state lock, so State and Kill answer while a guest agent call hangs.
 
 use containerd_shim::protos::events::task::{TaskExecAdded, TaskExit, TaskPaused, TaskResumed};
 use containerd_shim::protos::protobuf::MessageField;
@@ -9,11 +10,11 @@ use oci_spec::runtime::Process as OciProcess;
 use super::pod::{
     backend_of, container, container_mut, sandbox_id_of, wanted, Pod, Result, TaskError,
 };
-use super::process::{Exit, Process, Status, StdioPaths};
+use super::process::{task_pid, Exit, Process, Status, StdioPaths};
+use crate::backend::{ContainerStats, ExecRequest};
 
 /// How long `CloseIO` lets the stdin relay forward what the FIFO still holds.
 const STDIN_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
-use crate::backend::{ContainerStats, ExecRequest};
 
 /// A snapshot of one process for `State`.
 #[derive(Debug, Clone)]
@@ -36,18 +37,20 @@ impl Pod {
     ) -> Result<()> {
         let process: OciProcess = serde_json::from_slice(process_json)
             .map_err(|e| TaskError::InvalidArgument(format!("exec process spec: {e}")))?;
-        let mut state = self.lock();
-        let backend = backend_of(&state)?;
-        let sandbox_id = sandbox_id_of(&state);
-        let container = container(&state, container_id)?;
-        if container.execs.contains_key(exec_id) {
-            return Err(TaskError::AlreadyExists(format!("exec {exec_id}")));
-        }
-        if container.init.status != Status::Running {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {container_id} is not running"
-            )));
-        }
+        let _ops = self.ops();
+        let (backend, sandbox_id) = {
+            let state = self.lock();
+            let container = container(&state, container_id)?;
+            if container.execs.contains_key(exec_id) {
+                return Err(TaskError::AlreadyExists(format!("exec {exec_id}")));
+            }
+            if container.init.status != Status::Running {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {container_id} is not running"
+                )));
+            }
+            (backend_of(&state)?, sandbox_id_of(&state))
+        };
         let streams = backend.exec(&ExecRequest {
             container_id,
             exec_id,
@@ -56,7 +59,8 @@ impl Pod {
         })?;
         let mut proc = Process::new(stdio);
         self.wire_stdio(&mut proc, streams, &backend, container_id, Some(exec_id))?;
-        container_mut(&mut state, container_id)?
+        // Containers leave only under the lifecycle lock, which this holds.
+        container_mut(&mut self.lock(), container_id)?
             .execs
             .insert(exec_id.to_string(), proc);
         tracing::info!(sandbox = %sandbox_id, container = %container_id, exec = %exec_id, "exec added");
@@ -80,39 +84,45 @@ impl Pod {
         signal: u32,
         all: bool,
     ) -> Result<()> {
-        let mut state = self.lock();
-        let backend = backend_of(&state)?;
-        let process = container_mut(&mut state, container_id)?.process_mut(exec_id)?;
-        tracing::info!(container = %container_id, exec = exec_id.unwrap_or(""), signal, all, "kill");
-        match process.status {
-            Status::Stopped => Err(TaskError::NotFound(format!(
-                "process {container_id}/{} already finished",
-                exec_id.unwrap_or("init")
-            ))),
-            Status::Created => {
-                process.status = Status::Stopped;
-                let exit = Exit {
-                    code: 128 + signal,
-                    at: std::time::SystemTime::now(),
-                };
-                let cell = process.exit.clone();
-                self.events().emit(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    TaskExit {
-                        container_id: container_id.to_string(),
-                        id: exec_id.unwrap_or(container_id).to_string(),
-                        exit_status: exit.code,
-                        exited_at: MessageField::some(exit.timestamp()),
-                        ..Default::default()
-                    },
-                );
-                cell.set(exit);
-                Ok(())
+        let backend = {
+            let mut state = self.lock();
+            let backend = backend_of(&state)?;
+            let process = container_mut(&mut state, container_id)?.process_mut(exec_id)?;
+            tracing::info!(container = %container_id, exec = exec_id.unwrap_or(""), signal, all, "kill");
+            match process.status {
+                Status::Stopped => {
+                    return Err(TaskError::NotFound(format!(
+                        "process {container_id}/{} already finished",
+                        exec_id.unwrap_or("init")
+                    )))
+                }
+                Status::Created => {
+                    process.status = Status::Stopped;
+                    let exit = Exit {
+                        code: 128 + signal,
+                        at: std::time::SystemTime::now(),
+                    };
+                    let cell = process.exit.clone();
+                    self.events().emit(
+                        topics::TASK_EXIT_EVENT_TOPIC,
+                        TaskExit {
+                            container_id: container_id.to_string(),
+                            id: exec_id.unwrap_or(container_id).to_string(),
+                            pid: task_pid(),
+                            exit_status: exit.code,
+                            exited_at: MessageField::some(exit.timestamp()),
+                            ..Default::default()
+                        },
+                    );
+                    cell.set(exit);
+                    return Ok(());
+                }
+                Status::Running | Status::Paused => backend,
             }
-            Status::Running | Status::Paused => {
-                Ok(backend.signal(container_id, exec_id, signal, all)?)
-            }
-        }
+        };
+        // Outside the lock: a hung agent delays this Kill (until the backend
+        // gives up on it), never State or another Kill.
+        Ok(backend.signal(container_id, exec_id, signal, all)?)
     }
 
     /// The state of a process.
@@ -122,54 +132,71 @@ impl Pod {
         let p = container.process(exec_id)?;
         Ok(ProcessState {
             bundle: container.bundle.clone(),
-            pid: p.pid,
+            pid: task_pid(),
             status: p.status,
             stdio: p.stdio.clone(),
             exit: p.exit.get(),
         })
     }
 
-    /// The pid of a container's init process.
+    /// The task pid of a container's init process (see [`task_pid`]).
     pub fn init_pid(&self, container_id: &str) -> Result<u32> {
-        Ok(container(&self.lock(), container_id)?.init.pid)
+        container(&self.lock(), container_id)?;
+        Ok(task_pid())
     }
 
-    /// Pids of the container's processes.
-    pub fn pids(&self, container_id: &str) -> Result<Vec<u32>> {
+    /// The backend of a container's pod, checked to exist, for a call made
+    /// after the lock is released.
+    fn backend_for(
+        &self,
+        container_id: &str,
+    ) -> Result<std::sync::Arc<dyn crate::backend::Backend>> {
         let state = self.lock();
         container(&state, container_id)?;
-        Ok(backend_of(&state)?.pids(container_id)?)
+        backend_of(&state)
+    }
+
+    /// Pids of the container's processes (in the guest).
+    pub fn pids(&self, container_id: &str) -> Result<Vec<u32>> {
+        Ok(self.backend_for(container_id)?.pids(container_id)?)
     }
 
     /// Resource usage of the container.
     pub fn stats(&self, container_id: &str) -> Result<ContainerStats> {
-        let state = self.lock();
-        container(&state, container_id)?;
-        Ok(backend_of(&state)?.stats(container_id)?)
+        Ok(self.backend_for(container_id)?.stats(container_id)?)
     }
 
     /// Freezes (`pause = true`) or thaws the container.
     pub fn set_paused(&self, container_id: &str, pause: bool) -> Result<()> {
-        let mut state = self.lock();
-        let backend = backend_of(&state)?;
-        let container = container_mut(&mut state, container_id)?;
         let (from, to) = if pause {
             (Status::Running, Status::Paused)
         } else {
             (Status::Paused, Status::Running)
         };
-        if container.init.status != from {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {container_id} is {:?}, not {from:?}",
-                container.init.status
-            )));
-        }
+        let _ops = self.ops();
+        let backend = {
+            let state = self.lock();
+            let status = container(&state, container_id)?.init.status;
+            if status != from {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {container_id} is {status:?}, not {from:?}"
+                )));
+            }
+            backend_of(&state)?
+        };
         if pause {
             backend.pause(container_id)?;
         } else {
             backend.resume(container_id)?;
         }
-        container.init.status = to;
+        {
+            let mut state = self.lock();
+            let init = &mut container_mut(&mut state, container_id)?.init;
+            // It may have exited meanwhile; an exit is never undone.
+            if init.status == from {
+                init.status = to;
+            }
+        }
         tracing::info!(container = %container_id, paused = pause, "pause state changed");
         let id = container_id.to_string();
         if pause {
@@ -200,15 +227,17 @@ impl Pod {
         cols: u32,
         rows: u32,
     ) -> Result<()> {
-        let state = self.lock();
-        let backend = backend_of(&state)?;
-        let p = container(&state, container_id)?.process(exec_id)?;
-        if !p.stdio.terminal {
-            return Err(TaskError::FailedPrecondition(format!(
-                "process {container_id}/{} has no terminal",
-                exec_id.unwrap_or("init")
-            )));
-        }
+        let backend = {
+            let state = self.lock();
+            let p = container(&state, container_id)?.process(exec_id)?;
+            if !p.stdio.terminal {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "process {container_id}/{} has no terminal",
+                    exec_id.unwrap_or("init")
+                )));
+            }
+            backend_of(&state)?
+        };
         Ok(backend.resize_pty(container_id, exec_id, cols, rows)?)
     }
 

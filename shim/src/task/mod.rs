@@ -49,6 +49,17 @@ mod tests {
         exits: HashMap<Key, u32>,
         fail_create: bool,
         destroyed: bool,
+        /// Calls by this name block until `hang` is cleared, like a hung agent.
+        hang: Vec<&'static str>,
+    }
+
+    impl Scripted {
+        fn maybe_hang(&self, call: &'static str) {
+            let mut s = self.state.lock().unwrap();
+            while s.hang.contains(&call) {
+                s = self.cv.wait(s).unwrap();
+            }
+        }
     }
 
     fn key(c: &str, e: Option<&str>) -> Key {
@@ -105,9 +116,11 @@ mod tests {
             Ok(vec![101])
         }
         fn stats(&self, _: &str) -> Result<ContainerStats> {
+            self.maybe_hang("stats");
             Ok(ContainerStats::default())
         }
         fn pause(&self, _: &str) -> Result<()> {
+            self.maybe_hang("pause");
             Ok(())
         }
         fn resume(&self, _: &str) -> Result<()> {
@@ -312,6 +325,56 @@ mod tests {
             ]
         );
         assert!(f.backend.state.lock().unwrap().destroyed);
+    }
+
+    #[test]
+    fn state_kill_and_wait_answer_while_backend_calls_hang() {
+        let f = Fixture::new();
+        let shim = std::process::id();
+        assert_eq!(f.pod.create(f.request("c1", "pod")).unwrap(), shim);
+        assert_eq!(
+            f.pod.start("c1", None).unwrap(),
+            shim,
+            "the task pid is the shim's"
+        );
+        assert_eq!(f.pod.state("c1", None).unwrap().pid, shim);
+        assert_eq!(f.pod.init_pid("c1").unwrap(), shim);
+        f.backend.state.lock().unwrap().hang.push("pause");
+        let pause = {
+            let pod = f.pod.clone();
+            std::thread::spawn(move || pod.set_paused("c1", true))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        f.backend.state.lock().unwrap().hang.push("stats");
+        let stats = {
+            let pod = f.pod.clone();
+            std::thread::spawn(move || pod.stats("c1"))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        assert_eq!(f.pod.state("c1", None).unwrap().status, Status::Running);
+        f.pod.kill("c1", None, 9, false).unwrap();
+        assert_eq!(f.pod.wait("c1", None).unwrap().code, 137);
+        assert_eq!(f.pod.state("c1", None).unwrap().status, Status::Stopped);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "State, Kill and Wait took {:?} behind two hung calls",
+            started.elapsed()
+        );
+        assert!(
+            !pause.is_finished() && !stats.is_finished(),
+            "both still hang"
+        );
+        f.backend.state.lock().unwrap().hang.clear();
+        f.backend.cv.notify_all();
+        stats.join().unwrap().unwrap();
+        pause.join().unwrap().unwrap();
+        assert_eq!(
+            f.pod.state("c1", None).unwrap().status,
+            Status::Stopped,
+            "a pause finishing after the exit does not revive the process"
+        );
+        assert_eq!(f.pod.delete("c1", None).unwrap().0, shim);
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! The pod a shim serves: its containers and their lifecycle (create, start,
 //! wait, delete, shutdown); the sandbox itself is in `sandbox.rs`.
+//!
+//! Two locks: the state lock guards the bookkeeping and is never held across
+//! a backend call (a hung guest agent must not stall State, Kill or Wait); the
+//! lifecycle lock serializes the operations that change which containers and
+//! processes exist or run (create, start, exec, pause, delete, shutdown) and
+//! is held across their backend calls.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +22,7 @@ use containerd_shim::ExitSignal;
 use oci_spec::runtime::Spec;
 
 use super::events::Events;
-use super::process::{Exit, Process, Status, StdioPaths};
+use super::process::{task_pid, Exit, Process, Status, StdioPaths};
 use super::rootfs::{bind_volumes, ContainerRootfs, MountSpec, RootfsError, VOLUMES_DIR};
 use super::sandbox::{config_path_from_options, Sandbox};
 use super::stdio::{self, BinaryLogger, StdioError, Target};
@@ -108,6 +114,8 @@ pub(super) struct Shared {
     pub namespace: String,
     pub events: Events,
     pub state: Mutex<PodState>,
+    /// Serializes lifecycle operations (see the module comment).
+    pub lifecycle: Mutex<()>,
     pub factory: BackendFactory,
     pub exit: Arc<ExitSignal>,
 }
@@ -142,6 +150,7 @@ impl Pod {
                 namespace: namespace.to_string(),
                 events,
                 state: Mutex::new(PodState::default()),
+                lifecycle: Mutex::new(()),
                 factory,
                 exit,
             }),
@@ -152,14 +161,31 @@ impl Pod {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The lifecycle lock; take it before the state lock, never after.
+    pub(super) fn ops(&self) -> MutexGuard<'_, ()> {
+        self.shared
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the sandbox, outside the state lock.
+    fn stop_sandbox(&self) {
+        let mut taken = PodState {
+            sandbox: self.lock().sandbox.take(),
+            containers: HashMap::new(),
+        };
+        self.destroy_sandbox(&mut taken);
+    }
+
     pub(super) fn events(&self) -> &Events {
         &self.shared.events
     }
 
-    /// Creates a container (and the pod's sandbox, for the first one); returns its pid.
+    /// Creates a container (and the pod's sandbox, for the first one); returns its task pid.
     pub fn create(&self, req: CreateRequest) -> Result<u32> {
-        let mut state = self.lock();
-        if state.containers.contains_key(&req.id) {
+        let _ops = self.ops();
+        if self.lock().containers.contains_key(&req.id) {
             return Err(TaskError::AlreadyExists(format!("container {}", req.id)));
         }
         let spec_path = Path::new(&req.bundle).join("config.json");
@@ -172,11 +198,12 @@ impl Pod {
             .get(SANDBOX_ID_ANNOTATION)
             .cloned()
             .unwrap_or_else(|| req.id.clone());
-        match &state.sandbox {
-            Some(sandbox) if sandbox.id != sandbox_id => {
+        let serving = self.lock().sandbox.as_ref().map(|s| s.id.clone());
+        match serving {
+            Some(serving) if serving != sandbox_id => {
                 return Err(TaskError::InvalidArgument(format!(
-                    "container {} belongs to pod {sandbox_id}, this shim serves pod {}",
-                    req.id, sandbox.id
+                    "container {} belongs to pod {sandbox_id}, this shim serves pod {serving}",
+                    req.id
                 )))
             }
             Some(_) => {}
@@ -184,14 +211,17 @@ impl Pod {
                 let config =
                     Config::load(config_path_from_options(req.options.as_ref()).as_deref())?
                         .with_annotations(&annotations)?;
-                state.sandbox = Some(self.start_sandbox(&sandbox_id, config)?);
+                // Booting takes long: outside the state lock, under the lifecycle lock.
+                let sandbox = self.start_sandbox(&sandbox_id, config)?;
+                self.lock().sandbox = Some(sandbox);
             }
         }
-        let result = self.create_container(&mut state, &req, &spec);
-        if result.is_err() && state.containers.is_empty() {
-            self.destroy_sandbox(&mut state);
+        let result = self.create_container(&req, &spec);
+        if result.is_err() && self.lock().containers.is_empty() {
+            self.stop_sandbox();
         }
-        let pid = result?;
+        result?;
+        let pid = task_pid();
         tracing::info!(sandbox = %sandbox_id, container = %req.id, pid, "task created");
         let io = TaskIO {
             stdin: req.stdio.stdin.clone(),
@@ -213,15 +243,14 @@ impl Pod {
         Ok(pid)
     }
 
-    fn create_container(
-        &self,
-        state: &mut PodState,
-        req: &CreateRequest,
-        spec: &Spec,
-    ) -> Result<u32> {
-        let sandbox = state.sandbox.as_ref().ok_or_else(|| {
-            TaskError::FailedPrecondition("the pod's sandbox is gone".to_string())
-        })?;
+    fn create_container(&self, req: &CreateRequest, spec: &Spec) -> Result<()> {
+        let (backend, share_dir) = {
+            let state = self.lock();
+            let sandbox = state.sandbox.as_ref().ok_or_else(|| {
+                TaskError::FailedPrecondition("the pod's sandbox is gone".to_string())
+            })?;
+            (sandbox.backend.clone(), sandbox.share_dir.clone())
+        };
         if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
             return Err(TaskError::InvalidArgument(format!(
                 "container id {:?} is not a valid directory name",
@@ -231,19 +260,18 @@ impl Pod {
         let mut rootfs = ContainerRootfs::setup(
             &req.rootfs,
             Path::new(&req.bundle),
-            &sandbox.share_dir.join(&req.id),
+            &share_dir.join(&req.id),
         )?;
         let volumes_dir = format!("{VOLUMES_DIR}/{}", req.id);
-        let volumes =
-            match rootfs.share_volumes(&bind_volumes(spec), &sandbox.share_dir, &volumes_dir) {
-                Ok(volumes) => volumes,
-                Err(e) => {
-                    rootfs.teardown()?;
-                    return Err(e.into());
-                }
-            };
+        let volumes = match rootfs.share_volumes(&bind_volumes(spec), &share_dir, &volumes_dir) {
+            Ok(volumes) => volumes,
+            Err(e) => {
+                rootfs.teardown()?;
+                return Err(e.into());
+            }
+        };
         let wanted = wanted(&req.stdio);
-        let streams = match sandbox.backend.create_container(&ContainerRequest {
+        let streams = match backend.create_container(&ContainerRequest {
             container_id: &req.id,
             spec,
             rootfs_in_share: &req.id,
@@ -257,13 +285,12 @@ impl Pod {
             }
         };
         let mut init = Process::new(req.stdio.clone());
-        let backend = sandbox.backend.clone();
         if let Err(e) = self.wire_stdio(&mut init, streams, &backend, &req.id, None) {
             let _ = backend.remove_container(&req.id);
             rootfs.teardown()?;
             return Err(e);
         }
-        state.containers.insert(
+        self.lock().containers.insert(
             req.id.clone(),
             Container {
                 bundle: req.bundle.clone(),
@@ -272,7 +299,7 @@ impl Pod {
                 execs: HashMap::new(),
             },
         );
-        Ok(0)
+        Ok(())
     }
 
     /// Connects a process's streams to containerd's stdio.
@@ -340,29 +367,43 @@ impl Pod {
         Ok(())
     }
 
-    /// Starts a created process and begins waiting for its exit.
+    /// Starts a created process and begins waiting for its exit; returns its task pid.
     pub fn start(&self, container_id: &str, exec_id: Option<&str>) -> Result<u32> {
-        let mut state = self.lock();
-        let backend = backend_of(&state)?;
-        let sandbox_id = sandbox_id_of(&state);
-        let container = container_mut(&mut state, container_id)?;
-        if exec_id.is_some() && container.init.status != Status::Running {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {container_id} is not running"
-            )));
-        }
-        let process = container.process_mut(exec_id)?;
-        if process.status != Status::Created {
-            return Err(TaskError::FailedPrecondition(format!(
-                "process {container_id}/{} was already started",
-                exec_id.unwrap_or("init")
-            )));
-        }
-        let pid = backend.start(container_id, exec_id)?;
-        process.pid = pid;
-        process.status = Status::Running;
-        let outputs = std::mem::take(&mut process.outputs);
-        let logger = process.logger.take();
+        let _ops = self.ops();
+        let (backend, sandbox_id) = {
+            let state = self.lock();
+            let container = container(&state, container_id)?;
+            if exec_id.is_some() && container.init.status != Status::Running {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {container_id} is not running"
+                )));
+            }
+            if container.process(exec_id)?.status != Status::Created {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "process {container_id}/{} was already started",
+                    exec_id.unwrap_or("init")
+                )));
+            }
+            (backend_of(&state)?, sandbox_id_of(&state))
+        };
+        let guest_pid = backend.start(container_id, exec_id)?;
+        let (outputs, logger) = {
+            let mut state = self.lock();
+            let process = container_mut(&mut state, container_id)?.process_mut(exec_id)?;
+            if process.status != Status::Created {
+                // Killed while it started: its exit is already reported.
+                drop(state);
+                let _ = backend.signal(container_id, exec_id, libc::SIGKILL as u32, false);
+                return Err(TaskError::FailedPrecondition(format!(
+                    "process {container_id}/{} was killed while it started",
+                    exec_id.unwrap_or("init")
+                )));
+            }
+            process.guest_pid = guest_pid;
+            process.status = Status::Running;
+            (std::mem::take(&mut process.outputs), process.logger.take())
+        };
+        let pid = task_pid();
         match exec_id {
             None => self.events().emit(
                 topics::TASK_START_EVENT_TOPIC,
@@ -382,7 +423,7 @@ impl Pod {
                 },
             ),
         }
-        tracing::info!(sandbox = %sandbox_id, container = %container_id, exec = exec_id.unwrap_or(""), pid, "started");
+        tracing::info!(sandbox = %sandbox_id, container = %container_id, exec = exec_id.unwrap_or(""), guest_pid, "started");
         self.spawn_waiter(backend, container_id, exec_id, pid, outputs, logger);
         Ok(pid)
     }
@@ -461,39 +502,50 @@ impl Pod {
     }
 
     /// Deletes an exec, or a container with its rootfs (and the sandbox with the
-    /// last container). Returns (pid, exit).
+    /// last container). Returns (task pid, exit).
     pub fn delete(&self, container_id: &str, exec_id: Option<&str>) -> Result<(u32, Exit)> {
-        let mut state = self.lock();
-        let backend = backend_of(&state)?;
-        let container = container_mut(&mut state, container_id)?;
-        let process = container.process(exec_id)?;
-        if matches!(process.status, Status::Running | Status::Paused) {
-            return Err(TaskError::FailedPrecondition(format!(
-                "process {container_id}/{} is still running",
-                exec_id.unwrap_or("init")
-            )));
-        }
-        let pid = process.pid;
-        // A process deleted before it ran counts as killed; its waiters are released.
-        process.exit.set(Exit {
-            code: KILLED_STATUS,
-            at: SystemTime::now(),
-        });
-        let exit = process.exit.wait();
-        if let Some(exec_id) = exec_id {
-            container.execs.remove(exec_id);
-            return Ok((pid, exit));
-        }
-        backend.remove_container(container_id)?;
-        for (_, exec) in container.execs.drain() {
-            exec.exit.set(Exit {
+        let _ops = self.ops();
+        let pid = task_pid();
+        let (backend, exit) = {
+            let mut state = self.lock();
+            let backend = backend_of(&state)?;
+            let container = container_mut(&mut state, container_id)?;
+            let process = container.process_mut(exec_id)?;
+            if matches!(process.status, Status::Running | Status::Paused) {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "process {container_id}/{} is still running",
+                    exec_id.unwrap_or("init")
+                )));
+            }
+            // A process deleted before it ran counts as killed; its waiters are released.
+            process.status = Status::Stopped;
+            process.exit.set(Exit {
                 code: KILLED_STATUS,
                 at: SystemTime::now(),
             });
-        }
-        container.rootfs.teardown()?;
-        let bundle = container.bundle.clone();
-        state.containers.remove(container_id);
+            let exit = process.exit.wait();
+            if let Some(exec_id) = exec_id {
+                container.execs.remove(exec_id);
+                return Ok((pid, exit));
+            }
+            (backend, exit)
+        };
+        backend.remove_container(container_id)?;
+        let bundle = {
+            let mut state = self.lock();
+            let container = container_mut(&mut state, container_id)?;
+            for (_, exec) in container.execs.drain() {
+                exec.exit.set(Exit {
+                    code: KILLED_STATUS,
+                    at: SystemTime::now(),
+                });
+            }
+            // Host unmounts only; on failure the container stays for a retry.
+            container.rootfs.teardown()?;
+            let bundle = container.bundle.clone();
+            state.containers.remove(container_id);
+            bundle
+        };
         tracing::info!(container = %container_id, bundle = %bundle, "deleted");
         self.events().emit(
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -506,19 +558,19 @@ impl Pod {
                 ..Default::default()
             },
         );
-        if state.containers.is_empty() {
-            self.destroy_sandbox(&mut state);
+        if self.lock().containers.is_empty() {
+            self.stop_sandbox();
         }
         Ok((pid, exit))
     }
 
     /// Stops the shim once the pod has no container left; a no-op otherwise.
     pub fn shutdown(&self) {
-        let mut state = self.lock();
-        if !state.containers.is_empty() {
+        let _ops = self.ops();
+        if !self.lock().containers.is_empty() {
             return;
         }
-        self.destroy_sandbox(&mut state);
+        self.stop_sandbox();
         self.shared.exit.signal();
     }
 }

@@ -10,6 +10,14 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 
 use super::stdio::SharedStdin;
 
+/// The pid reported to containerd for every task and exec: the shim's own, as
+/// Kata does. The guest's pids mean nothing on the host, and containerd treats
+/// a task pid as a host pid (signals, `/proc/<pid>/ns/*` in CRI specs);
+/// `Pids` still lists the guest's pids.
+pub fn task_pid() -> u32 {
+    std::process::id()
+}
+
 /// Where a process is in its life. Transitions: Created → Running ⇄ Paused → Stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -99,7 +107,8 @@ pub struct StdioPaths {
 
 /// One process as containerd sees it.
 pub struct Process {
-    pub pid: u32,
+    /// The process's pid in the guest (the fake backend's: on the host), for logs.
+    pub guest_pid: u32,
     pub status: Status,
     pub stdio: StdioPaths,
     pub exit: Arc<ExitCell>,
@@ -115,7 +124,7 @@ impl Process {
     /// A created process that has not started.
     pub fn new(stdio: StdioPaths) -> Self {
         Self {
-            pid: 0,
+            guest_pid: 0,
             status: Status::Created,
             stdio,
             exit: Arc::default(),

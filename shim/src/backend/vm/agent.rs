@@ -1,7 +1,7 @@
 //! The ttrpc connection to `hull-agent` over the hybrid vsock, the version
 //! handshake, and how agent errors become backend errors.
 
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,12 +13,10 @@ use ttrpc::Code;
 use super::hybrid;
 use crate::backend::BackendError;
 
-/// How long a prompt agent call may take (the lab runs guests 30-100x slower).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A context for a call expected to answer promptly.
-pub fn prompt() -> Context {
-    context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+/// A context for a call expected to answer within `timeout` (the config's
+/// `agent_timeout_secs`).
+pub fn prompt(timeout: Duration) -> Context {
+    context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// A context for a call that blocks until something happens in the guest.
@@ -26,16 +24,31 @@ pub fn blocking() -> Context {
     context::with_timeout(0)
 }
 
+/// Whether a failed call never got an answer from the agent (a timeout or a
+/// broken connection), as opposed to an error status the agent returned.
+pub fn unanswered(err: &ttrpc::Error) -> bool {
+    !matches!(err, ttrpc::Error::RpcStatus(_))
+}
+
 /// Connects to the agent's port and checks that it speaks our API version.
-pub fn connect(uds: &Path) -> Result<AgentClient, BackendError> {
-    let stream = hybrid::connect(uds, hull_protocol::AGENT_PORT, CALL_TIMEOUT)
+/// Returns the client and a duplicate of its socket, whose shutdown ends every
+/// call in flight (how the shim gives up on a hung agent).
+pub fn connect(uds: &Path, timeout: Duration) -> Result<(AgentClient, OwnedFd), BackendError> {
+    let stream = hybrid::connect(uds, hull_protocol::AGENT_PORT, timeout)
         .map_err(|e| BackendError::Sandbox(Box::new(e)))?;
+    let conn = OwnedFd::from(
+        stream
+            .try_clone()
+            .map_err(|e| BackendError::Sandbox(Box::new(e)))?,
+    );
     let client = ttrpc::Client::new(stream.into_raw_fd())
         .map_err(|e| BackendError::Agent(format!("ttrpc client: {e}")))?;
     let client = AgentClient::new(client);
     let mut req = VersionRequest::new();
     req.api_version = hull_protocol::API_VERSION.into();
-    let version = client.version(prompt(), &req).map_err(map("Version"))?;
+    let version = client
+        .version(prompt(timeout), &req)
+        .map_err(map("Version"))?;
     if !hull_protocol::compatible(&version.api_version) {
         return Err(BackendError::Agent(format!(
             "the guest agent speaks {} and this shim {}: install a matching initramfs",
@@ -48,7 +61,7 @@ pub fn connect(uds: &Path) -> Result<AgentClient, BackendError> {
         uptime_secs = version.uptime_secs,
         "guest agent connected"
     );
-    Ok(client)
+    Ok((client, conn))
 }
 
 /// Maps a failed agent call to a backend error, naming the call.
@@ -82,7 +95,10 @@ mod tests {
         );
         let e = map("ResizePty")(status(Code::UNIMPLEMENTED, ""));
         assert!(matches!(e, BackendError::Unsupported("ResizePty")), "{e}");
-        let e = map("WaitProcess")(ttrpc::Error::Others("socket closed".into()));
+        let closed = ttrpc::Error::Others("socket closed".into());
+        assert!(unanswered(&closed));
+        assert!(!unanswered(&status(Code::NOT_FOUND, "no such container")));
+        let e = map("WaitProcess")(closed);
         assert!(matches!(e, BackendError::Agent(_)), "{e}");
     }
 }

@@ -1,12 +1,12 @@
 //! The pod's host processes: `virtiofsd` serving the share and `hull-vmm`
 //! running the guest, both recorded in `host-pids`, and their teardown.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use super::console::{log_output, RateLimit};
 use crate::backend::host_pids;
 use crate::backend::SandboxRequest;
 
@@ -14,8 +14,6 @@ use crate::backend::SandboxRequest;
 pub const GUEST_CID: u32 = 3;
 /// virtio-fs tag of the pod share, mounted by the agent at `/run/hull/shared`.
 pub const SHARE_TAG: &str = "hullshare";
-/// hull-vmm's vCPU limit.
-const VMM_MAX_VCPUS: u32 = 8;
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 
 /// virtiofsd's xattr rules (`:type:scope:key:prepend:` each): names starting
@@ -74,6 +72,7 @@ pub fn start_virtiofsd(
     req: &SandboxRequest,
     sockets: &Sockets,
     timeout: Duration,
+    log_limit: &Arc<RateLimit>,
 ) -> Result<Child, LaunchError> {
     let program = &req.config.virtiofsd;
     let mut child = Command::new(program)
@@ -109,7 +108,13 @@ pub fn start_virtiofsd(
             source,
         })?;
     record(&req.state_dir, child.id());
-    log_lines(child.stderr.take(), &req.sandbox_id, "virtiofsd", None);
+    log_output(
+        child.stderr.take(),
+        &req.sandbox_id,
+        "virtiofsd",
+        log_limit.clone(),
+        None,
+    );
     let deadline = Instant::now() + timeout;
     while !sockets.fs.exists() {
         if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
@@ -129,6 +134,7 @@ pub fn start_vmm(
     req: &SandboxRequest,
     sockets: &Sockets,
     timeout: Duration,
+    log_limit: &Arc<RateLimit>,
 ) -> Result<Child, LaunchError> {
     let config = &req.config;
     let program = &config.hull_vmm;
@@ -138,7 +144,7 @@ pub fn start_vmm(
         .arg("--initrd")
         .arg(&config.initrd)
         .args(["--cmdline", CMDLINE])
-        .args(["--vcpus", &config.vcpus.min(VMM_MAX_VCPUS).to_string()])
+        .args(["--vcpus", &config.vcpus.to_string()])
         .args(["--memory", &config.memory_mib.to_string()])
         .args(["--console", "stdout"])
         .arg("--vsock")
@@ -155,11 +161,18 @@ pub fn start_vmm(
         })?;
     record(&req.state_dir, child.id());
     let (ready_tx, ready_rx) = mpsc::channel();
-    log_lines(child.stderr.take(), &req.sandbox_id, "hull-vmm", None);
-    log_lines(
+    log_output(
+        child.stderr.take(),
+        &req.sandbox_id,
+        "hull-vmm",
+        log_limit.clone(),
+        None,
+    );
+    log_output(
         child.stdout.take(),
         &req.sandbox_id,
         "guest console",
+        log_limit.clone(),
         Some(ready_tx),
     );
     match ready_rx.recv_timeout(timeout) {
@@ -184,29 +197,6 @@ fn record(state_dir: &Path, pid: u32) {
     if let Err(e) = host_pids::record(state_dir, pid) {
         tracing::warn!(pid, "record host pid: {e}");
     }
-}
-
-/// Copies a child's output lines into the shim log; with `ready`, signals the
-/// agent's ready marker once.
-fn log_lines(
-    pipe: Option<impl std::io::Read + Send + 'static>,
-    sandbox: &str,
-    source: &'static str,
-    ready: Option<mpsc::Sender<()>>,
-) {
-    let Some(pipe) = pipe else { return };
-    let sandbox = sandbox.to_string();
-    std::thread::spawn(move || {
-        let mut ready = ready;
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            tracing::info!(sandbox = %sandbox, source, "{line}");
-            if line.contains(hull_protocol::READY_MARKER) {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(());
-                }
-            }
-        }
-    });
 }
 
 /// Waits up to `grace` for the child to exit, then SIGKILLs and reaps it.

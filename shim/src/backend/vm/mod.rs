@@ -2,26 +2,29 @@
 //! `virtiofsd`) and `hull-agent` inside it, driven over ttrpc on hybrid vsock.
 
 mod agent;
+mod console;
 mod hybrid;
 mod launch;
+mod oom;
+mod spec;
 mod streams;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::AgentClient;
-use oci_spec::runtime::Spec;
 
 use super::{
     host_pids, Backend, BackendError, ContainerRequest, ContainerStats, ExecRequest,
-    ProcessStreams, Result, SandboxRequest, SharedVolume, StdioWanted,
+    ProcessStreams, Result, SandboxRequest, StdioWanted,
 };
 use launch::Sockets;
+use spec::{guest_spec, PodNamespaces};
 
 /// Where the agent mounts the share in the guest.
 const GUEST_SHARE: &str = "/run/hull/shared";
@@ -42,9 +45,19 @@ struct Vm {
     state_dir: std::path::PathBuf,
     sockets: Sockets,
     client: AgentClient,
+    /// A duplicate of the client's socket: shut down to end every call in flight.
+    conn: OwnedFd,
+    /// How long a prompt agent call may take (`agent_timeout_secs`).
+    timeout: Duration,
     ports: streams::Ports,
     /// hull-vmm, then virtiofsd.
     children: Mutex<Vec<Child>>,
+}
+
+impl Vm {
+    fn prompt(&self) -> ttrpc::context::Context {
+        agent::prompt(self.timeout)
+    }
 }
 
 /// Runs a pod in a microVM.
@@ -52,8 +65,15 @@ struct Vm {
 pub struct VmBackend {
     vm: OnceLock<Vm>,
     stopped: AtomicBool,
+    /// Set once the agent stopped answering and the VM was killed for it.
+    unresponsive: AtomicBool,
     /// Guest pids from CreateContainer / ExecProcess, by (container, exec id or "").
     pids: Mutex<HashMap<(String, String), u32>>,
+    /// The pod's first container (the CRI sandbox container), whose init's
+    /// namespaces the pod's other containers may join.
+    sandbox_container: Mutex<Option<String>>,
+    /// Which OOM events reach containerd.
+    oom: Mutex<oom::Filter>,
 }
 
 fn sandbox_err(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
@@ -66,20 +86,27 @@ fn exec_key(exec_id: Option<&str>) -> String {
 
 impl VmBackend {
     fn vm(&self) -> Result<&Vm> {
+        if self.unresponsive.load(Ordering::SeqCst) {
+            return Err(BackendError::Agent(
+                "the pod's VM was stopped because its agent did not answer".into(),
+            ));
+        }
         match self.vm.get() {
             Some(vm) if !self.stopped.load(Ordering::SeqCst) => Ok(vm),
             _ => Err(BackendError::Agent("the pod's VM is not running".into())),
         }
     }
 
-    /// Whether hull-vmm has exited (or the sandbox was destroyed).
+    /// Whether hull-vmm has exited (or the sandbox was destroyed or killed).
     fn vm_gone(&self) -> bool {
         let Some(vm) = self.vm.get() else { return true };
+        if self.stopped.load(Ordering::SeqCst) || self.unresponsive.load(Ordering::SeqCst) {
+            return true;
+        }
         let mut children = vm.children.lock().unwrap_or_else(|e| e.into_inner());
-        self.stopped.load(Ordering::SeqCst)
-            || children
-                .first_mut()
-                .is_none_or(|vmm| !matches!(vmm.try_wait(), Ok(None)))
+        children
+            .first_mut()
+            .is_none_or(|vmm| !matches!(vmm.try_wait(), Ok(None)))
     }
 
     /// Whether hull-vmm is gone or goes within `grace`: its connection closes
@@ -97,18 +124,51 @@ impl VmBackend {
         }
     }
 
+    /// The agent did not answer `call` within its deadline (or its connection
+    /// broke): the pod cannot be managed any more, so its VM goes now. Every
+    /// call in flight ends (WaitProcess with [`VM_GONE_STATUS`]).
+    fn stop_unresponsive(&self, vm: &Vm, call: &str, err: &ttrpc::Error) {
+        if self.unresponsive.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::error!(sandbox = %vm.sandbox_id, call, timeout_secs = vm.timeout.as_secs(),
+            "the guest agent did not answer ({err}): killing the pod's VM");
+        // SAFETY: shutdown(2) on a socket this struct owns; it only changes the
+        // socket's state, shared with the client's duplicate.
+        unsafe { libc::shutdown(vm.conn.as_raw_fd(), libc::SHUT_RDWR) };
+        let mut children = vm.children.lock().unwrap_or_else(|e| e.into_inner());
+        for child in children.iter_mut() {
+            launch::stop(child, Duration::ZERO);
+        }
+        tracing::info!(sandbox = %vm.sandbox_id, "VM killed");
+    }
+
+    /// What namespace paths of a new container's spec may name.
+    fn pod_namespaces(&self) -> PodNamespaces {
+        let first = self
+            .sandbox_container
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        PodNamespaces {
+            task_pid: std::process::id(),
+            sandbox_init: first.and_then(|c| pids.get(&(c, String::new())).copied()),
+        }
+    }
+
     /// Binds the stdio listeners, makes the agent call (which returns the guest
     /// pid), takes the streams.
     fn with_stdio(
         &self,
         key: (String, String),
         wanted: StdioWanted,
-        call: impl FnOnce(&AgentClient, Stdio) -> Result<u32>,
+        call: impl FnOnce(&Vm, Stdio) -> Result<u32>,
     ) -> Result<ProcessStreams> {
         let vm = self.vm()?;
         let (pending, stdio) =
             streams::prepare(&vm.sockets.vsock, &vm.ports, wanted).map_err(sandbox_err)?;
-        let pid = call(&vm.client, stdio)?;
+        let pid = call(vm, stdio)?;
         self.pids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -117,31 +177,15 @@ impl VmBackend {
     }
 }
 
-/// The spec the guest gets: bind mounts of host volumes point into the share.
-fn guest_spec(spec: &Spec, volumes: &[SharedVolume]) -> Result<Vec<u8>> {
-    let mut spec = spec.clone();
-    if let Some(mounts) = spec.mounts().clone() {
-        let mounts = mounts
-            .into_iter()
-            .map(|mut m| {
-                if let Some(v) = volumes.iter().find(|v| v.destination == *m.destination()) {
-                    m.set_source(Some(Path::new(GUEST_SHARE).join(&v.path_in_share)));
-                }
-                m
-            })
-            .collect();
-        spec.set_mounts(Some(mounts));
-    }
-    serde_json::to_vec(&spec).map_err(|e| BackendError::Invalid(format!("OCI spec: {e}")))
-}
-
 impl Backend for VmBackend {
     fn create_sandbox(&self, req: &SandboxRequest) -> Result<()> {
         let sockets = Sockets::in_dir(&req.state_dir);
         sockets.remove();
+        let timeout = Duration::from_secs(req.config.agent_timeout_secs.into());
+        let log_limit = console::RateLimit::for_pod();
         let mut virtiofsd =
-            launch::start_virtiofsd(req, &sockets, FS_TIMEOUT).map_err(sandbox_err)?;
-        let mut vmm = match launch::start_vmm(req, &sockets, BOOT_TIMEOUT) {
+            launch::start_virtiofsd(req, &sockets, FS_TIMEOUT, &log_limit).map_err(sandbox_err)?;
+        let mut vmm = match launch::start_vmm(req, &sockets, BOOT_TIMEOUT, &log_limit) {
             Ok(vmm) => vmm,
             Err(e) => {
                 launch::stop(&mut virtiofsd, Duration::ZERO);
@@ -150,16 +194,16 @@ impl Backend for VmBackend {
                 return Err(sandbox_err(e));
             }
         };
-        let booted = agent::connect(&sockets.vsock).and_then(|client| {
+        let booted = agent::connect(&sockets.vsock, timeout).and_then(|(client, conn)| {
             let mut create = CreateSandboxRequest::new();
             create.sandbox_id = req.sandbox_id.clone();
             create.shared_fs_tag = launch::SHARE_TAG.into();
             client
-                .create_sandbox(agent::prompt(), &create)
+                .create_sandbox(agent::prompt(timeout), &create)
                 .map_err(agent::map("CreateSandbox"))?;
-            Ok(client)
+            Ok((client, conn))
         });
-        let client = match booted {
+        let (client, conn) = match booted {
             Ok(client) => client,
             Err(e) => {
                 launch::stop(&mut vmm, Duration::ZERO);
@@ -175,6 +219,8 @@ impl Backend for VmBackend {
             state_dir: req.state_dir.clone(),
             sockets,
             client,
+            conn,
+            timeout,
             ports: streams::Ports::default(),
             children: Mutex::new(vec![vmm, virtiofsd]),
         };
@@ -184,33 +230,38 @@ impl Backend for VmBackend {
     }
 
     fn create_container(&self, req: &ContainerRequest<'_>) -> Result<ProcessStreams> {
-        let spec = guest_spec(req.spec, req.volumes)?;
+        let spec = guest_spec(req.spec, req.volumes, self.pod_namespaces())?;
         let key = (req.container_id.to_string(), String::new());
-        self.with_stdio(key, req.stdio, |client, stdio| {
+        let streams = self.with_stdio(key, req.stdio, |vm, stdio| {
             let mut create = CreateContainerRequest::new();
             create.container_id = req.container_id.into();
             create.oci_spec_json = spec;
             create.rootfs = format!("{GUEST_SHARE}/{}", req.rootfs_in_share);
             create.stdio = Some(stdio).into();
-            client
-                .create_container(agent::prompt(), &create)
+            vm.client
+                .create_container(vm.prompt(), &create)
                 .map(|r| r.pid)
                 .map_err(agent::map("CreateContainer"))
-        })
+        })?;
+        self.sandbox_container
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| req.container_id.to_string());
+        Ok(streams)
     }
 
     fn exec(&self, req: &ExecRequest<'_>) -> Result<ProcessStreams> {
         let process = serde_json::to_vec(req.process)
             .map_err(|e| BackendError::Invalid(format!("OCI process: {e}")))?;
         let key = (req.container_id.to_string(), req.exec_id.to_string());
-        self.with_stdio(key, req.stdio, |client, stdio| {
+        self.with_stdio(key, req.stdio, |vm, stdio| {
             let mut exec = ExecProcessRequest::new();
             exec.container_id = req.container_id.into();
             exec.exec_id = req.exec_id.into();
             exec.oci_process_json = process;
             exec.stdio = Some(stdio).into();
-            client
-                .exec_process(agent::prompt(), &exec)
+            vm.client
+                .exec_process(vm.prompt(), &exec)
                 .map(|r| r.pid)
                 .map_err(agent::map("ExecProcess"))
         })
@@ -234,7 +285,7 @@ impl Backend for VmBackend {
             let mut start = StartContainerRequest::new();
             start.container_id = container_id.into();
             vm.client
-                .start_container(agent::prompt(), &start)
+                .start_container(vm.prompt(), &start)
                 .map_err(agent::map("StartContainer"))?;
         }
         Ok(pid)
@@ -263,16 +314,29 @@ impl Backend for VmBackend {
         signal: u32,
         all: bool,
     ) -> Result<()> {
+        if self.unresponsive.load(Ordering::SeqCst) {
+            // The killed VM took every process with it.
+            return Ok(());
+        }
         let vm = self.vm()?;
         let mut req = SignalProcessRequest::new();
         req.container_id = container_id.into();
         req.exec_id = exec_key(exec_id);
         req.signal = signal;
         req.all = all;
-        vm.client
-            .signal_process(agent::prompt(), &req)
-            .map(drop)
-            .map_err(agent::map("SignalProcess"))
+        let started = Instant::now();
+        match vm.client.signal_process(vm.prompt(), &req) {
+            Ok(_) => Ok(()),
+            // No answer: the VM goes, and with it every process of the pod
+            // (unless the connection broke because the VM is already gone).
+            Err(e) if agent::unanswered(&e) => {
+                if started.elapsed() >= vm.timeout || !self.vm_gone_within(Duration::from_secs(2)) {
+                    self.stop_unresponsive(vm, "SignalProcess", &e);
+                }
+                Ok(())
+            }
+            Err(e) => Err(agent::map("SignalProcess")(e)),
+        }
     }
 
     fn resize_pty(
@@ -289,7 +353,7 @@ impl Backend for VmBackend {
         req.cols = cols;
         req.rows = rows;
         vm.client
-            .resize_pty(agent::prompt(), &req)
+            .resize_pty(vm.prompt(), &req)
             .map(drop)
             .map_err(agent::map("ResizePty"))
     }
@@ -300,7 +364,7 @@ impl Backend for VmBackend {
         req.container_id = container_id.into();
         req.exec_id = exec_key(exec_id);
         vm.client
-            .close_stdin(agent::prompt(), &req)
+            .close_stdin(vm.prompt(), &req)
             .map(drop)
             .map_err(agent::map("CloseStdin"))
     }
@@ -310,7 +374,7 @@ impl Backend for VmBackend {
         let mut req = ListPidsRequest::new();
         req.container_id = container_id.into();
         vm.client
-            .list_pids(agent::prompt(), &req)
+            .list_pids(vm.prompt(), &req)
             .map(|r| r.pids)
             .map_err(agent::map("ListPids"))
     }
@@ -321,7 +385,7 @@ impl Backend for VmBackend {
         req.container_id = container_id.into();
         let st = vm
             .client
-            .stats(agent::prompt(), &req)
+            .stats(vm.prompt(), &req)
             .map_err(agent::map("Stats"))?;
         Ok(ContainerStats {
             pids: st.pids.current,
@@ -336,7 +400,7 @@ impl Backend for VmBackend {
         let mut req = PauseContainerRequest::new();
         req.container_id = container_id.into();
         vm.client
-            .pause_container(agent::prompt(), &req)
+            .pause_container(vm.prompt(), &req)
             .map(|_| ())
             .map_err(agent::map("PauseContainer"))
     }
@@ -346,25 +410,42 @@ impl Backend for VmBackend {
         let mut req = ResumeContainerRequest::new();
         req.container_id = container_id.into();
         vm.client
-            .resume_container(agent::prompt(), &req)
+            .resume_container(vm.prompt(), &req)
             .map(|_| ())
             .map_err(agent::map("ResumeContainer"))
     }
 
     fn remove_container(&self, container_id: &str) -> Result<()> {
-        let vm = self.vm()?;
+        self.oom
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(container_id);
         self.pids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(c, _), _| c != container_id);
+        if self.unresponsive.load(Ordering::SeqCst) {
+            // The killed VM took the container with it.
+            return Ok(());
+        }
+        let vm = self.vm()?;
         let mut req = RemoveContainerRequest::new();
         req.container_id = container_id.into();
-        match vm.client.remove_container(agent::prompt(), &req) {
+        let started = Instant::now();
+        match vm.client.remove_container(vm.prompt(), &req) {
             Ok(_) => Ok(()),
             // A dead VM took the container with it: nothing is left to remove.
-            Err(e) if self.vm_gone_within(Duration::from_secs(2)) => {
+            Err(e)
+                if started.elapsed() < vm.timeout
+                    && self.vm_gone_within(Duration::from_secs(2)) =>
+            {
                 tracing::info!(sandbox = %vm.sandbox_id, container = %container_id,
                     "the VM is gone, so is the container: {e}");
+                Ok(())
+            }
+            // No answer: the VM goes, and the container with it.
+            Err(e) if agent::unanswered(&e) => {
+                self.stop_unresponsive(vm, "RemoveContainer", &e);
                 Ok(())
             }
             Err(e) => Err(agent::map("RemoveContainer")(e)),
@@ -375,15 +456,38 @@ impl Backend for VmBackend {
         let mut req = OomEventRequest::new();
         req.timeout_ms = OOM_POLL_MS;
         loop {
+            let wait = self
+                .oom
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pace(Instant::now());
+            std::thread::sleep(wait);
             let vm = self.vm().ok()?;
-            match vm.client.oom_event(agent::prompt(), &req) {
-                Ok(r) if !r.container_id.is_empty() => return Some(r.container_id),
-                Ok(_) => {}
+            let id = match vm.client.oom_event(vm.prompt(), &req) {
+                Ok(r) if !r.container_id.is_empty() => r.container_id,
+                Ok(_) => continue,
                 Err(_) if self.vm_gone() => return None,
                 Err(e) => {
                     tracing::warn!(sandbox = %vm.sandbox_id, "OomEvent: {e}");
                     std::thread::sleep(Duration::from_millis(u64::from(OOM_POLL_MS)));
+                    continue;
                 }
+            };
+            let member = self
+                .pids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&(id.clone(), String::new()));
+            let mut filter = self.oom.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let admitted = filter.admit(&id, member, now);
+            if let Some((foreign, coalesced)) = filter.warning(now) {
+                tracing::warn!(sandbox = %vm.sandbox_id, foreign, coalesced,
+                    "OOM events dropped: {foreign} for containers not in this pod, \
+                     {coalesced} repeats within {} ms", oom::COALESCE.as_millis());
+            }
+            if admitted {
+                return Some(id);
             }
         }
     }
@@ -395,15 +499,19 @@ impl Backend for VmBackend {
         let Some(vm) = self.vm.get() else {
             return Ok(());
         };
-        let _ = vm
-            .client
-            .destroy_sandbox(agent::prompt(), &DestroySandboxRequest::new());
+        // A VM killed for a hung agent has nothing left to power off.
+        let mut grace = Duration::ZERO;
+        if !self.unresponsive.load(Ordering::SeqCst) {
+            let _ = vm
+                .client
+                .destroy_sandbox(vm.prompt(), &DestroySandboxRequest::new());
+            grace = POWEROFF_GRACE;
+        }
         let mut children = vm.children.lock().unwrap_or_else(|e| e.into_inner());
-        let mut grace = POWEROFF_GRACE;
         for child in children.iter_mut() {
             launch::stop(child, grace);
             // virtiofsd ends once the VMM hung up; it gets a short grace only.
-            grace = Duration::from_secs(2);
+            grace = grace.min(Duration::from_secs(2));
         }
         vm.sockets.remove();
         host_pids::clear(&vm.state_dir);
@@ -421,37 +529,6 @@ impl Drop for VmBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{MountBuilder, SpecBuilder};
-
-    #[test]
-    fn volumes_are_bound_from_the_guest_share() {
-        let mounts = vec![
-            MountBuilder::default()
-                .destination("/proc")
-                .typ("proc")
-                .source("proc")
-                .build()
-                .unwrap(),
-            MountBuilder::default()
-                .destination("/data")
-                .typ("bind")
-                .source("/srv/data")
-                .options(vec!["rbind".to_string(), "ro".to_string()])
-                .build()
-                .unwrap(),
-        ];
-        let spec = SpecBuilder::default().mounts(mounts).build().unwrap();
-        let volumes = [SharedVolume {
-            destination: "/data".into(),
-            path_in_share: ".volumes/c1/0".into(),
-            readonly: true,
-        }];
-        let json: serde_json::Value =
-            serde_json::from_slice(&guest_spec(&spec, &volumes).unwrap()).unwrap();
-        let mounts = json["mounts"].as_array().unwrap();
-        assert_eq!(mounts[0]["source"], "proc");
-        assert_eq!(mounts[1]["source"], "/run/hull/shared/.volumes/c1/0");
-    }
 
     #[test]
     fn calls_before_the_sandbox_are_refused() {
@@ -459,5 +536,120 @@ mod tests {
         assert!(backend.pids("c1").is_err());
         assert!(backend.next_oom().is_none());
         backend.destroy_sandbox().unwrap();
+    }
+
+    /// A VM whose "agent" is a Unix socket that reads every request and never
+    /// answers, and whose hull-vmm and virtiofsd are `sleep` processes.
+    fn hung_vm(
+        dir: &std::path::Path,
+        timeout: Duration,
+    ) -> (VmBackend, std::thread::JoinHandle<()>) {
+        use std::io::Read;
+        use std::os::fd::IntoRawFd;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while matches!(theirs.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        let conn = OwnedFd::from(ours.try_clone().unwrap());
+        let client = AgentClient::new(ttrpc::Client::new(ours.into_raw_fd()).unwrap());
+        let sleeper = || {
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap()
+        };
+        let vm = Vm {
+            sandbox_id: "hung".into(),
+            state_dir: dir.to_path_buf(),
+            sockets: Sockets::in_dir(dir),
+            client,
+            conn,
+            timeout,
+            ports: streams::Ports::default(),
+            children: Mutex::new(vec![sleeper(), sleeper()]),
+        };
+        let backend = VmBackend::default();
+        assert!(backend.vm.set(vm).is_ok());
+        backend
+            .pids
+            .lock()
+            .unwrap()
+            .insert(("c1".into(), String::new()), 1);
+        (backend, agent)
+    }
+
+    #[test]
+    fn a_hung_agent_gets_its_vm_killed_on_kill_within_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = Duration::from_secs(1);
+        let (backend, agent) = hung_vm(dir.path(), timeout);
+        let backend = std::sync::Arc::new(backend);
+        // A waiter blocked on WaitProcess (no deadline) and a hung Stats call.
+        let waiter = {
+            let b = backend.clone();
+            std::thread::spawn(move || b.wait("c1", None))
+        };
+        let stats = {
+            let b = backend.clone();
+            std::thread::spawn(move || b.stats("c1"))
+        };
+        let started = Instant::now();
+        backend.signal("c1", None, 15, false).unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= timeout && took < timeout + Duration::from_secs(2),
+            "kill returned after {took:?}"
+        );
+        let vm = backend.vm.get().unwrap();
+        for child in vm.children.lock().unwrap().iter_mut() {
+            assert!(
+                matches!(child.try_wait(), Ok(Some(_))),
+                "hull-vmm and virtiofsd stand-ins are killed and reaped"
+            );
+        }
+        assert_eq!(waiter.join().unwrap().unwrap(), VM_GONE_STATUS);
+        assert!(stats.join().unwrap().is_err(), "the hung call ends too");
+        assert!(started.elapsed() < timeout + Duration::from_secs(6));
+        // Afterwards: errors at once, Kill and Delete succeed, teardown is quick.
+        let quick = Instant::now();
+        assert!(backend.pids("c1").is_err());
+        backend.signal("c1", None, 9, true).unwrap();
+        backend.remove_container("c1").unwrap();
+        backend.destroy_sandbox().unwrap();
+        assert!(
+            quick.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            quick.elapsed()
+        );
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn a_hung_agent_gets_its_vm_killed_on_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = Duration::from_secs(1);
+        let (backend, _agent) = hung_vm(dir.path(), timeout);
+        let started = Instant::now();
+        backend.remove_container("c1").unwrap();
+        assert!(started.elapsed() < timeout + Duration::from_secs(2));
+        assert!(backend.unresponsive.load(Ordering::SeqCst));
+        assert!(backend.vm_gone());
+        backend.destroy_sandbox().unwrap();
+    }
+
+    #[test]
+    fn the_sandbox_init_is_the_first_containers_guest_pid() {
+        let backend = VmBackend::default();
+        backend
+            .pids
+            .lock()
+            .unwrap()
+            .insert(("c1".into(), String::new()), 5);
+        let ns = backend.pod_namespaces();
+        assert_eq!(ns.task_pid, std::process::id());
+        assert_eq!(ns.sandbox_init, None, "no sandbox container recorded yet");
+        *backend.sandbox_container.lock().unwrap() = Some("c1".into());
+        assert_eq!(backend.pod_namespaces().sandbox_init, Some(5));
     }
 }

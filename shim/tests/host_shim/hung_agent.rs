@@ -1,0 +1,250 @@
+//! The product (VM) backend through a real containerd, against an agent that
+//! stops answering (issue 16, hole 6). hull-vmm and virtiofsd are stand-in
+//! scripts (the first prints the agent's ready marker and points the pod's
+//! vsock socket at this test's agent); the agent is a ttrpc server in this
+//! process that answers the calls a container needs to start and never
+//! answers SignalProcess, WaitProcess, OomEvent, RemoveContainer or
+//! DestroySandbox.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hull_protocol::agent::*;
+use hull_protocol::agent_ttrpc::{create_agent, Agent};
+use ttrpc::TtrpcContext;
+
+use super::{Lab, IMAGE, RUNTIME};
+
+/// The shim's deadline for agent calls in this test (`agent_timeout_secs`).
+const AGENT_TIMEOUT_SECS: u64 = 2;
+
+/// Answers what a container needs to run; hangs on everything that stops one.
+struct HungAgent;
+
+fn hang() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+impl Agent for HungAgent {
+    fn version(&self, _: &TtrpcContext, _: VersionRequest) -> ttrpc::Result<VersionResponse> {
+        let mut r = VersionResponse::new();
+        r.api_version = hull_protocol::API_VERSION.into();
+        r.agent_version = "hung-agent stand-in".into();
+        Ok(r)
+    }
+    fn create_sandbox(&self, _: &TtrpcContext, _: CreateSandboxRequest) -> ttrpc::Result<Empty> {
+        Ok(Empty::new())
+    }
+    fn create_container(
+        &self,
+        _: &TtrpcContext,
+        _: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        let mut r = CreateContainerResponse::new();
+        r.pid = 1;
+        Ok(r)
+    }
+    fn start_container(&self, _: &TtrpcContext, _: StartContainerRequest) -> ttrpc::Result<Empty> {
+        Ok(Empty::new())
+    }
+    fn signal_process(&self, _: &TtrpcContext, _: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        hang()
+    }
+    fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        _: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        hang()
+    }
+    fn oom_event(&self, _: &TtrpcContext, _: OomEventRequest) -> ttrpc::Result<OomEventResponse> {
+        hang()
+    }
+    fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        _: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        hang()
+    }
+    fn destroy_sandbox(&self, _: &TtrpcContext, _: DestroySandboxRequest) -> ttrpc::Result<Empty> {
+        hang()
+    }
+}
+
+/// Serves the stand-in agent: `front` takes the shim's hybrid-vsock
+/// connections (`CONNECT <port>` → `OK <n>`) and relays them to the ttrpc server.
+fn serve(dir: &Path) -> (ttrpc::Server, std::path::PathBuf) {
+    let inner = dir.join("agent-ttrpc.sock");
+    let mut server = ttrpc::Server::new()
+        .bind(&format!("unix://{}", inner.display()))
+        .unwrap()
+        .register_service(create_agent(Arc::new(HungAgent)))
+        .set_thread_count_max(256);
+    server.start().unwrap();
+    let front = dir.join("agent.sock");
+    let listener = UnixListener::bind(&front).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let inner = inner.clone();
+            std::thread::spawn(move || relay(conn, &inner));
+        }
+    });
+    (server, front)
+}
+
+fn relay(mut conn: UnixStream, inner: &Path) {
+    let mut line = Vec::new();
+    let mut reader = BufReader::with_capacity(1, &conn);
+    if reader.read_until(b'\n', &mut line).is_err() || conn.write_all(b"OK 1\n").is_err() {
+        return;
+    }
+    let Ok(agent) = UnixStream::connect(inner) else {
+        return;
+    };
+    let (mut a, mut b) = (agent.try_clone().unwrap(), conn.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut b, &mut a);
+        let _ = a.shutdown(std::net::Shutdown::Both);
+    });
+    let (mut a, mut c) = (agent, conn);
+    let _ = std::io::copy(&mut a, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Both);
+}
+
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            != Some("Z")
+    })
+}
+
+#[test]
+fn a_hung_agent_does_not_stall_state_and_kill_stops_its_vm_in_bounded_time() {
+    let dir = std::path::PathBuf::from(format!("/tmp/hull-hung-agent.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_server, front) = serve(&dir);
+    let vmm = dir.join("hull-vmm");
+    let virtiofsd = dir.join("virtiofsd");
+    // `--vsock 3,<path>`: the pod's vsock socket becomes a link to the agent.
+    script(
+        &vmm,
+        &format!(
+            "while [ $# -gt 0 ]; do [ \"$1\" = --vsock ] && ln -s {front} \"${{2#*,}}\"; shift; done\n\
+             echo {marker}\nexec sleep 1001\n",
+            front = front.display(),
+            marker = hull_protocol::READY_MARKER
+        ),
+    );
+    script(
+        &virtiofsd,
+        "while [ $# -gt 0 ]; do [ \"$1\" = --socket-path ] && : > \"$2\"; shift; done\n\
+         exec sleep 1002\n",
+    );
+    let config = format!(
+        "hull_vmm = {vmm:?}\nvirtiofsd = {virtiofsd:?}\nkernel = \"/nonexistent/vmlinux\"\n\
+         initrd = \"/nonexistent/initrd\"\nagent_timeout_secs = {AGENT_TIMEOUT_SECS}\n"
+    );
+    let lab = Lab::start_with("hung", "vm", &config);
+    lab.ctr_ok(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "h1",
+        "sleep",
+        "100",
+    ]);
+    let shims = lab.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let tasks = lab.ctr_ok(&["task", "ls"]);
+    let shim_pid = shims[0].to_string();
+    assert!(
+        tasks.lines().any(|l| l
+            .split_whitespace()
+            .eq(["h1", shim_pid.as_str(), "RUNNING"])),
+        "the task runs with the shim's pid {shim_pid}: {tasks}"
+    );
+    let recorded = std::fs::read_to_string(lab.dir.join("run/h1/host-pids")).unwrap();
+    let host_pids: Vec<String> = recorded
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(host_pids.len(), 2, "hull-vmm and virtiofsd: {recorded}");
+    assert!(host_pids.iter().all(|p| alive(p)));
+
+    // Kill hangs in the agent; State answers meanwhile.
+    let kill = {
+        let sock = lab.dir.join("c.sock");
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let out = Command::new("timeout")
+                .args(["60", "ctr", "-a", sock.to_str().unwrap(), "-n", "hulltest"])
+                .args(["task", "kill", "-s", "KILL", "h1"])
+                .output()
+                .unwrap();
+            (out, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let state_started = Instant::now();
+    let tasks = lab.ctr_ok(&["task", "ls"]);
+    let state_took = state_started.elapsed();
+    assert!(tasks.contains("h1"), "{tasks}");
+    assert!(
+        state_took < Duration::from_secs(AGENT_TIMEOUT_SECS),
+        "State took {state_took:?} while Kill hung"
+    );
+    let (out, kill_took) = kill.join().unwrap();
+    assert!(
+        out.status.success(),
+        "kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bound = Duration::from_secs(AGENT_TIMEOUT_SECS + 2);
+    assert!(
+        kill_took < bound,
+        "Kill returned after {kill_took:?}, bound {bound:?}"
+    );
+    println!(
+        "hung agent: State answered in {state_took:?}, Kill returned in {kill_took:?} (agent timeout {AGENT_TIMEOUT_SECS} s)"
+    );
+    for pid in &host_pids {
+        assert!(
+            !alive(pid),
+            "stand-in {pid} (hull-vmm or virtiofsd) still runs"
+        );
+    }
+    // The task exits with a status; Delete answers at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.ctr_ok(&["task", "ls"]).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "h1 did not stop\n{}", lab.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    lab.ctr_ok(&["task", "delete", "h1"]);
+    assert!(started.elapsed() < Duration::from_secs(AGENT_TIMEOUT_SECS));
+    lab.ctr_ok(&["containers", "rm", "h1"]);
+    lab.assert_clean();
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
