@@ -184,7 +184,7 @@ fn a_hung_agent_does_not_stall_state_and_kill_stops_its_vm_in_bounded_time() {
             .eq(["h1", shim_pid.as_str(), "RUNNING"])),
         "the task runs with the shim's pid {shim_pid}: {tasks}"
     );
-    let recorded = std::fs::read_to_string(lab.dir.join("run/h1/host-pids")).unwrap();
+    let recorded = std::fs::read_to_string(lab.dir.join("run/hulltest/h1/host-pids")).unwrap();
     let host_pids: Vec<String> = recorded
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
