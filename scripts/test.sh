@@ -46,12 +46,12 @@ if [[ $tier == lab || $tier == all ]]; then
     bins=$(cargo test --workspace --no-run --message-format=json 2>/dev/null \
         | jq -r 'select(.reason=="compiler-artifact" and .executable!=null and (.target.kind|index("test")) and (.target.name|test("^lab(_|$)"))) | .executable')
     # Left out of the test command, with its reason (counted as skipped):
-    # pjdfstest + stress under Hull hung the lab VM idle in the 2026-11-30
+    # pjdfstest + stress hung the lab VM idle in the 2026-11-30
     # run (cause not found yet); HULL_LAB_FULL=1 runs it.
     skip=()
     if [[ "${HULL_LAB_FULL:-}" != 1 ]]; then
         skip=(--skip lab_fs_pjdfstest_and_stress_on_root_and_volume_match_runc)
-        echo "skipped: lab_fs_pjdfstest_and_stress_on_root_and_volume_match_runc (hung under Hull on 2026-11-30, cause open; HULL_LAB_FULL=1 runs it)"
+        echo "skipped: lab_fs_pjdfstest_and_stress_on_root_and_volume_match_runc (hung the lab on 2026-11-30, cause open; HULL_LAB_FULL=1 runs it)"
     fi
     runner="$root/target/lab-run.sh"
     {
