@@ -40,8 +40,9 @@ if [[ $tier == lab || $tier == all ]]; then
     HULL_KERNEL="$(kernel-config/build.sh)/vmlinux"
     HULL_INITRD="$(rootfs/build.sh)"
     export HULL_KERNEL HULL_INITRD
-    # The stress tool the fs_conformance lab tests bring into containers.
-    cargo build --quiet -p hull-fscheck --release --target x86_64-unknown-linux-musl
+    # Static tools the lab tests bring into containers: the file-system stress
+    # cases (fs_conformance) and the vsock attacker (hostile_guest).
+    cargo build --quiet -p hull-fscheck -p hull-hostile --release --target x86_64-unknown-linux-musl
     # Lab test targets are named lab or lab_*; their tests are #[ignore = "lab: ..."].
     bins=$(cargo test --workspace --no-run --message-format=json 2>/dev/null \
         | jq -r 'select(.reason=="compiler-artifact" and .executable!=null and (.target.kind|index("test")) and (.target.name|test("^lab(_|$)"))) | .executable')
