@@ -488,12 +488,11 @@ fn hull_binary(name: &str, path: &Path) -> Finding {
     }
     let line = match first_line(path, &["--version"]) {
         Ok(line) => line,
-        Err(e) => return Finding::fail(
-            format!(
-                "{name}: no answer to --version ({e}): a build older than this one, or not {name}"
-            ),
-            reinstall,
-        ),
+        Err(e) => {
+            let what =
+                format!("{name}: no answer to --version ({e}), an older build or not {name}");
+            return Finding::fail(what, reinstall);
+        }
     };
     let ours = format!("{name} {}", env!("CARGO_PKG_VERSION"));
     let commit = format!("(commit {})", env!("HULL_COMMIT"));
