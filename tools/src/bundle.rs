@@ -1,7 +1,8 @@
 //! The diagnostics bundle (`hull-check bundle`): one tar.gz with what a bug report
 //! about a pod (or the node) needs: Hull's config, versions, the node check, the
 //! pods' state directory listings (names, modes and sizes only: no file contents,
-//! and nothing below the share's top level), their host processes and VMM figures,
+//! and two levels deep at most, so the share shows container ids, never their
+//! files), their host processes and VMM figures,
 //! and their lines from containerd's log. No environment values and no container
 //! data are collected.
 
@@ -16,8 +17,10 @@ use anyhow::{bail, Context};
 use crate::pods::{self, Pod};
 use crate::vmm_stats;
 
-/// The shared directory in a pod's state directory (container rootfs and volumes).
-const SHARED: &str = "shared";
+/// Levels of the pod directory listed: its entries and theirs. The share
+/// (`shared`, `share-root`) holds container ids at the second level and the
+/// containers' files below, which stay out.
+const MAX_DEPTH: usize = 2;
 /// Most entries listed per pod.
 const MAX_ENTRIES: usize = 5000;
 /// Most log lines kept (the newest).
@@ -123,7 +126,7 @@ fn readme(opts: &Options, node: &Node, pods: &[Pod]) -> String {
          versions.txt: --version of Hull's binaries, containerd and virtiofsd\n\
          node-check.txt: hull-check's findings\n\
          config.toml: Hull's configuration file\n\
-         pods/<namespace>/<pod>/listing.txt: the pod's state directory (mode, size, name; no contents)\n\
+         pods/<namespace>/<pod>/listing.txt: the pod's state directory (mode, size, name, two levels deep; no contents)\n\
          pods/<namespace>/<pod>/vmm.txt: the pod's host processes and hull-vmm's figures\n\
          containerd.log: containerd's log lines naming the pod (or \"hull\" for the node)\n\n",
     );
@@ -149,19 +152,19 @@ fn config_text(path: &Path) -> String {
     })
 }
 
-/// `mode size path` for everything in the pod directory; the share is listed one
-/// level deep only (container ids), never its contents.
+/// `mode size path` for the pod directory's entries, [`MAX_DEPTH`] levels deep:
+/// the share shows its container ids, never their contents.
 pub fn listing(dir: &Path) -> String {
     let mut out = String::new();
     let mut count = 0;
-    walk(dir, dir, &mut out, &mut count);
+    walk(dir, dir, 1, &mut out, &mut count);
     if count >= MAX_ENTRIES {
         let _ = writeln!(out, "(stopped after {MAX_ENTRIES} entries)");
     }
     out
 }
 
-fn walk(base: &Path, dir: &Path, out: &mut String, count: &mut usize) {
+fn walk(base: &Path, dir: &Path, depth: usize, out: &mut String, count: &mut usize) {
     let mut entries: Vec<_> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(Result::ok).collect(),
         Err(e) => {
@@ -187,10 +190,8 @@ fn walk(base: &Path, dir: &Path, out: &mut String, count: &mut usize) {
             meta.size(),
             rel.display()
         );
-        // The share itself is listed, its entries too, but nothing below them.
-        let below_share = rel.starts_with(SHARED) && rel != Path::new(SHARED);
-        if meta.is_dir() && !below_share {
-            walk(base, &path, out, count);
+        if meta.is_dir() && depth < MAX_DEPTH {
+            walk(base, &path, depth + 1, out, count);
         }
     }
 }
@@ -218,7 +219,7 @@ fn vmm_figures(pod: &Pod) -> String {
             let _ = writeln!(out, "vmm {s:?}");
         }
         Err(e) => {
-            let _ = writeln!(out, "vmm: no figures ({e})");
+            let _ = writeln!(out, "vmm: no figures ({})", crate::check::error_chain(&e));
         }
     }
     out
@@ -282,10 +283,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("shared/c1/rootfs/etc")).unwrap();
         std::fs::write(dir.path().join("shared/c1/rootfs/etc/passwd"), "root:x:0:0").unwrap();
+        std::fs::create_dir_all(dir.path().join("share-root/c1/rootfs")).unwrap();
         std::fs::write(dir.path().join("host-pids"), "1 2\n").unwrap();
         let text = listing(dir.path());
         assert!(text.contains(" host-pids\n"), "{text}");
         assert!(text.contains(" shared/c1\n"), "{text}");
+        assert!(text.contains(" share-root/c1\n"), "{text}");
         assert!(!text.contains("rootfs"), "{text}");
         assert!(!text.contains("root:x"), "{text}");
     }
