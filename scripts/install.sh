@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs Hull for containerd: release binaries on containerd's PATH, the guest
+# Installs Hull for containerd: release binaries on containerd's PATH (with the
+# operator tools hull-check and hull-monitor), the guest
 # kernel and image under $PREFIX/share/hull, and /etc/hull/config.toml pointing
 # at them (kept when an administrator has edited it). Prints the containerd CRI
 # snippet for the runtime class `hull` with --print-cri. Run by `make install`.
@@ -10,9 +11,10 @@ cd "$root"
 prefix="${PREFIX:-/usr/local}"
 say() { echo "install: $*" >&2; }
 
-cargo build -q --release -p hull-vmm -p containerd-shim-hull-v2
-install -D -m 0755 target/release/hull-vmm "$prefix/bin/hull-vmm"
-install -D -m 0755 target/release/containerd-shim-hull-v2 "$prefix/bin/containerd-shim-hull-v2"
+cargo build -q --release -p hull-vmm -p containerd-shim-hull-v2 -p hull-tools
+for bin in hull-vmm containerd-shim-hull-v2 hull-check hull-monitor; do
+    install -D -m 0755 "target/release/$bin" "$prefix/bin/$bin"
+done
 install -D -m 0644 "$(kernel-config/build.sh)/vmlinux" "$prefix/share/hull/vmlinux"
 install -D -m 0644 "$(rootfs/build.sh)" "$prefix/share/hull/initramfs.cpio"
 
@@ -35,14 +37,22 @@ CFG
 else
     say "keeping $config (edited by hand)"
 fi
-say "installed hull-vmm and containerd-shim-hull-v2 in $prefix/bin, guest images in $prefix/share/hull, config $config"
+say "installed hull-vmm, containerd-shim-hull-v2, hull-check and hull-monitor in $prefix/bin, guest images in $prefix/share/hull, config $config"
 if [[ "${1:-}" == "--print-cri" ]]; then
     cat <<'SNIPPET'
-# containerd config.toml (version 2): Kubernetes RuntimeClass "hull"
+# containerd 1.6/1.7, config.toml `version = 2`: Kubernetes RuntimeClass handler "hull"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
   runtime_type = "io.containerd.hull.v2"
   pod_annotations = ["io.hull.*"]
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull.options]
     ConfigPath = "/etc/hull/config.toml"
+
+# containerd 2.x, config.toml `version = 3`: the same runtime
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.hull]
+  runtime_type = "io.containerd.hull.v2"
+  pod_annotations = ["io.hull.*"]
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.hull.options]
+    ConfigPath = "/etc/hull/config.toml"
 SNIPPET
+    echo "# then: hull-check (the node check) must print no FAIL line"
 fi

@@ -3,6 +3,7 @@
 //! Usage:
 //!   hull-agent [--listen unix:/path | vsock:PORT] [--containers-root DIR]
 //!              [--cgroup-root DIR] [--state-dir DIR]
+//!   hull-agent --version
 //!
 //! As PID 1 it mounts the guest's filesystems, starts serving on vsock port
 //! 1024 and prints the ready marker
@@ -147,6 +148,14 @@ fn run() -> anyhow::Result<()> {
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(setup::SETUP_ARG) {
         setup::main();
+    }
+    if std::process::id() != 1 && std::env::args().nth(1).as_deref() == Some("--version") {
+        println!(
+            "hull-agent {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("HULL_COMMIT")
+        );
+        return;
     }
     if let Err(e) = run() {
         eprintln!("hull-agent: {e:#}");

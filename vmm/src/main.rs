@@ -27,6 +27,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn main() {
     init_logs();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--version") {
+        println!(
+            "hull-vmm {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("HULL_COMMIT")
+        );
+        return;
+    }
     let cfg = match config::parse_args(&args) {
         Ok(Command::Help) => {
             print!("{}", config::HELP);

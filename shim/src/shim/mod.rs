@@ -1,7 +1,8 @@
 //! The shim process around the Task service: the `start` and `delete`
-//! subcommands, serving ttrpc, and logging to containerd's log FIFO.
+//! subcommands, the `-info` probe, serving ttrpc, and logging to containerd's log FIFO.
 
 pub mod cleanup;
+pub mod info;
 mod logging;
 pub mod serve;
 pub mod start;
