@@ -89,6 +89,15 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
                 "--memory".into(),
                 "100000000".into(),
             ],
+            "memory_mib = 100000000: must be 16 to 262144",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                junk.display().to_string(),
+                "--memory".into(),
+                "262144".into(),
+            ],
             "exceeds host RAM",
         ),
     ];
