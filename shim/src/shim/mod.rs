@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 mod logging;
+pub(crate) use logging::enable_debug;
 pub mod serve;
 pub mod start;
 
