@@ -5,9 +5,15 @@ use hull_vmm::builder;
 use hull_vmm::config::{self, Command};
 use hull_vmm::exit::EXIT_USAGE;
 
-/// Logs on stderr: `HULL_LOG` if set, else debug with `"debug": true` in the VM config, else warn.
+/// The filter of `"debug": true`: everything at debug level but the vsock
+/// device's per-packet lines, which would spend the pod's log budget in the
+/// shim (`HULL_LOG=debug` shows them too).
+const DEBUG_FILTER: &str = "debug,hull_vmm::devices::virtio::vsock=info";
+
+/// Logs on stderr: `HULL_LOG` if set, else [`DEBUG_FILTER`] with `"debug": true`
+/// in the VM config, else warn.
 fn init_logs(debug: bool) {
-    let level = if debug { "debug" } else { "warn" };
+    let level = if debug { DEBUG_FILTER } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
