@@ -10,6 +10,16 @@ use tracing_subscriber::fmt::MakeWriter;
 /// Kernel command-line key naming the host vsock port for the log stream.
 pub const LOG_PORT_KEY: &str = "hull.log_port=";
 
+/// The default log level: `debug` when the kernel command line carries
+/// [`hull_protocol::vm::DEBUG_CMDLINE_WORD`] (the shim's `debug = true`), else `info`.
+pub fn level(cmdline: &str) -> &'static str {
+    if hull_protocol::vm::cmdline_wants_debug(cmdline) {
+        "debug"
+    } else {
+        "info"
+    }
+}
+
 /// Writes every log line to stderr and, if connected, to the vsock stream.
 #[derive(Clone, Default)]
 pub struct Sink {
@@ -70,6 +80,14 @@ impl<'a> MakeWriter<'a> for Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_debug_word_sets_the_level() {
+        let cmdline = hull_protocol::vm::guest_cmdline(true);
+        assert_eq!(level(&cmdline), "debug");
+        assert_eq!(level(&hull_protocol::vm::guest_cmdline(false)), "info");
+        assert_eq!(level(""), "info");
+    }
 
     #[test]
     fn no_port_no_stream() {

@@ -17,7 +17,9 @@
 //! and `hull.log_port=PORT` (also send logs on a vsock stream to that host port),
 //! `hull.containers_root=DIR` (rootfs paths must lie under DIR instead of
 //! /run/hull/shared).
-//! `HULL_AGENT_LOG` sets the log filter (default `info`).
+//! `hull.debug=1` (`hull_protocol::vm::DEBUG_CMDLINE_WORD`, set by the shim
+//! for `debug = true`) turns on debug logs.
+//! `HULL_AGENT_LOG` sets the log filter (default `info`, `debug` with `hull.debug=1`).
 
 mod cgroup;
 mod channel;
@@ -110,12 +112,13 @@ fn run() -> anyhow::Result<()> {
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HULL_AGENT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| logging::level(&cmdline).into()),
         )
         .init();
     if let Some(e) = log_error {
         tracing::warn!(error = %e, "logging to the console only");
     }
+    tracing::debug!(cmdline = %cmdline.trim(), "hull-agent debug logging on");
     let args = if pid1 {
         guest_args(&cmdline)
     } else {

@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc;
+use hull_protocol::error::chain;
 use ttrpc::{Code, TtrpcContext};
 
 use crate::container::{self, ContainerError};
@@ -18,40 +19,39 @@ pub struct Service {
     pub sandbox: Arc<Sandbox>,
 }
 
-/// An error and its causes as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cur = c.source();
-    }
-    text
-}
-
 fn status(code: Code, text: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, text))
 }
 
-fn container_err(e: ContainerError) -> ttrpc::Error {
+/// The status code of a container error: the shim maps it back to the same
+/// kind for containerd (see the shim's `backend::vm::agent::map`).
+fn container_code(e: &ContainerError) -> Code {
     use ContainerError as E;
-    let code = match &e {
+    match e {
         E::NotFound(_) | E::ProcessNotFound { .. } => Code::NOT_FOUND,
         E::Exists(_) => Code::ALREADY_EXISTS,
         E::InvalidId(_) | E::Spec(_) | E::Invalid(_) | E::Path(_) => Code::INVALID_ARGUMENT,
         E::AlreadyStarted(_) | E::NoTerminal => Code::FAILED_PRECONDITION,
         _ => Code::INTERNAL,
-    };
+    }
+}
+
+fn container_err(e: ContainerError) -> ttrpc::Error {
+    let code = container_code(&e);
     let text = chain(&e);
     tracing::warn!(error = %text, "request failed");
     status(code, text)
 }
 
 fn sandbox_err(e: SandboxError) -> ttrpc::Error {
+    let code = match &e {
+        SandboxError::InvalidId(_) => Code::INVALID_ARGUMENT,
+        SandboxError::Container(c) => container_code(c),
+        _ => Code::INTERNAL,
+    };
     let text = chain(&e);
     tracing::warn!(error = %text, "sandbox request failed");
-    status(Code::INTERNAL, text)
+    status(code, text)
 }
 
 impl Service {
@@ -215,5 +215,53 @@ impl agent_ttrpc::Agent for Service {
             .remove(&req.container_id)
             .map_err(container_err)?;
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hull_protocol::ids::{validate_id, IdKind};
+
+    fn code_of(e: ttrpc::Error) -> (Code, String) {
+        match e {
+            ttrpc::Error::RpcStatus(s) => (s.code(), s.message),
+            other => panic!("not a status: {other}"),
+        }
+    }
+
+    #[test]
+    fn ids_are_checked_by_the_shared_rule() {
+        for (kind, id) in [(IdKind::Container, "a b"), (IdKind::Exec, "../x")] {
+            let e: ContainerError = validate_id(kind, id).unwrap_err().into();
+            let (code, msg) = code_of(container_err(e));
+            assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+            assert!(msg.contains(&format!("{kind} id")), "{msg}");
+        }
+        let e: SandboxError = validate_id(IdKind::Sandbox, "").unwrap_err().into();
+        assert_eq!(code_of(sandbox_err(e)).0, Code::INVALID_ARGUMENT);
+    }
+
+    #[test]
+    fn error_kinds_become_their_status_codes() {
+        let (code, msg) = code_of(container_err(ContainerError::NotFound("c9".into())));
+        assert_eq!(code, Code::NOT_FOUND);
+        assert!(msg.contains("c9"), "{msg}");
+        let gone = ContainerError::ProcessNotFound {
+            id: "c1".into(),
+            exec: "e1".into(),
+        };
+        assert_eq!(code_of(container_err(gone)).0, Code::NOT_FOUND);
+        assert_eq!(
+            code_of(container_err(ContainerError::Exists("c1".into()))).0,
+            Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code_of(container_err(ContainerError::NoTerminal)).0,
+            Code::FAILED_PRECONDITION
+        );
+        // A container error inside a sandbox error keeps its kind.
+        let e = SandboxError::Container(ContainerError::NotFound("c2".into()));
+        assert_eq!(code_of(sandbox_err(e)).0, Code::NOT_FOUND);
     }
 }

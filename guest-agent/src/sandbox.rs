@@ -12,7 +12,7 @@ use crate::container::{do_remove, Container, ContainerError};
 use crate::oom::OomMonitor;
 
 /// Where the pod's shared virtio-fs directory is mounted in the guest.
-pub const SHARED_DIR: &str = "/run/hull/shared";
+pub use hull_protocol::vm::GUEST_SHARE_DIR as SHARED_DIR;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,6 +44,8 @@ pub enum SandboxError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error("removing containers")]
     Container(#[from] ContainerError),
+    #[error(transparent)]
+    InvalidId(#[from] hull_protocol::ids::InvalidId),
 }
 
 pub struct Sandbox {
@@ -95,6 +97,7 @@ impl Sandbox {
 
     pub fn create(&self, req: &CreateSandboxRequest) -> Result<(), SandboxError> {
         let sandbox = req.sandbox_id.as_str();
+        hull_protocol::ids::validate_id(hull_protocol::ids::IdKind::Sandbox, sandbox)?;
         let write = |name: &str, data: &[u8]| -> Result<(), SandboxError> {
             let path = self.config.state_dir.join(name);
             std::fs::create_dir_all(&self.config.state_dir)

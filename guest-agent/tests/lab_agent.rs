@@ -600,7 +600,7 @@ fn bad_inputs_are_refused_and_the_agent_keeps_serving() {
         .push(json!({"type": "user"}));
     assert!(rpc_message(a.create("c8", &s, none()).unwrap_err()).contains("not supported"));
     let e = a.create("../x", &good, none()).unwrap_err();
-    assert!(rpc_message(e).contains("invalid id"));
+    assert!(rpc_message(e).contains("container id \"../x\" is not valid"));
 
     // a huge frame and garbage on raw connections
     let sock = a.dir.join("agent.sock");

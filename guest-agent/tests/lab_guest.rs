@@ -182,10 +182,11 @@ fn lab_guest_agent_answers_over_vsock_and_runs_a_container() {
         .arg(kernel())
         .arg("-initrd")
         .arg(&initrd)
-        .args([
-            "-append",
-            "console=ttyS0 reboot=t panic=-1 quiet hull.containers_root=/containers",
-        ])
+        .arg("-append")
+        .arg(format!(
+            "{} hull.containers_root=/containers",
+            hull_protocol::vm::DEFAULT_CMDLINE
+        ))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start qemu-system-x86_64");

@@ -3,7 +3,15 @@
 //! Both sides depend on this crate and nothing else of each other. The agent
 //! API itself lives in `proto/agent.proto` (package `hull.agent.v1`) and is
 //! compiled to ttrpc code at build time: see [`agent`] (messages) and
-//! [`agent_ttrpc`] (client, server trait and service registration).
+//! [`agent_ttrpc`] (client, server trait and service registration). The VM
+//! configuration the shim hands to hull-vmm is [`vm`], hull-vmm's control
+//! socket protocol [`control`], the id rule [`ids`], and the one error-chain
+//! formatter [`error::chain`].
+
+pub mod control;
+pub mod error;
+pub mod ids;
+pub mod vm;
 
 /// vsock port on which the guest agent serves its ttrpc API.
 pub const AGENT_PORT: u32 = 1024;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
+use hull_protocol::vm::{self, VmConfigError};
 use serde::Deserialize;
 
 /// Where the configuration lives unless containerd's `ConfigPath` or `HULL_CONFIG` say otherwise.
@@ -13,11 +14,6 @@ pub const CONFIG_ENV: &str = "HULL_CONFIG";
 /// Prefix of the annotations Hull reads; every other `io.hull.` key is refused.
 pub const ANNOTATION_PREFIX: &str = "io.hull.";
 
-/// hull-vmm's vCPU limit: the highest `max_vcpus` an admin may set.
-pub const VMM_MAX_VCPUS: u32 = 8;
-const MIN_MEMORY_MIB: u32 = 64;
-/// The highest `max_memory_mib` an admin may set.
-const MAX_MEMORY_MIB: u32 = 256 * 1024;
 /// Bounds of `agent_timeout_secs`.
 const MIN_AGENT_TIMEOUT_SECS: u32 = 1;
 const MAX_AGENT_TIMEOUT_SECS: u32 = 3600;
@@ -37,13 +33,9 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
-    #[error("{field} = {value}: must be between {min} and {max}")]
-    OutOfRange {
-        field: &'static str,
-        value: u64,
-        min: u64,
-        max: u64,
-    },
+    /// A value outside its bounds (those of the VM come from `hull_protocol::vm`).
+    #[error(transparent)]
+    OutOfRange(#[from] VmConfigError),
     #[error(
         "{field} = {value} is above the admin ceiling {ceiling} = {max} (raise {ceiling} in the \
          config file or ask for less)"
@@ -76,7 +68,8 @@ pub struct Config {
     pub vcpus: u32,
     /// Guest memory of each pod VM, in MiB.
     pub memory_mib: u32,
-    /// Admin ceiling on `vcpus`, for the default and every annotation (at most 8, hull-vmm's limit).
+    /// Admin ceiling on `vcpus`, for the default and every annotation (at most
+    /// `hull_protocol::vm::MAX_VCPUS`, hull-vmm's limit).
     pub max_vcpus: u32,
     /// Admin ceiling on `memory_mib`, for the default and every annotation.
     pub max_memory_mib: u32,
@@ -105,7 +98,7 @@ impl Default for Config {
             initrd: PathBuf::from("/usr/local/share/hull/initramfs.cpio"),
             vcpus: 1,
             memory_mib: 512,
-            max_vcpus: VMM_MAX_VCPUS,
+            max_vcpus: vm::MAX_VCPUS.into(),
             max_memory_mib: 16 * 1024,
             agent_timeout_secs: 120,
             hull_vmm: PathBuf::from("/usr/local/bin/hull-vmm"),
@@ -163,12 +156,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        check_range("max_vcpus", self.max_vcpus, 1, VMM_MAX_VCPUS)?;
+        check_range("max_vcpus", self.max_vcpus, vm::MIN_VCPUS, vm::MAX_VCPUS)?;
         check_range(
             "max_memory_mib",
             self.max_memory_mib,
-            MIN_MEMORY_MIB,
-            MAX_MEMORY_MIB,
+            vm::MIN_POD_MEMORY_MIB,
+            vm::MAX_MEMORY_MIB,
         )?;
         check_range(
             "agent_timeout_secs",
@@ -183,11 +176,11 @@ impl Config {
             "max_memory_mib",
             self.max_memory_mib,
         )?;
-        check_range("vcpus", self.vcpus, 1, self.max_vcpus)?;
+        check_range("vcpus", self.vcpus, vm::MIN_VCPUS, self.max_vcpus)?;
         check_range(
             "memory_mib",
             self.memory_mib,
-            MIN_MEMORY_MIB,
+            vm::MIN_POD_MEMORY_MIB,
             self.max_memory_mib,
         )?;
         for (field, path) in [
@@ -266,17 +259,18 @@ impl Config {
     }
 }
 
-fn check_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::OutOfRange {
-            field,
-            value: value.into(),
-            min: min.into(),
-            max: max.into(),
-        })
-    }
+fn check_range(
+    field: &'static str,
+    value: u32,
+    min: impl Into<u64>,
+    max: impl Into<u64>,
+) -> Result<(), ConfigError> {
+    Ok(vm::check_range(
+        field,
+        value.into(),
+        min.into(),
+        max.into(),
+    )?)
 }
 
 fn check_ceiling(
@@ -342,14 +336,17 @@ mod tests {
         ));
         assert!(matches!(
             Config::parse("vcpus = 0"),
-            Err(ConfigError::OutOfRange { field: "vcpus", .. })
+            Err(ConfigError::OutOfRange(VmConfigError::OutOfRange {
+                field: "vcpus",
+                ..
+            }))
         ));
         assert!(matches!(
             Config::parse("memory_mib = 1"),
-            Err(ConfigError::OutOfRange {
+            Err(ConfigError::OutOfRange(VmConfigError::OutOfRange {
                 field: "memory_mib",
                 ..
-            })
+            }))
         ));
         assert!(matches!(
             Config::parse("kernel = \"vmlinux\""),
@@ -412,7 +409,7 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    ConfigError::Annotation { .. } | ConfigError::OutOfRange { .. }
+                    ConfigError::Annotation { .. } | ConfigError::OutOfRange(_)
                 ),
                 "{key}={value}: {err}"
             );
@@ -456,10 +453,10 @@ mod tests {
         assert!(err.to_string().contains("max_vcpus = 4"), "{err}");
         assert!(matches!(
             Config::parse("max_vcpus = 9"),
-            Err(ConfigError::OutOfRange {
+            Err(ConfigError::OutOfRange(VmConfigError::OutOfRange {
                 field: "max_vcpus",
                 ..
-            })
+            }))
         ));
         assert!(matches!(
             Config::parse("memory_mib = 32768"),

@@ -432,6 +432,35 @@ fn lab_ctr_run_kernel_exit_status_stdin_stdout_and_tty() {
     assert_clean(ctrd, "the runs");
 }
 
+/// `debug = true` (this fixture's config) reaches all three: the shim, hull-vmm
+/// through the typed VM config, and the agent through the kernel command line;
+/// each one's debug line lands in containerd's log under the pod's id.
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn lab_debug_lines_of_shim_vmm_and_agent_reach_containerds_log() {
+    let (ctrd, _one) = containerd();
+    let (out, _) = ctrd.run(HULL, "debuglines", &["true"], None);
+    assert!(out.status.success(), "ctr run: {}", text(&out.stderr));
+    let log = std::fs::read_to_string(Path::new(BASE).join("containerd/containerd.log"))
+        .unwrap_or_default();
+    let pod: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sandbox=debuglines"))
+        .collect();
+    for (who, line) in [
+        ("the shim", "shim debug logging on"),
+        ("hull-vmm", "hull-vmm debug logging on"),
+        ("the agent", "hull-agent debug logging on"),
+    ] {
+        assert!(
+            pod.iter().any(|l| l.contains(line)),
+            "no debug line of {who} ({line:?}) in containerd's log; the pod's lines:\n{}",
+            pod.join("\n")
+        );
+    }
+    assert_clean(ctrd, "the debug run");
+}
+
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn lab_task_operations_and_events_in_order() {

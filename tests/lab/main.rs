@@ -61,10 +61,11 @@ fn lab_reference_vmm_boots_hull_guest_to_ready() {
             .arg(&kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args([
-                "-append",
-                "console=ttyS0 reboot=t panic=-1 quiet hull.selftest=ready",
-            ]),
+            .arg("-append")
+            .arg(format!(
+                "{} hull.selftest=ready",
+                hull_protocol::vm::DEFAULT_CMDLINE
+            )),
         Duration::from_secs(120),
     );
     let console = run.stdout.replace('\r', "");

@@ -3,16 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-/// Default guest command line.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
-/// Default vCPU count.
-pub const DEFAULT_VCPUS: u8 = 1;
-/// Default guest memory in MiB.
-pub const DEFAULT_MEMORY_MIB: u64 = 128;
-/// Lowest CID a guest may have (0-2 are reserved by the vsock spec).
-pub const MIN_GUEST_CID: u64 = 3;
+pub use hull_protocol::vm::{
+    Console, DiskConfig, FsConfig, VmConfig, VmConfigError, VsockConfig, DEFAULT_CMDLINE,
+    DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_FS_TAG_LEN, MAX_MEMORY_MIB, MAX_VCPUS, MIN_GUEST_CID,
+    MIN_MEMORY_MIB, MIN_VCPUS,
+};
 
 /// Errors in the VM description.
 #[derive(Debug, thiserror::Error)]
@@ -26,103 +21,9 @@ pub enum Error {
     /// The JSON file is malformed.
     #[error("invalid config file {0}")]
     ParseConfig(String, #[source] serde_json::Error),
-}
-
-/// Where the serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Console {
-    /// The VMM's stdout.
-    #[default]
-    Stdout,
-    /// Dropped.
-    None,
-    /// Appended to a file (or written to a FIFO).
-    File(PathBuf),
-}
-
-/// The vsock device.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    /// The guest's CID.
-    #[serde(default = "default_cid")]
-    pub cid: u64,
-    /// Unix socket the host connects to; guest connections to host port P go to `<uds>_P`.
-    pub uds: PathBuf,
-}
-
-fn default_cid() -> u64 {
-    MIN_GUEST_CID
-}
-
-/// A virtio-blk disk.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskConfig {
-    /// Backing file.
-    pub path: PathBuf,
-    /// Refuse guest writes.
-    #[serde(default)]
-    pub read_only: bool,
-}
-
-/// A vhost-user-fs share served by virtiofsd.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FsConfig {
-    /// virtiofsd's vhost-user socket.
-    pub socket: PathBuf,
-    /// The tag the guest mounts (`mount -t virtiofs TAG /dir`).
-    pub tag: String,
-}
-
-/// Everything needed to build one VM.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// ELF vmlinux with a PVH entry.
-    pub kernel: PathBuf,
-    /// cpio (optionally gzip) initramfs.
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line; the VMM appends its device announcements.
-    #[serde(default = "default_cmdline")]
-    pub cmdline: String,
-    /// vCPUs, 1 to 8.
-    #[serde(default = "default_vcpus")]
-    pub vcpus: u8,
-    /// Guest RAM in MiB.
-    #[serde(default = "default_memory")]
-    pub memory_mib: u64,
-    /// Serial console destination.
-    #[serde(default)]
-    pub console: Console,
-    /// Optional vsock device.
-    #[serde(default)]
-    pub vsock: Option<VsockConfig>,
-    /// virtio-blk disks.
-    #[serde(default)]
-    pub disks: Vec<DiskConfig>,
-    /// vhost-user-fs shares.
-    #[serde(default)]
-    pub fs: Vec<FsConfig>,
-    /// Control socket path.
-    #[serde(default)]
-    pub control: Option<PathBuf>,
-    /// Run even on a PVM-backed /dev/kvm (only tiny guests work there).
-    #[serde(default)]
-    pub allow_pvm: bool,
-}
-
-fn default_cmdline() -> String {
-    DEFAULT_CMDLINE.to_string()
-}
-fn default_vcpus() -> u8 {
-    DEFAULT_VCPUS
-}
-fn default_memory() -> u64 {
-    DEFAULT_MEMORY_MIB
+    /// A value breaks a limit of the VM configuration.
+    #[error("invalid VM configuration (see --help for the limits)")]
+    Invalid(#[source] VmConfigError),
 }
 
 /// What the command line asks for.
@@ -134,8 +35,10 @@ pub enum Command {
     Run(Box<VmConfig>),
 }
 
-/// Help text for `--help`.
-pub const HELP: &str = "\
+/// Help text for `--help`, with the limits of [`hull_protocol::vm`].
+pub fn help() -> String {
+    format!(
+        "\
 hull-vmm: run one KVM microVM (Hull's VMM, built on rust-vmm)
 
 USAGE:
@@ -147,28 +50,31 @@ OPTIONS:
                        or a bzImage (Linux 32-bit boot protocol; decompresses itself)
     --initrd PATH      initramfs: cpio archive, plain or gzip; its /init runs as PID 1
     --cmdline TEXT     guest kernel command line
-                       [default: \"console=ttyS0 reboot=t panic=-1 quiet\"];
+                       [default: \"{DEFAULT_CMDLINE}\"];
                        virtio_mmio.device=... words for the devices are appended
-    --vcpus N          number of vCPUs, 1 to 8 [default: 1]
-    --memory MIB       guest RAM in MiB, at least 16, at most the host's RAM [default: 128]
+    --vcpus N          number of vCPUs, {MIN_VCPUS} to {MAX_VCPUS} [default: {DEFAULT_VCPUS}]
+    --memory MIB       guest RAM in MiB, {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} and at most the
+                       host's RAM [default: {DEFAULT_MEMORY_MIB}]
     --console DEST     serial console (COM1, ttyS0): 'stdout', 'none' or a file path
                        [default: stdout]
-    --vsock CID,PATH   virtio-vsock device with guest CID (>= 3) and a hybrid Unix socket at
+    --vsock CID,PATH   virtio-vsock device with guest CID (>= {MIN_GUEST_CID}) and a hybrid Unix socket at
                        PATH: the host connects to PATH and sends 'CONNECT <port>\\n' (answer
                        'OK <n>\\n'); guest connections to host port P go to PATH_P.
                        PATH must not exist yet; it is removed when the VMM exits
     --disk PATH[,ro]   virtio-blk disk backed by a file, read-write unless ',ro'; repeatable
-    --fs TAG,SOCKET    virtio-fs share (TAG: 1 to 36 bytes) served over vhost-user by a
+    --fs TAG,SOCKET    virtio-fs share (TAG: 1 to {MAX_FS_TAG_LEN} bytes) served over vhost-user by a
                        virtiofsd already listening on SOCKET, e.g.
                        'virtiofsd --socket-path=SOCKET --shared-dir=DIR --sandbox=chroot';
                        the guest mounts it with 'mount -t virtiofs TAG DIR'; repeatable.
                        The VMM connects at start (exit 2 if nothing listens)
     --control PATH     control socket (JSON lines, see the README); removed on exit
     --config FILE      read the whole VM description from a JSON file (same fields:
-                       kernel, initrd, cmdline, vcpus, memory_mib, console, vsock {cid, uds},
-                       disks [{path, read_only}], fs [{socket, tag}], control, allow_pvm)
+                       kernel, initrd, cmdline, vcpus, memory_mib, console, vsock {{cid, uds}},
+                       disks [{{path, read_only}}], fs [{{socket, tag}}], control, allow_pvm,
+                       debug); the shim writes this file for every pod
     --allow-pvm        run even on a PVM-backed /dev/kvm, which cannot boot a standard
                        kernel (only for tiny test guests)
+    --debug            log at debug level (HULL_LOG=FILTER overrides)
     -h, --help         print this help
 
 EXIT STATUS:
@@ -179,7 +85,9 @@ EXIT STATUS:
        socket path, memory larger than the host's RAM, no virtiofsd on an --fs socket)
     3  the guest crashed in a way KVM reports (failed entry, emulation failure)
     4  stopped by SIGTERM/SIGINT or a control-socket shutdown
-";
+"
+    )
+}
 
 fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a String>) -> Result<&'a String, Error> {
     it.next()
@@ -236,19 +144,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
     let mut it = args.iter();
     let mut config_file = None;
     let mut kernel = None;
-    let mut cfg = VmConfig {
-        kernel: PathBuf::new(),
-        initrd: None,
-        cmdline: default_cmdline(),
-        vcpus: DEFAULT_VCPUS,
-        memory_mib: DEFAULT_MEMORY_MIB,
-        console: Console::Stdout,
-        vsock: None,
-        disks: Vec::new(),
-        fs: Vec::new(),
-        control: None,
-        allow_pvm: false,
-    };
+    let mut cfg = VmConfig::new(PathBuf::new());
     let mut flags = false;
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -265,6 +161,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
             "-h" | "--help" => return Ok(Command::Help),
             "--config" => config_file = Some(PathBuf::from(val()?)),
             "--allow-pvm" => cfg.allow_pvm = true,
+            "--debug" => cfg.debug = true,
             other => {
                 flags = true;
                 match other {
@@ -302,6 +199,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
         Some(path) => {
             let mut file_cfg = from_file(&path)?;
             file_cfg.allow_pvm |= cfg.allow_pvm;
+            file_cfg.debug |= cfg.debug;
             file_cfg
         }
         None => {
@@ -314,31 +212,9 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
     Ok(Command::Run(Box::new(cfg)))
 }
 
-/// Checks the values that need no file system access.
+/// Checks the values that need no file system access (the limits of [`hull_protocol::vm`]).
 pub fn validate(cfg: &VmConfig) -> Result<(), Error> {
-    if !(1..=crate::mptable::MAX_VCPUS).contains(&cfg.vcpus) {
-        return Err(Error::Usage(format!(
-            "--vcpus must be 1 to 8, not {}",
-            cfg.vcpus
-        )));
-    }
-    if let Some(v) = &cfg.vsock {
-        if v.cid < MIN_GUEST_CID || v.cid > u64::from(u32::MAX) {
-            return Err(Error::Usage(format!(
-                "vsock CID must be 3 to 2^32-1, not {}",
-                v.cid
-            )));
-        }
-    }
-    for fs in &cfg.fs {
-        if fs.tag.is_empty() || fs.tag.len() > 36 {
-            return Err(Error::Usage(format!(
-                "virtio-fs tag '{}' must be 1 to 36 bytes",
-                fs.tag
-            )));
-        }
-    }
-    Ok(())
+    cfg.validate().map_err(Error::Invalid)
 }
 
 #[cfg(test)]
@@ -380,10 +256,8 @@ mod tests {
         for bad in [
             "",
             "--kernel",
-            "--kernel k --vcpus 9",
-            "--kernel k --vcpus 0",
             "--kernel k --memory lots",
-            "--kernel k --vsock 2,/x",
+            "--kernel k --vcpus 300",
             "--kernel k --vsock /x",
             "--kernel k --bogus",
             "--config c.json --kernel k",
@@ -392,6 +266,18 @@ mod tests {
                 matches!(parse_args(&args(bad)), Err(Error::Usage(_))),
                 "{bad}"
             );
+        }
+        for bad in [
+            "--kernel k --vcpus 9",
+            "--kernel k --vcpus 0",
+            "--kernel k --memory 8",
+            "--kernel k --vsock 2,/x",
+            "--kernel k --fs ,/x",
+        ] {
+            let err = parse_args(&args(bad)).unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)), "{bad}: {err}");
+            let text = hull_protocol::error::chain(&err);
+            assert!(text.contains(" to "), "the bounds are named: {text}");
         }
         assert_eq!(parse_args(&args("--help")).unwrap(), Command::Help);
     }

@@ -1,9 +1,6 @@
-//! The control socket: a Unix socket speaking versioned JSON lines, for the shim.
-//!
-//! Request: `{"v":1,"cmd":"stats"}`, one per line. Commands: `stats` (memory and CPU use),
-//! `pause`, `resume`, `shutdown` (stop the VM now; exit status 4), `wait-exit` (the answer
-//! comes when the VM stops, with its reason and the VMM's exit status). Every answer carries
-//! `"v":1` and `"ok"`; failures add `"error"`.
+//! The control socket server: a Unix socket speaking the versioned JSON lines
+//! of [`hull_protocol::control`] (stats, pause, resume, shutdown, wait-exit),
+//! which the shim reads VM figures from.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -13,17 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use hull_protocol::control::{Answer, Command, CpuStats, MemoryStats, Request, VmExit, VmStats};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::event_loop::EventHandler;
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::vcpu::RunControl;
 
-/// Protocol version spoken by this VMM.
-pub const VERSION: u64 = 1;
-/// Longest request line accepted.
-const MAX_LINE: usize = 4096;
+pub use hull_protocol::control::{MAX_LINE, VERSION};
 /// Most clients at once.
 const MAX_CLIENTS: usize = 16;
 
@@ -35,49 +29,12 @@ pub enum Error {
     Listen(String, #[source] std::io::Error),
 }
 
-/// What a request asks for, after parsing.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Request {
-    /// Memory and CPU use.
-    Stats,
-    /// Pause the vCPUs.
-    Pause,
-    /// Resume the vCPUs.
-    Resume,
-    /// Stop the VM.
-    Shutdown,
-    /// Answer when the VM exits.
-    WaitExit,
-}
-
-/// Parses one request line; the error is the message sent back.
-pub fn parse(line: &str) -> Result<Request, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    match v.get("v").and_then(Value::as_u64) {
-        Some(VERSION) => {}
-        other => {
-            return Err(format!(
-                "unsupported protocol version {other:?}; this VMM speaks {VERSION}"
-            ))
-        }
-    }
-    match v.get("cmd").and_then(Value::as_str) {
-        Some("stats") => Ok(Request::Stats),
-        Some("pause") => Ok(Request::Pause),
-        Some("resume") => Ok(Request::Resume),
-        Some("shutdown") => Ok(Request::Shutdown),
-        Some("wait-exit") => Ok(Request::WaitExit),
-        other => Err(format!("unknown command {other:?}")),
-    }
-}
-
 /// The answer to a finished VM, for `wait-exit`.
-pub fn exit_answer(reason: &ExitReason) -> Value {
-    json!({"v": VERSION, "ok": true, "exit": {"reason": format!("{reason:?}"), "status": reason.code()}})
-}
-
-fn error_answer(msg: &str) -> Value {
-    json!({"v": VERSION, "ok": false, "error": msg})
+pub fn exit_answer(reason: &ExitReason) -> Answer {
+    Answer::exit(VmExit {
+        reason: format!("{reason:?}"),
+        status: reason.code(),
+    })
 }
 
 /// Process CPU seconds (user, system) and resident memory in KiB, from /proc.
@@ -166,36 +123,39 @@ impl ControlServer {
         self.epoll.as_raw_fd()
     }
 
+    /// The VM's figures now.
+    pub fn stats(&self) -> VmStats {
+        let (user_s, system_s, vmm_rss_kib) = process_usage();
+        VmStats {
+            vcpus: self.vcpus,
+            paused: self.run.is_paused(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            memory: MemoryStats {
+                guest_mib: self.guest_mib,
+                vmm_rss_kib,
+            },
+            cpu: CpuStats { user_s, system_s },
+            vcpu_exits: self.run.exits(),
+        }
+    }
+
     /// Answers a request; None for `wait-exit` (answered at exit).
-    pub fn answer(&self, req: &Request) -> Option<Value> {
-        let ok = json!({"v": VERSION, "ok": true});
-        match req {
-            Request::Stats => {
-                let (user, system, rss) = process_usage();
-                Some(json!({
-                    "v": VERSION, "ok": true,
-                    "stats": {
-                        "vcpus": self.vcpus,
-                        "paused": self.run.is_paused(),
-                        "uptime_s": self.started.elapsed().as_secs_f64(),
-                        "memory": {"guest_mib": self.guest_mib, "vmm_rss_kib": rss},
-                        "cpu": {"user_s": user, "system_s": system},
-                    }
-                }))
-            }
-            Request::Pause => {
+    pub fn answer(&self, cmd: Command) -> Option<Answer> {
+        match cmd {
+            Command::Stats => Some(Answer::stats(self.stats())),
+            Command::Pause => {
                 self.run.set_paused(true);
-                Some(ok)
+                Some(Answer::ok())
             }
-            Request::Resume => {
+            Command::Resume => {
                 self.run.set_paused(false);
-                Some(ok)
+                Some(Answer::ok())
             }
-            Request::Shutdown => {
+            Command::Shutdown => {
                 self.exit.notify(ExitReason::Stopped);
-                Some(ok)
+                Some(Answer::ok())
             }
-            Request::WaitExit => None,
+            Command::WaitExit => None,
         }
     }
 
@@ -247,7 +207,7 @@ impl ControlServer {
             }
             if line.len() > MAX_LINE && !line.contains(&b'\n') {
                 if let Some(mut s) = self.drop_client(fd) {
-                    let _ = writeln!(s, "{}", error_answer("request line too long"));
+                    let _ = writeln!(s, "{}", Answer::error("request line too long").to_line());
                 }
                 return;
             }
@@ -261,19 +221,19 @@ impl ControlServer {
             };
             let text: Vec<u8> = line.drain(..=pos).collect();
             let text = String::from_utf8_lossy(&text);
-            let answer = match parse(text.trim()) {
-                Ok(Request::WaitExit) => {
+            let answer = match Request::parse(text.trim()) {
+                Ok(Command::WaitExit) => {
                     if let Some(s) = self.drop_client(fd) {
                         let _ = s.set_nonblocking(false);
                         self.waiters.push(s);
                     }
                     return;
                 }
-                Ok(req) => self.answer(&req),
-                Err(msg) => Some(error_answer(&msg)),
+                Ok(cmd) => self.answer(cmd),
+                Err(msg) => Some(Answer::error(msg)),
             };
             if let (Some(a), Some((stream, _))) = (answer, self.clients.get_mut(&fd)) {
-                if writeln!(stream, "{a}").is_err() {
+                if writeln!(stream, "{}", a.to_line()).is_err() {
                     self.drop_client(fd);
                     return;
                 }
@@ -283,7 +243,7 @@ impl ControlServer {
 
     /// Tells every `wait-exit` client how the VM ended.
     pub fn finish(&mut self, reason: &ExitReason) {
-        let answer = exit_answer(reason).to_string();
+        let answer = exit_answer(reason).to_line();
         for mut w in self.waiters.drain(..) {
             let _ = writeln!(w, "{answer}");
         }
@@ -314,20 +274,8 @@ impl EventHandler for ControlServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::io::{BufRead, BufReader};
-
-    #[test]
-    fn parsing() {
-        assert_eq!(parse(r#"{"v":1,"cmd":"stats"}"#), Ok(Request::Stats));
-        assert_eq!(parse(r#"{"v":1,"cmd":"wait-exit"}"#), Ok(Request::WaitExit));
-        assert!(parse(r#"{"v":2,"cmd":"stats"}"#)
-            .unwrap_err()
-            .contains("version"));
-        assert!(parse(r#"{"v":1,"cmd":"reboot"}"#)
-            .unwrap_err()
-            .contains("unknown"));
-        assert!(parse("not json").is_err());
-    }
 
     #[test]
     fn socket_round_trip() {
@@ -364,6 +312,7 @@ mod tests {
         );
         assert_eq!(answers[1]["ok"], true);
         assert!(run.is_paused());
+        assert_eq!(answers[0]["stats"]["vcpu_exits"], 0, "no vCPU ran");
         assert_eq!(answers[2]["ok"], false);
         // The waiter hears about the exit.
         for _ in 0..5 {

@@ -1,31 +1,28 @@
 //! `hull-vmm` command line: parse, build, run, exit with a documented status.
 
+use hull_protocol::error::chain;
 use hull_vmm::builder;
 use hull_vmm::config::{self, Command};
 use hull_vmm::exit::EXIT_USAGE;
 
-fn init_logs() {
+/// The filter of `"debug": true`: everything at debug level but the vsock
+/// device's per-packet lines, which would spend the pod's log budget in the
+/// shim (`HULL_LOG=debug` shows them too).
+const DEBUG_FILTER: &str = "debug,hull_vmm::devices::virtio::vsock=info";
+
+/// Logs on stderr: `HULL_LOG` if set, else [`DEBUG_FILTER`] with `"debug": true`
+/// in the VM config, else warn.
+fn init_logs(debug: bool) {
+    let level = if debug { DEBUG_FILTER } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 fn main() {
-    init_logs();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--version") {
         println!(
@@ -37,19 +34,21 @@ fn main() {
     }
     let cfg = match config::parse_args(&args) {
         Ok(Command::Help) => {
-            print!("{}", config::HELP);
+            print!("{}", config::help());
             return;
         }
         Ok(Command::Run(cfg)) => cfg,
         Err(e) => {
-            eprintln!("hull-vmm: {}", error_chain(&e));
+            eprintln!("hull-vmm: {}", chain(&e));
             std::process::exit(EXIT_USAGE);
         }
     };
+    init_logs(cfg.debug);
+    tracing::debug!(config = ?cfg, "hull-vmm debug logging on");
     let vmm = match builder::build(&cfg) {
         Ok(vmm) => vmm,
         Err(e) => {
-            eprintln!("hull-vmm: {}", error_chain(&e));
+            eprintln!("hull-vmm: {}", chain(&e));
             std::process::exit(e.exit_code());
         }
     };

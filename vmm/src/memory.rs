@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
+use hull_protocol::vm::MIN_MEMORY_MIB;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 /// Guest RAM as the VMM sees it: every region is a window on [`GuestRam::memfd`].
@@ -12,14 +13,12 @@ pub type GuestMem = GuestMemoryMmap<()>;
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
 /// End of the 32-bit MMIO gap: RAM beyond `MMIO_GAP_START` continues here.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
-/// Smallest guest the VMM builds: a Linux guest needs a few MiB anyway.
-pub const MIN_MEM_MIB: u64 = 16;
 
 /// Errors while creating guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Guest memory size out of range.
-    #[error("guest memory must be at least {MIN_MEM_MIB} MiB, got {0} MiB")]
+    #[error("guest memory must be at least {MIN_MEMORY_MIB} MiB, got {0} MiB")]
     TooSmall(u64),
     /// Guest memory larger than this host's RAM.
     #[error("guest memory {0} MiB exceeds host RAM ({1} MiB); ask for less with --memory")]
@@ -62,7 +61,7 @@ pub fn host_ram_mib() -> Option<u64> {
 
 /// Checks `mib` against the minimum and the host's RAM.
 pub fn check_size(mib: u64) -> Result<(), Error> {
-    if mib < MIN_MEM_MIB {
+    if mib < MIN_MEMORY_MIB {
         return Err(Error::TooSmall(mib));
     }
     if let Some(host) = host_ram_mib() {

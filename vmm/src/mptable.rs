@@ -1,5 +1,6 @@
 //! Intel MP table: how an ACPI-less guest learns its vCPUs, the IOAPIC and the ISA interrupts.
 
+use hull_protocol::vm::MAX_VCPUS;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::boot::EBDA_START;
@@ -11,8 +12,6 @@ pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const APIC_ADDR: u32 = 0xfee0_0000;
 /// Number of IOAPIC pins of KVM's in-kernel IOAPIC: GSIs 0..=23.
 pub const IOAPIC_PINS: u8 = 24;
-/// Most vCPUs an MP table written here describes.
-pub const MAX_VCPUS: u8 = 8;
 
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;

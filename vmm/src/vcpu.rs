@@ -2,7 +2,7 @@
 //! routes exits to the buses; one thread per vCPU.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use kvm_bindings::{
@@ -205,6 +205,8 @@ pub fn set_boot_entry(fd: &VcpuFd, id: u8, boot: &BootInfo) -> Result<(), Error>
 #[derive(Default)]
 pub struct RunControl {
     stop: AtomicBool,
+    /// KVM_RUN exits handled, all vCPUs together (for the control socket's stats).
+    exits: AtomicU64,
     paused: Mutex<bool>,
     changed: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
@@ -251,6 +253,11 @@ impl RunControl {
         if paused {
             self.kick_all();
         }
+    }
+
+    /// KVM_RUN exits handled so far, all vCPUs together.
+    pub fn exits(&self) -> u64 {
+        self.exits.load(Ordering::Relaxed)
     }
 
     /// Whether the vCPUs are asked to be paused.
@@ -305,7 +312,11 @@ impl Vcpu {
             if !self.control.wait_runnable() {
                 return None;
             }
-            match self.fd.run() {
+            let exit = self.fd.run();
+            if exit.is_ok() {
+                self.control.exits.fetch_add(1, Ordering::Relaxed);
+            }
+            match exit {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.pio.read(u64::from(port), data);
                 }

@@ -89,6 +89,15 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
                 "--memory".into(),
                 "100000000".into(),
             ],
+            "memory_mib = 100000000: must be 16 to 262144",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                junk.display().to_string(),
+                "--memory".into(),
+                "262144".into(),
+            ],
             "exceeds host RAM",
         ),
     ];
@@ -181,5 +190,46 @@ fn bad_initramfs_fails_clearly() {
         assert!(stderr(&o).contains(want), "{}", stderr(&o));
         assert!(!sock.exists(), "socket left behind");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `"debug": true` in the VM config (what the shim writes for `debug = true`)
+/// and `--debug` turn on hull-vmm's debug lines; without them there are none.
+#[test]
+fn debug_in_the_config_turns_on_debug_logs() {
+    let dir = scratch("debug");
+    let junk = dir.join("junk");
+    std::fs::write(&junk, b"not a kernel").unwrap();
+    let config = dir.join("vm.json");
+    let mut vm = hull_protocol::vm::VmConfig::new(&junk);
+    vm.console = hull_protocol::vm::Console::None;
+    vm.allow_pvm = true;
+    for (debug, want) in [(false, false), (true, true)] {
+        vm.debug = debug;
+        std::fs::write(&config, vm.to_json()).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+            .args(["--config", &config.display().to_string()])
+            .env_remove("HULL_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o).contains("hull-vmm debug logging on"),
+            want,
+            "debug = {debug}: {}",
+            stderr(&o)
+        );
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .args(["--debug", "--allow-pvm", "--console", "none", "--kernel"])
+        .arg(&junk)
+        .env_remove("HULL_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("hull-vmm debug logging on"),
+        "{}",
+        stderr(&o)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -237,7 +237,7 @@ fn test_args(initrd: &Path, test: &str) -> Vec<String> {
         "--initrd".into(),
         initrd.display().to_string(),
         "--cmdline".into(),
-        format!("console=ttyS0 reboot=t panic=-1 quiet HULL_TEST={test}"),
+        format!("{} HULL_TEST={test}", hull_protocol::vm::DEFAULT_CMDLINE),
     ]
 }
 

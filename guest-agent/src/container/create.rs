@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hull_protocol::agent::CreateContainerRequest;
+use hull_protocol::ids::{validate_id, IdKind};
 use oci_spec::runtime::Spec;
 
 use super::spawn::spawn;
-use super::{check_id, Container, ContainerError, Process};
+use super::{Container, ContainerError, Process};
 use crate::cgroup::Cgroup;
 use crate::paths::{check_lexical, check_rootfs};
 use crate::sandbox::Sandbox;
@@ -18,7 +19,7 @@ use crate::stdio::dial_all;
 
 pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32, ContainerError> {
     let id = req.container_id.as_str();
-    check_id(id)?;
+    validate_id(IdKind::Container, id)?;
     if sandbox.get(id).is_ok() {
         return Err(ContainerError::Exists(id.into()));
     }

@@ -7,9 +7,10 @@ use super::{Container, ContainerError};
 use crate::setup::{SetupConfig, SetupKind};
 use crate::stdio::dial_all;
 use hull_protocol::agent::ExecProcessRequest;
+use hull_protocol::ids::{validate_id, IdKind};
 
 pub fn do_exec(container: &Container, req: &ExecProcessRequest) -> Result<u32, ContainerError> {
-    super::check_id(&req.exec_id)?;
+    validate_id(IdKind::Exec, &req.exec_id)?;
     if container
         .execs
         .lock()

@@ -29,8 +29,8 @@ use crate::stdio::{Drained, StdioError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("invalid id {0:?}: use 1-64 characters of [A-Za-z0-9_.-]")]
-    InvalidId(String),
+    #[error(transparent)]
+    InvalidId(#[from] hull_protocol::ids::InvalidId),
     #[error("container {0} already exists")]
     Exists(String),
     #[error("container {0} not found")]
@@ -117,33 +117,5 @@ impl Container {
                 id: self.id.clone(),
                 exec: exec_id.into(),
             })
-    }
-}
-
-/// Ids become cgroup directory names and log fields: keep them plain.
-pub fn check_id(id: &str) -> Result<(), ContainerError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ContainerError::InvalidId(id.into()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_plain() {
-        assert!(check_id("abc-1_2.3").is_ok());
-        for bad in ["", "..", "a/b", ".hidden", &"x".repeat(65), "a b"] {
-            assert!(check_id(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -20,6 +20,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
+use hull_protocol::error::chain;
 use nix::unistd::{fork, ForkResult};
 use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
@@ -97,18 +98,6 @@ pub fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> SetupError {
 pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SetupError {
     let what = what.into();
     move |source| SetupError::Io { what, source }
-}
-
-/// Full error text, causes included, for the agent.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cur = c.source();
-    }
-    text
 }
 
 /// Entry point of `hull-agent __setup`; never returns to the agent's main.

@@ -30,6 +30,15 @@ pub enum BackendError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// The guest has no such container or process (the agent's NOT_FOUND).
+    #[error("{0}")]
+    Missing(String),
+    /// The container or process exists already (the agent's ALREADY_EXISTS).
+    #[error("{0}")]
+    Exists(String),
+    /// The process is not in a state that allows the call (the agent's FAILED_PRECONDITION).
+    #[error("{0}")]
+    Precondition(String),
     // Only the test double does host I/O itself; the VM backend's I/O errors are `Sandbox`.
     #[cfg_attr(not(feature = "fake-backend"), allow(dead_code))]
     #[error("{context}")]

@@ -8,7 +8,7 @@
 use std::fmt::{self, Write as _};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -17,6 +17,27 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
+
+/// Turns the filter to debug, when `HULL_LOG` did not choose it (set by [`init`]).
+static DEBUG_SWITCH: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// Turns on debug logs of this shim from now on: the configuration's
+/// `debug = true` (or an allowed `io.hull.debug` annotation), read at the
+/// pod's first Create, after logging started. `HULL_LOG` still wins.
+pub fn enable_debug() {
+    if let Some(switch) = DEBUG_SWITCH.get() {
+        switch();
+    }
+}
+
+/// A switch that turns a reloadable filter to debug.
+fn debug_switch<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<EnvFilter, S>,
+) -> Box<dyn Fn() + Send + Sync> {
+    Box::new(move || {
+        let _ = handle.reload(EnvFilter::new("debug"));
+    })
+}
 
 /// Sends `tracing` output to the `log` FIFO in the current directory, or to
 /// stderr when there is none (a shim started by hand).
@@ -27,14 +48,18 @@ pub fn init(debug: bool, sandbox_id: &str) {
         Ok(fifo) => Box::new(fifo),
         Err(_) => Box::new(std::io::stderr()),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .event_format(Logfmt {
             sandbox: sandbox_id.to_string(),
         })
         .with_writer(Mutex::new(out))
-        .init();
+        .with_filter_reloading();
+    if std::env::var_os("HULL_LOG").is_none() {
+        let _ = DEBUG_SWITCH.set(debug_switch(builder.reload_handle()));
+    }
+    builder.init();
 }
 
 /// Formats each event as one logfmt line.
@@ -207,6 +232,42 @@ mod tests {
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+
+    #[test]
+    fn the_debug_switch_lets_debug_lines_through() {
+        let out: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("info"))
+            .with_ansi(false)
+            .event_format(Logfmt {
+                sandbox: "p1".into(),
+            })
+            .with_writer(move || Capture(out))
+            .with_filter_reloading();
+        let switch = debug_switch(builder.reload_handle());
+        tracing::subscriber::with_default(builder.finish(), || {
+            tracing::debug!("hidden before the switch");
+            switch();
+            tracing::debug!("shown after the switch");
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("level=debug msg=\"shown after the switch\""), "{text}");
+        assert!(!text.contains("hidden"), "{text}");
+    }
+
+    /// A writer into a shared buffer, for the test subscriber.
+    struct Capture(&'static Mutex<Vec<u8>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

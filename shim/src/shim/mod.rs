@@ -4,6 +4,7 @@
 pub mod cleanup;
 pub mod info;
 mod logging;
+pub(crate) use logging::enable_debug;
 pub mod serve;
 pub mod start;
 

@@ -7,8 +7,10 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
 use oci_spec::runtime::Process as OciProcess;
 
+use hull_protocol::ids::IdKind;
+
 use super::pod::{
-    backend_of, container, container_mut, sandbox_id_of, wanted, Pod, Result, TaskError,
+    backend_of, check_id, container, container_mut, sandbox_id_of, wanted, Pod, Result, TaskError,
 };
 use super::process::{task_pid, Exit, Process, Status, StdioPaths};
 use crate::backend::{ContainerStats, ExecRequest};
@@ -35,6 +37,7 @@ impl Pod {
         stdio: StdioPaths,
         process_json: &[u8],
     ) -> Result<()> {
+        check_id(IdKind::Exec, exec_id)?;
         let process: OciProcess = serde_json::from_slice(process_json)
             .map_err(|e| TaskError::InvalidArgument(format!("exec process spec: {e}")))?;
         let _ops = self.ops();

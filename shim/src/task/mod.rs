@@ -49,6 +49,7 @@ mod tests {
         exits: HashMap<Key, u32>,
         fail_create: bool,
         destroyed: bool,
+        sandboxes: u32,
         /// Calls by this name block until `hang` is cleared, like a hung agent.
         hang: Vec<&'static str>,
     }
@@ -68,6 +69,7 @@ mod tests {
 
     impl Backend for Scripted {
         fn create_sandbox(&self, _: &SandboxRequest) -> Result<()> {
+            self.state.lock().unwrap().sandboxes += 1;
             Ok(())
         }
         fn create_container(&self, _: &ContainerRequest<'_>) -> Result<ProcessStreams> {
@@ -269,6 +271,35 @@ mod tests {
             0,
             "pod dirs removed"
         );
+    }
+
+    #[test]
+    fn bad_ids_fail_before_a_sandbox_boots() {
+        let f = Fixture::new();
+        for (id, pod) in [("a b", "pod"), ("c1", "bad pod"), ("-c", "pod")] {
+            let err = f.pod.create(f.request(id, pod)).unwrap_err();
+            assert!(
+                matches!(err, TaskError::InvalidArgument(ref m) if m.contains("is not valid")),
+                "{id}/{pod}: {err}"
+            );
+        }
+        assert_eq!(f.backend.state.lock().unwrap().sandboxes, 0, "no VM booted");
+        f.pod.create(f.request("c1", "pod")).unwrap();
+        f.pod.start("c1", None).unwrap();
+        let spec = br#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#;
+        let err = f
+            .pod
+            .exec("c1", "e 1", StdioPaths::default(), spec)
+            .unwrap_err();
+        assert!(
+            matches!(err, TaskError::InvalidArgument(ref m) if m.contains("exec id")),
+            "{err}"
+        );
+        assert_eq!(f.backend.state.lock().unwrap().sandboxes, 1);
+        f.pod.kill("c1", None, 9, true).unwrap();
+        f.pod.wait("c1", None).unwrap();
+        f.pod.delete("c1", None).unwrap();
+        f.pod.shutdown();
     }
 
     #[test]

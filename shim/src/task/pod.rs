@@ -19,6 +19,7 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
 use containerd_shim::ExitSignal;
+use hull_protocol::ids::{validate_id, IdKind};
 use oci_spec::runtime::Spec;
 
 use super::events::Events;
@@ -185,6 +186,8 @@ impl Pod {
     /// Creates a container (and the pod's sandbox, for the first one); returns its task pid.
     pub fn create(&self, req: CreateRequest) -> Result<u32> {
         let _ops = self.ops();
+        // Before anything boots: a bad id fails here, not inside the guest.
+        check_id(IdKind::Container, &req.id)?;
         if self.lock().containers.contains_key(&req.id) {
             return Err(TaskError::AlreadyExists(format!("container {}", req.id)));
         }
@@ -198,6 +201,7 @@ impl Pod {
             .get(SANDBOX_ID_ANNOTATION)
             .cloned()
             .unwrap_or_else(|| req.id.clone());
+        check_id(IdKind::Sandbox, &sandbox_id)?;
         let serving = self.lock().sandbox.as_ref().map(|s| s.id.clone());
         match serving {
             Some(serving) if serving != sandbox_id => {
@@ -211,6 +215,10 @@ impl Pod {
                 let config =
                     Config::load(config_path_from_options(req.options.as_ref()).as_deref())?
                         .with_annotations(&annotations)?;
+                if config.debug {
+                    crate::shim::enable_debug();
+                    tracing::debug!(sandbox = %sandbox_id, "shim debug logging on");
+                }
                 // Booting takes long: outside the state lock, under the lifecycle lock.
                 let sandbox = self.start_sandbox(&sandbox_id, config)?;
                 self.lock().sandbox = Some(sandbox);
@@ -251,12 +259,6 @@ impl Pod {
             })?;
             (sandbox.backend.clone(), sandbox.share_dir.clone())
         };
-        if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
-            return Err(TaskError::InvalidArgument(format!(
-                "container id {:?} is not a valid directory name",
-                req.id
-            )));
-        }
         let mut rootfs = ContainerRootfs::setup(
             &req.rootfs,
             Path::new(&req.bundle),
@@ -598,6 +600,11 @@ pub(super) fn sandbox_id_of(state: &PodState) -> String {
         .as_ref()
         .map(|s| s.id.clone())
         .unwrap_or_default()
+}
+
+/// Checks an id by the rule host and guest share (`hull_protocol::ids`).
+pub(super) fn check_id(kind: IdKind, id: &str) -> Result<()> {
+    validate_id(kind, id).map_err(|e| TaskError::InvalidArgument(e.to_string()))
 }
 
 pub(super) fn container<'a>(state: &'a PodState, id: &str) -> Result<&'a Container> {

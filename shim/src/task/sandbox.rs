@@ -48,11 +48,6 @@ pub(super) fn config_path_from_options(options: Option<&Any>) -> Option<PathBuf>
 impl Pod {
     /// Makes the pod's directories and boots its sandbox; undoes both on failure.
     pub(super) fn start_sandbox(&self, sandbox_id: &str, config: Config) -> Result<Sandbox> {
-        if sandbox_id.is_empty() || sandbox_id.contains('/') || sandbox_id.starts_with('.') {
-            return Err(TaskError::InvalidArgument(format!(
-                "sandbox id {sandbox_id:?} is not a valid directory name"
-            )));
-        }
         let backend = (self.shared.factory)()?;
         let namespace = &self.shared.namespace;
         let state_dir =

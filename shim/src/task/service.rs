@@ -37,18 +37,16 @@ fn to_ttrpc(err: TaskError) -> ttrpc::Error {
         TaskError::AlreadyExists(_) => Code::ALREADY_EXISTS,
         TaskError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
         TaskError::InvalidArgument(_) | TaskError::Config(_) => Code::INVALID_ARGUMENT,
-        TaskError::Backend(BackendError::NotFound { .. }) => Code::NOT_FOUND,
+        TaskError::Backend(BackendError::NotFound { .. } | BackendError::Missing(_)) => {
+            Code::NOT_FOUND
+        }
+        TaskError::Backend(BackendError::Exists(_)) => Code::ALREADY_EXISTS,
+        TaskError::Backend(BackendError::Precondition(_)) => Code::FAILED_PRECONDITION,
         TaskError::Backend(BackendError::Unsupported(_)) => Code::UNIMPLEMENTED,
         TaskError::Backend(BackendError::Invalid(_)) => Code::INVALID_ARGUMENT,
         _ => Code::INTERNAL,
     };
-    let mut msg = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
+    let msg = hull_protocol::error::chain(&err);
     tracing::warn!("request failed: {msg}");
     status(code, msg)
 }
@@ -302,6 +300,18 @@ mod tests {
             code(TaskError::Backend(BackendError::Agent("gone".into()))),
             Code::INTERNAL
         );
+        // What the agent reported keeps its kind (see backend::vm::agent::map).
+        for (err, want) in [
+            (BackendError::Missing("c9".into()), Code::NOT_FOUND),
+            (BackendError::Exists("c1".into()), Code::ALREADY_EXISTS),
+            (
+                BackendError::Precondition("t".into()),
+                Code::FAILED_PRECONDITION,
+            ),
+            (BackendError::Invalid("a b".into()), Code::INVALID_ARGUMENT),
+        ] {
+            assert_eq!(code(TaskError::Backend(err)), want);
+        }
     }
 
     #[test]

@@ -143,11 +143,13 @@ fn a_hung_agent_does_not_stall_state_and_kill_stops_its_vm_in_bounded_time() {
     let (_server, front) = serve(&dir);
     let vmm = dir.join("hull-vmm");
     let virtiofsd = dir.join("virtiofsd");
-    // `--vsock 3,<path>`: the pod's vsock socket becomes a link to the agent.
+    // `--config vm.json`: the pod's vsock socket (`"uds"`) becomes a link to the agent.
     script(
         &vmm,
         &format!(
-            "while [ $# -gt 0 ]; do [ \"$1\" = --vsock ] && ln -s {front} \"${{2#*,}}\"; shift; done\n\
+            "while [ $# -gt 0 ]; do [ \"$1\" = --config ] && cfg=\"$2\"; shift; done\n\
+             uds=$(sed -n 's/.*\"uds\": \"\\(.*\\)\".*/\\1/p' \"$cfg\")\n\
+             ln -s {front} \"$uds\"\n\
              echo {marker}\nexec sleep 1001\n",
             front = front.display(),
             marker = hull_protocol::READY_MARKER

@@ -64,13 +64,16 @@ pub fn connect(uds: &Path, timeout: Duration) -> Result<(AgentClient, OwnedFd), 
     Ok((client, conn))
 }
 
-/// Maps a failed agent call to a backend error, naming the call.
+/// Maps a failed agent call to a backend error, naming the call. The agent's
+/// status code keeps its kind (NOT_FOUND stays not-found for containerd).
 pub fn map(call: &'static str) -> impl Fn(ttrpc::Error) -> BackendError {
     move |err| match err {
         ttrpc::Error::RpcStatus(status) => {
             let msg = format!("{call}: {}", status.message);
             match status.code() {
-                Code::NOT_FOUND => BackendError::Invalid(msg),
+                Code::NOT_FOUND => BackendError::Missing(msg),
+                Code::ALREADY_EXISTS => BackendError::Exists(msg),
+                Code::FAILED_PRECONDITION => BackendError::Precondition(msg),
                 Code::INVALID_ARGUMENT => BackendError::Invalid(msg),
                 Code::UNIMPLEMENTED => BackendError::Unsupported(call),
                 _ => BackendError::Agent(msg),
@@ -93,6 +96,17 @@ mod tests {
             matches!(e, BackendError::Invalid(ref m) if m == "Stats: bad id"),
             "{e}"
         );
+        let e = map("Stats")(status(Code::NOT_FOUND, "container c9 not found"));
+        assert!(
+            matches!(e, BackendError::Missing(ref m) if m == "Stats: container c9 not found"),
+            "{e}"
+        );
+        let e = map("CreateContainer")(status(Code::ALREADY_EXISTS, "c1"));
+        assert!(matches!(e, BackendError::Exists(_)), "{e}");
+        let e = map("ResizePty")(status(Code::FAILED_PRECONDITION, "no terminal"));
+        assert!(matches!(e, BackendError::Precondition(_)), "{e}");
+        let e = map("Start")(status(Code::INTERNAL, "boom"));
+        assert!(matches!(e, BackendError::Agent(_)), "{e}");
         let e = map("ResizePty")(status(Code::UNIMPLEMENTED, ""));
         assert!(matches!(e, BackendError::Unsupported("ResizePty")), "{e}");
         let closed = ttrpc::Error::Others("socket closed".into());

@@ -1,20 +1,22 @@
 //! The pod's host processes: `virtiofsd` serving the share and `hull-vmm`
-//! running the guest, both recorded in `host-pids`, and their teardown.
+//! running the guest (from the typed [`VmConfig`] written to `vm.json`), both
+//! recorded in `host-pids`, and their teardown.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use hull_protocol::vm::{
+    self, pod_files, Console, FsConfig, VmConfig, VmConfigError, VsockConfig, POD_GUEST_CID,
+    SHARE_TAG,
+};
+
 use super::console::{log_output, RateLimit};
 use crate::backend::host_pids;
 use crate::backend::SandboxRequest;
-
-/// Guest CID of every pod VM (each VM has its own hybrid vsock socket).
-pub const GUEST_CID: u32 = 3;
-/// virtio-fs tag of the pod share, mounted by the agent at `/run/hull/shared`.
-pub const SHARE_TAG: &str = "hullshare";
-const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 
 /// virtiofsd's xattr rules (`:type:scope:key:prepend:` each): names starting
 /// with `user.` pass unchanged, every other name is refused to the guest and
@@ -24,6 +26,12 @@ const XATTR_MAP: &str = ":ok:all:user.:::bad:all:::";
 /// Errors of starting the pod's host processes.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    #[error("cannot write the VM configuration {path}")]
+    WriteConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start {program}")]
     Spawn {
         program: PathBuf,
@@ -40,18 +48,25 @@ pub enum LaunchError {
     NotReady { secs: u64 },
 }
 
-/// Paths of one pod's sockets, all inside its state directory.
+/// Paths of one pod's sockets and VM configuration, all inside its state
+/// directory (names from [`pod_files`]).
 #[derive(Debug, Clone)]
 pub struct Sockets {
     pub vsock: PathBuf,
     pub fs: PathBuf,
+    /// hull-vmm's control socket (VM figures: [`super::vmm_control`]).
+    pub control: PathBuf,
+    /// The `vm.json` hull-vmm reads.
+    pub vm_config: PathBuf,
 }
 
 impl Sockets {
     pub fn in_dir(state_dir: &Path) -> Self {
         Self {
-            vsock: state_dir.join("vsock.sock"),
-            fs: state_dir.join("fs.sock"),
+            vsock: state_dir.join(pod_files::VSOCK),
+            fs: state_dir.join(pod_files::FS),
+            control: state_dir.join(pod_files::CONTROL),
+            vm_config: state_dir.join(pod_files::VM_CONFIG),
         }
     }
 
@@ -61,10 +76,56 @@ impl Sockets {
             self.vsock.clone(),
             self.fs.clone(),
             PathBuf::from(format!("{}.pid", self.fs.display())),
+            self.control.clone(),
+            self.vm_config.clone(),
         ] {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// The pod's VM configuration, validated: the config's (annotated) sizes,
+/// kernel, image and debug switch, the pod's sockets. The shim calls this
+/// before it starts anything, so a bad value fails the create at once.
+pub fn vm_config(req: &SandboxRequest, sockets: &Sockets) -> Result<VmConfig, VmConfigError> {
+    let config = &req.config;
+    let cfg = VmConfig {
+        initrd: Some(config.initrd.clone()),
+        cmdline: vm::guest_cmdline(config.debug),
+        vcpus: vm::vcpus_from("vcpus", config.vcpus)?,
+        memory_mib: config.memory_mib.into(),
+        console: Console::Stdout,
+        vsock: Some(VsockConfig {
+            cid: POD_GUEST_CID,
+            uds: sockets.vsock.clone(),
+        }),
+        fs: vec![FsConfig {
+            socket: sockets.fs.clone(),
+            tag: SHARE_TAG.into(),
+        }],
+        control: Some(sockets.control.clone()),
+        debug: config.debug,
+        ..VmConfig::new(config.kernel.clone())
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Writes `cfg` as JSON to `path` (mode 0600: the state directory is root's).
+fn write_vm_config(cfg: &VmConfig, path: &Path) -> Result<(), LaunchError> {
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(cfg.to_json().as_bytes())
+    };
+    write().map_err(|source| LaunchError::WriteConfig {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Starts virtiofsd on the pod share and waits for its socket.
@@ -129,28 +190,20 @@ pub fn start_virtiofsd(
     Ok(child)
 }
 
-/// Starts hull-vmm and waits until the agent prints its ready marker.
+/// Writes `cfg` to the pod's `vm.json`, starts `hull-vmm --config` on it and
+/// waits until the agent prints its ready marker.
 pub fn start_vmm(
     req: &SandboxRequest,
     sockets: &Sockets,
+    cfg: &VmConfig,
     timeout: Duration,
     log_limit: &Arc<RateLimit>,
 ) -> Result<Child, LaunchError> {
-    let config = &req.config;
-    let program = &config.hull_vmm;
+    write_vm_config(cfg, &sockets.vm_config)?;
+    let program = &req.config.hull_vmm;
     let mut child = Command::new(program)
-        .arg("--kernel")
-        .arg(&config.kernel)
-        .arg("--initrd")
-        .arg(&config.initrd)
-        .args(["--cmdline", CMDLINE])
-        .args(["--vcpus", &config.vcpus.to_string()])
-        .args(["--memory", &config.memory_mib.to_string()])
-        .args(["--console", "stdout"])
-        .arg("--vsock")
-        .arg(format!("{GUEST_CID},{}", sockets.vsock.display()))
-        .arg("--fs")
-        .arg(format!("{SHARE_TAG},{}", sockets.fs.display()))
+        .arg("--config")
+        .arg(&sockets.vm_config)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -210,4 +263,88 @@ pub fn stop(child: &mut Child, grace: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn request(config: Config) -> SandboxRequest {
+        SandboxRequest {
+            sandbox_id: "pod".into(),
+            share_dir: "/run/hull/ns/pod/share".into(),
+            state_dir: "/run/hull/ns/pod".into(),
+            config,
+        }
+    }
+
+    #[test]
+    fn the_vm_config_carries_the_pod_config_and_its_sockets() {
+        let config = Config {
+            vcpus: 2,
+            memory_mib: 1024,
+            ..Config::default()
+        };
+        let sockets = Sockets::in_dir(Path::new("/run/hull/ns/pod"));
+        let cfg = vm_config(&request(config.clone()), &sockets).unwrap();
+        assert_eq!((cfg.vcpus, cfg.memory_mib), (2, 1024));
+        assert_eq!(cfg.kernel, config.kernel);
+        assert_eq!(cfg.initrd.as_ref(), Some(&config.initrd));
+        assert_eq!(cfg.cmdline, vm::DEFAULT_CMDLINE);
+        assert!(!cfg.debug);
+        let vsock = cfg.vsock.as_ref().unwrap();
+        assert_eq!(vsock.uds, Path::new("/run/hull/ns/pod/vsock.sock"));
+        assert_eq!(cfg.fs[0].tag, SHARE_TAG);
+        assert_eq!(cfg.fs[0].socket, Path::new("/run/hull/ns/pod/fs.sock"));
+        assert_eq!(cfg.control.as_deref(), Some(sockets.control.as_path()));
+        // What hull-vmm reads back is what the shim meant.
+        assert_eq!(VmConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn debug_reaches_hull_vmm_and_the_agent_command_line() {
+        let config = Config {
+            debug: true,
+            ..Config::default()
+        };
+        let cfg = vm_config(&request(config), &Sockets::in_dir(Path::new("/s"))).unwrap();
+        assert!(cfg.debug, "hull-vmm logs at debug level");
+        assert!(
+            vm::cmdline_wants_debug(&cfg.cmdline),
+            "the agent sees {}: {}",
+            vm::DEBUG_CMDLINE_WORD,
+            cfg.cmdline
+        );
+    }
+
+    #[test]
+    fn out_of_range_sizes_are_refused_before_anything_starts() {
+        for (vcpus, memory_mib, field) in
+            [(9, 512, "vcpus"), (300, 512, "vcpus"), (1, 8, "memory_mib")]
+        {
+            let config = Config {
+                vcpus,
+                memory_mib,
+                ..Config::default()
+            };
+            let err = vm_config(&request(config), &Sockets::in_dir(Path::new("/s"))).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_config_file_is_private_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let sockets = Sockets::in_dir(dir.path());
+        let cfg = vm_config(&request(Config::default()), &sockets).unwrap();
+        write_vm_config(&cfg, &sockets.vm_config).unwrap();
+        let meta = std::fs::metadata(&sockets.vm_config).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&sockets.vm_config).unwrap();
+        assert_eq!(VmConfig::from_json(&text).unwrap(), cfg);
+        sockets.remove();
+        assert!(!sockets.vm_config.exists());
+    }
 }

@@ -8,6 +8,7 @@ mod launch;
 mod oom;
 mod spec;
 mod streams;
+pub mod vmm_control;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::AgentClient;
+use hull_protocol::vm::GUEST_SHARE_DIR as GUEST_SHARE;
 
 use super::{
     host_pids, Backend, BackendError, ContainerRequest, ContainerStats, ExecRequest,
@@ -26,14 +28,14 @@ use super::{
 use launch::Sockets;
 use spec::{guest_spec, PodNamespaces};
 
-/// Where the agent mounts the share in the guest.
-const GUEST_SHARE: &str = "/run/hull/shared";
 /// How long virtiofsd may take to create its socket.
 const FS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the guest may take to boot to the agent's ready marker (the lab is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the guest may take to power off after DestroySandbox.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
+/// How long hull-vmm's control socket may take to answer.
+const STATS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one OomEvent call blocks before the watcher checks for shutdown.
 const OOM_POLL_MS: u32 = 2000;
 /// Exit status reported for processes whose VM died under them (128 + SIGKILL).
@@ -180,12 +182,15 @@ impl VmBackend {
 impl Backend for VmBackend {
     fn create_sandbox(&self, req: &SandboxRequest) -> Result<()> {
         let sockets = Sockets::in_dir(&req.state_dir);
+        // Checked before anything starts: a bad size fails the create at once.
+        let vm_config = launch::vm_config(req, &sockets)
+            .map_err(|e| BackendError::Invalid(hull_protocol::error::chain(&e)))?;
         sockets.remove();
         let timeout = Duration::from_secs(req.config.agent_timeout_secs.into());
         let log_limit = console::RateLimit::for_pod();
         let mut virtiofsd =
             launch::start_virtiofsd(req, &sockets, FS_TIMEOUT, &log_limit).map_err(sandbox_err)?;
-        let mut vmm = match launch::start_vmm(req, &sockets, BOOT_TIMEOUT, &log_limit) {
+        let mut vmm = match launch::start_vmm(req, &sockets, &vm_config, BOOT_TIMEOUT, &log_limit) {
             Ok(vmm) => vmm,
             Err(e) => {
                 launch::stop(&mut virtiofsd, Duration::ZERO);
@@ -197,7 +202,7 @@ impl Backend for VmBackend {
         let booted = agent::connect(&sockets.vsock, timeout).and_then(|(client, conn)| {
             let mut create = CreateSandboxRequest::new();
             create.sandbox_id = req.sandbox_id.clone();
-            create.shared_fs_tag = launch::SHARE_TAG.into();
+            create.shared_fs_tag = hull_protocol::vm::SHARE_TAG.into();
             client
                 .create_sandbox(agent::prompt(timeout), &create)
                 .map_err(agent::map("CreateSandbox"))?;
@@ -502,6 +507,16 @@ impl Backend for VmBackend {
         // A VM killed for a hung agent has nothing left to power off.
         let mut grace = Duration::ZERO;
         if !self.unresponsive.load(Ordering::SeqCst) {
+            // The pod's cost, for its story in the log.
+            match vmm_control::vm_stats(&vm.sockets.control, STATS_TIMEOUT) {
+                Ok(s) => {
+                    tracing::info!(sandbox = %vm.sandbox_id, vmm_rss_kib = s.memory.vmm_rss_kib,
+                    cpu_user_s = s.cpu.user_s, cpu_system_s = s.cpu.system_s,
+                    vcpu_exits = s.vcpu_exits, uptime_s = s.uptime_s, "VM figures at teardown")
+                }
+                Err(e) => tracing::debug!(sandbox = %vm.sandbox_id,
+                    "no VM figures: {}", hull_protocol::error::chain(&e)),
+            }
             let _ = vm
                 .client
                 .destroy_sandbox(vm.prompt(), &DestroySandboxRequest::new());

@@ -1,0 +1,401 @@
+//! The VM configuration the shim hands to `hull-vmm` (`hull-vmm --config
+//! vm.json`): one typed shape with its defaults and limits written once, and
+//! one validation both sides run, the shim before it spawns anything and the
+//! VMM before it builds anything. Nothing is clamped: a value out of range is
+//! an error naming the field and its bounds.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Fewest vCPUs of a VM.
+pub const MIN_VCPUS: u8 = 1;
+/// Most vCPUs of a VM (what hull-vmm's MP table and CPUID topology describe).
+pub const MAX_VCPUS: u8 = 8;
+/// vCPUs of a VM whose configuration names none.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Smallest guest hull-vmm builds (a Linux guest needs a few MiB anyway).
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// Largest guest memory accepted (hull-vmm also refuses more than the host's RAM).
+pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
+/// Guest memory of a VM whose configuration names none.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// Smallest pod VM the shim boots: Hull's guest kernel, initramfs and agent need this much.
+pub const MIN_POD_MEMORY_MIB: u64 = 64;
+/// Guest kernel command line of every Hull VM; hull-vmm appends its device words.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+/// Kernel command-line word that turns on the agent's debug logs.
+pub const DEBUG_CMDLINE_WORD: &str = "hull.debug=1";
+/// Longest guest command line the shim or a config file may give (the VMM
+/// appends its device words within the kernel's 2048 bytes).
+pub const MAX_CMDLINE_LEN: usize = 1024;
+/// Lowest CID a guest may have (0-2 are reserved by the vsock spec).
+pub const MIN_GUEST_CID: u64 = 3;
+/// Guest CID of every pod VM (each VM has its own hybrid vsock socket).
+pub const POD_GUEST_CID: u64 = MIN_GUEST_CID;
+/// Longest virtio-fs tag (the device's config space holds 36 bytes).
+pub const MAX_FS_TAG_LEN: usize = 36;
+/// virtio-fs tag of the pod share.
+pub const SHARE_TAG: &str = "hullshare";
+/// Where the agent mounts the pod share in the guest; container rootfs paths lie under it.
+pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
+
+/// File names inside a pod's state directory (`<run_dir>/<namespace>/<pod>`).
+pub mod pod_files {
+    /// The hybrid vsock socket of hull-vmm.
+    pub const VSOCK: &str = "vsock.sock";
+    /// virtiofsd's vhost-user socket.
+    pub const FS: &str = "fs.sock";
+    /// hull-vmm's control socket (see [`crate::control`]).
+    pub const CONTROL: &str = "control.sock";
+    /// The [`super::VmConfig`] the shim wrote for hull-vmm.
+    pub const VM_CONFIG: &str = "vm.json";
+}
+
+/// A VM configuration that breaks a limit.
+#[derive(Debug, thiserror::Error)]
+pub enum VmConfigError {
+    #[error("{field} = {value}: must be {min} to {max}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("kernel: a guest kernel path is required")]
+    NoKernel,
+    #[error("cmdline is {0} bytes: at most {MAX_CMDLINE_LEN}")]
+    CmdlineTooLong(usize),
+    #[error("cmdline holds a NUL or newline: give plain words")]
+    CmdlineControl,
+    #[error("virtio-fs tag {0:?}: must be 1 to {MAX_FS_TAG_LEN} bytes")]
+    FsTag(String),
+    #[error("not a valid VM configuration")]
+    Json(#[source] serde_json::Error),
+}
+
+/// Where the serial console goes. JSON: `"stdout"`, `"none"` or `{"file": "/path"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Console {
+    /// The VMM's stdout.
+    #[default]
+    Stdout,
+    /// Dropped.
+    None,
+    /// Appended to a file (or written to a FIFO).
+    File(PathBuf),
+}
+
+/// The vsock device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's CID.
+    #[serde(default = "default_cid")]
+    pub cid: u64,
+    /// Unix socket the host connects to; guest connections to host port P go to `<uds>_P`.
+    pub uds: PathBuf,
+}
+
+fn default_cid() -> u64 {
+    MIN_GUEST_CID
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Backing file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A vhost-user-fs share served by virtiofsd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
+    /// The tag the guest mounts (`mount -t virtiofs TAG /dir`).
+    pub tag: String,
+}
+
+/// Everything needed to build one VM. Every field but `kernel` has a default,
+/// so `{"kernel": "/path/vmlinux"}` is a whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// ELF vmlinux with a PVH entry.
+    pub kernel: PathBuf,
+    /// cpio (optionally gzip) initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; the VMM appends its device announcements.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// vCPUs, [`MIN_VCPUS`] to [`MAX_VCPUS`].
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest RAM in MiB, [`MIN_MEMORY_MIB`] to [`MAX_MEMORY_MIB`] (and at most the host's RAM).
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Serial console destination.
+    #[serde(default)]
+    pub console: Console,
+    /// Optional vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// virtio-blk disks.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// vhost-user-fs shares.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    /// Control socket path.
+    #[serde(default)]
+    pub control: Option<PathBuf>,
+    /// Run even on a PVM-backed /dev/kvm (only tiny guests work there).
+    #[serde(default)]
+    pub allow_pvm: bool,
+    /// hull-vmm logs at debug level (unless `HULL_LOG` says otherwise).
+    #[serde(default)]
+    pub debug: bool,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY_MIB
+}
+
+/// The guest command line of a pod VM: [`DEFAULT_CMDLINE`], plus
+/// [`DEBUG_CMDLINE_WORD`] when the agent should log at debug level.
+pub fn guest_cmdline(debug: bool) -> String {
+    if debug {
+        format!("{DEFAULT_CMDLINE} {DEBUG_CMDLINE_WORD}")
+    } else {
+        default_cmdline()
+    }
+}
+
+/// Whether a kernel command line asks for the agent's debug logs.
+pub fn cmdline_wants_debug(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == DEBUG_CMDLINE_WORD)
+}
+
+/// Checks `value` against `min..=max`.
+pub fn check_range(
+    field: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), VmConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(VmConfigError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+/// Converts a vCPU count held in a wider integer (the shim's configuration),
+/// refusing what does not fit instead of truncating it.
+pub fn vcpus_from(field: &'static str, value: u32) -> Result<u8, VmConfigError> {
+    check_range(field, value.into(), MIN_VCPUS.into(), MAX_VCPUS.into())?;
+    u8::try_from(value).map_err(|_| VmConfigError::OutOfRange {
+        field,
+        value: value.into(),
+        min: MIN_VCPUS.into(),
+        max: MAX_VCPUS.into(),
+    })
+}
+
+impl VmConfig {
+    /// A configuration with every default and the given kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            console: Console::Stdout,
+            vsock: None,
+            disks: Vec::new(),
+            fs: Vec::new(),
+            control: None,
+            allow_pvm: false,
+            debug: false,
+        }
+    }
+
+    /// Parses and validates a JSON configuration.
+    pub fn from_json(text: &str) -> Result<Self, VmConfigError> {
+        let cfg: Self = serde_json::from_str(text).map_err(VmConfigError::Json)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The configuration as pretty JSON (what `hull-vmm --config` reads).
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of paths, strings and numbers cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks every limit that needs no file system access.
+    pub fn validate(&self) -> Result<(), VmConfigError> {
+        if self.kernel.as_os_str().is_empty() {
+            return Err(VmConfigError::NoKernel);
+        }
+        check_range(
+            "vcpus",
+            self.vcpus.into(),
+            MIN_VCPUS.into(),
+            MAX_VCPUS.into(),
+        )?;
+        check_range(
+            "memory_mib",
+            self.memory_mib,
+            MIN_MEMORY_MIB,
+            MAX_MEMORY_MIB,
+        )?;
+        if self.cmdline.len() > MAX_CMDLINE_LEN {
+            return Err(VmConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        if self.cmdline.contains(['\0', '\n']) {
+            return Err(VmConfigError::CmdlineControl);
+        }
+        if let Some(v) = &self.vsock {
+            check_range("vsock.cid", v.cid, MIN_GUEST_CID, u32::MAX.into())?;
+        }
+        for fs in &self.fs {
+            if fs.tag.is_empty() || fs.tag.len() > MAX_FS_TAG_LEN {
+                return Err(VmConfigError::FsTag(fs.tag.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> VmConfig {
+        VmConfig {
+            initrd: Some("/i".into()),
+            cmdline: guest_cmdline(true),
+            vcpus: 2,
+            memory_mib: 512,
+            vsock: Some(VsockConfig {
+                cid: POD_GUEST_CID,
+                uds: "/run/hull/p/vsock.sock".into(),
+            }),
+            fs: vec![FsConfig {
+                socket: "/run/hull/p/fs.sock".into(),
+                tag: SHARE_TAG.into(),
+            }],
+            control: Some("/run/hull/p/control.sock".into()),
+            debug: true,
+            ..VmConfig::new("/k")
+        }
+    }
+
+    #[test]
+    fn json_round_trips_and_a_kernel_alone_is_enough() {
+        let cfg = pod();
+        assert_eq!(VmConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+        let min = VmConfig::from_json(r#"{"kernel":"/k"}"#).unwrap();
+        assert_eq!(min, VmConfig::new("/k"));
+        assert_eq!(min.cmdline, DEFAULT_CMDLINE);
+        let file = VmConfig::from_json(r#"{"kernel":"/k","console":{"file":"/c"}}"#).unwrap();
+        assert_eq!(file.console, Console::File("/c".into()));
+        assert!(matches!(
+            VmConfig::from_json(r#"{"kernel":"/k","typo":1}"#),
+            Err(VmConfigError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn limits_are_errors_naming_the_field() {
+        for (cfg, field) in [
+            (VmConfig { vcpus: 0, ..pod() }, "vcpus = 0: must be 1 to 8"),
+            (VmConfig { vcpus: 9, ..pod() }, "vcpus = 9"),
+            (
+                VmConfig {
+                    memory_mib: 15,
+                    ..pod()
+                },
+                "memory_mib = 15: must be 16 to 262144",
+            ),
+            (
+                VmConfig {
+                    memory_mib: MAX_MEMORY_MIB + 1,
+                    ..pod()
+                },
+                "memory_mib",
+            ),
+            (
+                VmConfig {
+                    vsock: Some(VsockConfig {
+                        cid: 2,
+                        uds: "/v".into(),
+                    }),
+                    ..pod()
+                },
+                "vsock.cid = 2",
+            ),
+            (
+                VmConfig {
+                    cmdline: "x".repeat(MAX_CMDLINE_LEN + 1),
+                    ..pod()
+                },
+                "cmdline is",
+            ),
+            (
+                VmConfig {
+                    cmdline: "a\nb".into(),
+                    ..pod()
+                },
+                "NUL or newline",
+            ),
+            (VmConfig::new(""), "kernel"),
+        ] {
+            let msg = cfg.validate().unwrap_err().to_string();
+            assert!(msg.contains(field), "{msg}");
+        }
+        let mut bad_tag = pod();
+        bad_tag.fs[0].tag = "t".repeat(MAX_FS_TAG_LEN + 1);
+        assert!(matches!(bad_tag.validate(), Err(VmConfigError::FsTag(_))));
+        assert!(pod().validate().is_ok());
+    }
+
+    #[test]
+    fn vcpus_from_a_wider_integer_is_refused_not_truncated() {
+        assert_eq!(vcpus_from("vcpus", 8).unwrap(), 8);
+        for bad in [0, 9, 256, 264] {
+            assert!(matches!(
+                vcpus_from("vcpus", bad),
+                Err(VmConfigError::OutOfRange { value, .. }) if value == u64::from(bad)
+            ));
+        }
+    }
+
+    #[test]
+    fn the_debug_word_is_on_the_command_line_only_when_asked() {
+        assert!(cmdline_wants_debug(&guest_cmdline(true)));
+        assert!(!cmdline_wants_debug(&guest_cmdline(false)));
+        assert!(!cmdline_wants_debug("hull.debug=10 xhull.debug=1"));
+    }
+}
