@@ -8,9 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-// The VM backend against an agent stand-in that never answers.
+// The VM backend against stand-ins for hull-vmm, virtiofsd and the agent:
+// one that never answers, one that floods OOM events and the console.
+#[path = "host_shim/hostile_agent.rs"]
+mod hostile_agent;
 #[path = "host_shim/hung_agent.rs"]
 mod hung_agent;
+#[path = "host_shim/standin.rs"]
+mod standin;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-hull-v2");
 const RUNTIME: &str = "io.containerd.hull.v2";
