@@ -705,14 +705,7 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     }
     assert!(!socket.exists(), "the dead shim's socket is removed");
     // Gone, or a zombie waiting for its new parent to reap it.
-    let alive = || {
-        std::fs::read_to_string(format!("/proc/{task_pid}/stat")).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                != Some("Z")
-        })
-    };
+    let alive = || standin::alive(&task_pid.to_string());
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
