@@ -8,9 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-// The VM backend against an agent stand-in that never answers.
+// The VM backend against stand-ins for hull-vmm, virtiofsd and the agent:
+// one that never answers, one that floods OOM events and the console.
+#[path = "host_shim/hostile_agent.rs"]
+mod hostile_agent;
 #[path = "host_shim/hung_agent.rs"]
 mod hung_agent;
+#[path = "host_shim/standin.rs"]
+mod standin;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-hull-v2");
 const RUNTIME: &str = "io.containerd.hull.v2";
@@ -700,14 +705,7 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     }
     assert!(!socket.exists(), "the dead shim's socket is removed");
     // Gone, or a zombie waiting for its new parent to reap it.
-    let alive = || {
-        std::fs::read_to_string(format!("/proc/{task_pid}/stat")).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                != Some("Z")
-        })
-    };
+    let alive = || standin::alive(&task_pid.to_string());
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

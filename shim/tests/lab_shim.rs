@@ -639,3 +639,38 @@ fn lab_killed_vmm_ends_the_task_and_killed_shim_is_cleaned_up() {
     ctrd.ctr_ok(&["containers", "rm", "shimdies"]);
     assert_clean(ctrd, "a killed shim");
 }
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn lab_killed_virtiofsd_ends_the_task_like_a_killed_vmm() {
+    let (ctrd, _one) = containerd();
+    let _cleanup = Remove(ctrd, &["fsdies"]);
+    // virtiofsd dies under a running container: the shim kills the VM, the
+    // task exits, Delete and rm succeed, nothing is left.
+    ctrd.run_detached("fsdies", &[], &["sleep", "1000"]);
+    let fsds = pod_processes(&["virtiofsd"]);
+    assert_eq!(fsds.len(), 1, "{fsds:?}");
+    let started = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-9", &fsds[0].0.to_string()])
+        .status();
+    ctrd.wait_status("fsdies", "STOPPED", 120);
+    println!(
+        "killed virtiofsd: the task stopped {:.1} s later",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        pod_processes(&["hull-vmm"]).is_empty(),
+        "hull-vmm is killed with the share gone"
+    );
+    let log = std::fs::read_to_string(Path::new(BASE).join("containerd/containerd.log"));
+    assert!(
+        log.unwrap_or_default()
+            .contains("virtiofsd, which serves the pod's share, exited"),
+        "the shim says why the pod ended\n{}",
+        ctrd.shim_log()
+    );
+    ctrd.ctr_ok(&["task", "delete", "fsdies"]);
+    ctrd.ctr_ok(&["containers", "rm", "fsdies"]);
+    assert_clean(ctrd, "a killed virtiofsd");
+}

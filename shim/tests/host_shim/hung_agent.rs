@@ -6,18 +6,15 @@
 //! answers SignalProcess, WaitProcess, OomEvent, RemoveContainer or
 //! DestroySandbox.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hull_protocol::agent::*;
-use hull_protocol::agent_ttrpc::{create_agent, Agent};
+use hull_protocol::agent_ttrpc::Agent;
 use ttrpc::TtrpcContext;
 
+use super::standin::{alive, host_processes, recorded_pids, serve};
 use super::{Lab, IMAGE, RUNTIME};
 
 /// The shim's deadline for agent calls in this test (`agent_timeout_secs`).
@@ -79,90 +76,17 @@ impl Agent for HungAgent {
     }
 }
 
-/// Serves the stand-in agent: `front` takes the shim's hybrid-vsock
-/// connections (`CONNECT <port>` → `OK <n>`) and relays them to the ttrpc server.
-fn serve(dir: &Path) -> (ttrpc::Server, std::path::PathBuf) {
-    let inner = dir.join("agent-ttrpc.sock");
-    let mut server = ttrpc::Server::new()
-        .bind(&format!("unix://{}", inner.display()))
-        .unwrap()
-        .register_service(create_agent(Arc::new(HungAgent)))
-        .set_thread_count_max(256);
-    server.start().unwrap();
-    let front = dir.join("agent.sock");
-    let listener = UnixListener::bind(&front).unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let inner = inner.clone();
-            std::thread::spawn(move || relay(conn, &inner));
-        }
-    });
-    (server, front)
-}
-
-fn relay(mut conn: UnixStream, inner: &Path) {
-    let mut line = Vec::new();
-    let mut reader = BufReader::with_capacity(1, &conn);
-    if reader.read_until(b'\n', &mut line).is_err() || conn.write_all(b"OK 1\n").is_err() {
-        return;
-    }
-    let Ok(agent) = UnixStream::connect(inner) else {
-        return;
-    };
-    let (mut a, mut b) = (agent.try_clone().unwrap(), conn.try_clone().unwrap());
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut b, &mut a);
-        let _ = a.shutdown(std::net::Shutdown::Both);
-    });
-    let (mut a, mut c) = (agent, conn);
-    let _ = std::io::copy(&mut a, &mut c);
-    let _ = c.shutdown(std::net::Shutdown::Both);
-}
-
-fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Whether a process exists and is not a zombie.
-fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next())
-            != Some("Z")
-    })
-}
-
 #[test]
 fn a_hung_agent_does_not_stall_state_and_kill_stops_its_vm_in_bounded_time() {
     let dir = std::path::PathBuf::from(format!("/tmp/hull-hung-agent.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (_server, front) = serve(&dir);
-    let vmm = dir.join("hull-vmm");
-    let virtiofsd = dir.join("virtiofsd");
-    // `--config vm.json`: the pod's vsock socket (`"uds"`) becomes a link to the agent.
-    script(
-        &vmm,
-        &format!(
-            "while [ $# -gt 0 ]; do [ \"$1\" = --config ] && cfg=\"$2\"; shift; done\n\
-             uds=$(sed -n 's/.*\"uds\": \"\\(.*\\)\".*/\\1/p' \"$cfg\")\n\
-             ln -s {front} \"$uds\"\n\
-             echo {marker}\nexec sleep 1001\n",
-            front = front.display(),
-            marker = hull_protocol::READY_MARKER
-        ),
-    );
-    script(
-        &virtiofsd,
-        "while [ $# -gt 0 ]; do [ \"$1\" = --socket-path ] && : > \"$2\"; shift; done\n\
-         exec sleep 1002\n",
-    );
-    let config = format!(
-        "hull_vmm = {vmm:?}\nvirtiofsd = {virtiofsd:?}\nkernel = \"/nonexistent/vmlinux\"\n\
-         initrd = \"/nonexistent/initrd\"\nagent_timeout_secs = {AGENT_TIMEOUT_SECS}\n"
+    let (_server, front) = serve(&dir, Arc::new(HungAgent));
+    let config = host_processes(
+        &dir,
+        &front,
+        "",
+        &format!("agent_timeout_secs = {AGENT_TIMEOUT_SECS}\n"),
     );
     let lab = Lab::start_with("hung", "vm", &config);
     lab.ctr_ok(&[
@@ -186,12 +110,8 @@ fn a_hung_agent_does_not_stall_state_and_kill_stops_its_vm_in_bounded_time() {
             .eq(["h1", shim_pid.as_str(), "RUNNING"])),
         "the task runs with the shim's pid {shim_pid}: {tasks}"
     );
-    let recorded = std::fs::read_to_string(lab.dir.join("run/hulltest/h1/host-pids")).unwrap();
-    let host_pids: Vec<String> = recorded
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    assert_eq!(host_pids.len(), 2, "hull-vmm and virtiofsd: {recorded}");
+    let host_pids = recorded_pids(&lab.dir.join("run"), "h1");
+    assert_eq!(host_pids.len(), 2, "hull-vmm and virtiofsd: {host_pids:?}");
     assert!(host_pids.iter().all(|p| alive(p)));
 
     // Kill hangs in the agent; State answers meanwhile.

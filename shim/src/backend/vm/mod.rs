@@ -8,13 +8,14 @@ mod launch;
 mod oom;
 mod spec;
 mod streams;
+mod supervise;
 pub mod vmm_control;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hull_protocol::agent::*;
@@ -76,6 +77,10 @@ pub struct VmBackend {
     sandbox_container: Mutex<Option<String>>,
     /// Which OOM events reach containerd.
     oom: Mutex<oom::Filter>,
+    /// Set once virtiofsd died under the running VM and the VM was killed for it.
+    fs_died: Arc<AtomicBool>,
+    /// The watch on virtiofsd, stopped before any deliberate teardown.
+    fs_watch: Mutex<Option<supervise::Watch>>,
 }
 
 fn sandbox_err(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
@@ -93,6 +98,13 @@ impl VmBackend {
                 "the pod's VM was stopped because its agent did not answer".into(),
             ));
         }
+        if self.fs_died.load(Ordering::SeqCst) {
+            return Err(BackendError::Agent(
+                "the pod's VM was stopped because virtiofsd, which serves its share, exited; \
+                 delete the pod's tasks"
+                    .into(),
+            ));
+        }
         match self.vm.get() {
             Some(vm) if !self.stopped.load(Ordering::SeqCst) => Ok(vm),
             _ => Err(BackendError::Agent("the pod's VM is not running".into())),
@@ -102,13 +114,61 @@ impl VmBackend {
     /// Whether hull-vmm has exited (or the sandbox was destroyed or killed).
     fn vm_gone(&self) -> bool {
         let Some(vm) = self.vm.get() else { return true };
-        if self.stopped.load(Ordering::SeqCst) || self.unresponsive.load(Ordering::SeqCst) {
+        if self.stopped.load(Ordering::SeqCst) || self.vm_killed() {
             return true;
         }
         let mut children = vm.children.lock().unwrap_or_else(|e| e.into_inner());
         children
             .first_mut()
             .is_none_or(|vmm| !matches!(vmm.try_wait(), Ok(None)))
+    }
+
+    /// Whether the shim killed the VM: its agent stopped answering or its
+    /// virtiofsd died. Every process of the pod died with it.
+    fn vm_killed(&self) -> bool {
+        self.unresponsive.load(Ordering::SeqCst) || self.fs_died.load(Ordering::SeqCst)
+    }
+
+    /// Watches virtiofsd: if it dies while the VM runs, the VM is killed
+    /// (hull-vmm through its pidfd) and every call in flight ends.
+    fn supervise_virtiofsd(
+        &self,
+        sandbox_id: &str,
+        vmm: &Child,
+        virtiofsd: &Child,
+        conn: &OwnedFd,
+    ) -> std::result::Result<supervise::Watch, supervise::SuperviseError> {
+        let vmm_fd = supervise::pidfd("hull-vmm", vmm.id())?;
+        let fs_fd = supervise::pidfd("virtiofsd", virtiofsd.id())?;
+        let conn = conn.try_clone().map_err(supervise::SuperviseError::Dup)?;
+        let died = self.fs_died.clone();
+        let sandbox = sandbox_id.to_string();
+        supervise::Watch::start(fs_fd, move |status| {
+            died.store(true, Ordering::SeqCst);
+            if supervise::exited(&vmm_fd) {
+                tracing::info!(sandbox = %sandbox, %status, "virtiofsd exited after hull-vmm");
+                return;
+            }
+            tracing::error!(sandbox = %sandbox, %status,
+                "virtiofsd, which serves the pod's share, exited under the running VM: \
+                 killing the VM; every task of the pod exits");
+            supervise::kill(&vmm_fd);
+            // SAFETY: shutdown(2) on a duplicate this closure owns; it ends
+            // every agent call in flight at once.
+            unsafe { libc::shutdown(conn.as_raw_fd(), libc::SHUT_RDWR) };
+        })
+    }
+
+    /// Stops the watch on virtiofsd before the shim ends it on purpose.
+    fn unsupervise(&self) {
+        let watch = self
+            .fs_watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(watch) = watch {
+            watch.stop();
+        }
     }
 
     /// Whether hull-vmm is gone or goes within `grace`: its connection closes
@@ -138,6 +198,7 @@ impl VmBackend {
         // SAFETY: shutdown(2) on a socket this struct owns; it only changes the
         // socket's state, shared with the client's duplicate.
         unsafe { libc::shutdown(vm.conn.as_raw_fd(), libc::SHUT_RDWR) };
+        self.unsupervise();
         let mut children = vm.children.lock().unwrap_or_else(|e| e.into_inner());
         for child in children.iter_mut() {
             launch::stop(child, Duration::ZERO);
@@ -208,8 +269,14 @@ impl Backend for VmBackend {
                 .map_err(agent::map("CreateSandbox"))?;
             Ok((client, conn))
         });
-        let (client, conn) = match booted {
-            Ok(client) => client,
+        let booted = booted.and_then(|(client, conn)| {
+            let watch = self
+                .supervise_virtiofsd(&req.sandbox_id, &vmm, &virtiofsd, &conn)
+                .map_err(sandbox_err)?;
+            Ok((client, conn, watch))
+        });
+        let (client, conn, watch) = match booted {
+            Ok(booted) => booted,
             Err(e) => {
                 launch::stop(&mut vmm, Duration::ZERO);
                 launch::stop(&mut virtiofsd, Duration::ZERO);
@@ -231,7 +298,9 @@ impl Backend for VmBackend {
         };
         self.vm
             .set(vm)
-            .map_err(|_| BackendError::Invalid("the pod's sandbox exists already".into()))
+            .map_err(|_| BackendError::Invalid("the pod's sandbox exists already".into()))?;
+        *self.fs_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
+        Ok(())
     }
 
     fn create_container(&self, req: &ContainerRequest<'_>) -> Result<ProcessStreams> {
@@ -297,6 +366,10 @@ impl Backend for VmBackend {
     }
 
     fn wait(&self, container_id: &str, exec_id: Option<&str>) -> Result<u32> {
+        if self.vm_killed() {
+            // The killed VM took every process with it.
+            return Ok(VM_GONE_STATUS);
+        }
         let vm = self.vm()?;
         let mut wait = WaitProcessRequest::new();
         wait.container_id = container_id.into();
@@ -319,7 +392,7 @@ impl Backend for VmBackend {
         signal: u32,
         all: bool,
     ) -> Result<()> {
-        if self.unresponsive.load(Ordering::SeqCst) {
+        if self.vm_killed() {
             // The killed VM took every process with it.
             return Ok(());
         }
@@ -429,7 +502,7 @@ impl Backend for VmBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(c, _), _| c != container_id);
-        if self.unresponsive.load(Ordering::SeqCst) {
+        if self.vm_killed() {
             // The killed VM took the container with it.
             return Ok(());
         }
@@ -504,9 +577,10 @@ impl Backend for VmBackend {
         let Some(vm) = self.vm.get() else {
             return Ok(());
         };
-        // A VM killed for a hung agent has nothing left to power off.
+        self.unsupervise();
+        // A VM killed for a hung agent or a dead virtiofsd has nothing left to power off.
         let mut grace = Duration::ZERO;
-        if !self.unresponsive.load(Ordering::SeqCst) {
+        if !self.vm_killed() {
             // The pod's cost, for its story in the log.
             match vmm_control::vm_stats(&vm.sockets.control, STATS_TIMEOUT) {
                 Ok(s) => {
@@ -650,6 +724,81 @@ mod tests {
         assert!(started.elapsed() < timeout + Duration::from_secs(2));
         assert!(backend.unresponsive.load(Ordering::SeqCst));
         assert!(backend.vm_gone());
+        backend.destroy_sandbox().unwrap();
+    }
+
+    #[test]
+    fn a_dead_virtiofsd_kills_the_vm_and_every_task_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, agent) = hung_vm(dir.path(), Duration::from_secs(30));
+        let backend = std::sync::Arc::new(backend);
+        let vm = backend.vm.get().unwrap();
+        let watch = {
+            let children = vm.children.lock().unwrap();
+            backend
+                .supervise_virtiofsd("hung", &children[0], &children[1], &vm.conn)
+                .unwrap()
+        };
+        *backend.fs_watch.lock().unwrap() = Some(watch);
+        let waiter = {
+            let b = backend.clone();
+            std::thread::spawn(move || b.wait("c1", None))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!backend.vm_gone(), "the VM runs while virtiofsd does");
+        let started = Instant::now();
+        vm.children.lock().unwrap()[1].kill().unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap(), VM_GONE_STATUS);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !matches!(vm.children.lock().unwrap()[0].try_wait(), Ok(Some(_))) {
+            assert!(
+                Instant::now() < deadline,
+                "the hull-vmm stand-in still runs"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(backend.vm_gone());
+        let err = backend.pids("c1").unwrap_err().to_string();
+        assert!(err.contains("virtiofsd"), "{err}");
+        // Later waits, Kill, Delete and teardown answer at once.
+        let quick = Instant::now();
+        assert_eq!(backend.wait("c1", Some("e1")).unwrap(), VM_GONE_STATUS);
+        backend.signal("c1", None, 9, true).unwrap();
+        backend.remove_container("c1").unwrap();
+        backend.destroy_sandbox().unwrap();
+        assert!(
+            quick.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            quick.elapsed()
+        );
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn a_deliberate_teardown_does_not_fire_the_virtiofsd_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, _agent) = hung_vm(dir.path(), Duration::from_secs(1));
+        let vm = backend.vm.get().unwrap();
+        let watch = {
+            let children = vm.children.lock().unwrap();
+            backend
+                .supervise_virtiofsd("hung", &children[0], &children[1], &vm.conn)
+                .unwrap()
+        };
+        *backend.fs_watch.lock().unwrap() = Some(watch);
+        // The hung agent gets the VM killed (hull-vmm and virtiofsd together).
+        backend.remove_container("c1").unwrap();
+        assert!(backend.unresponsive.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !backend.fs_died.load(Ordering::SeqCst),
+            "virtiofsd was stopped on purpose"
+        );
         backend.destroy_sandbox().unwrap();
     }
 
