@@ -3,8 +3,12 @@
 use super::*;
 use crate::devices::virtio::test_utils::TestQueue;
 use crate::devices::virtio::vsock::packet::*;
+use crate::devices::virtio::Interrupt;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const CID: u64 = 3;
 const BUF: u64 = 0x40_0000;
@@ -62,7 +66,7 @@ fn config_space_holds_the_cid() {
     let mut b = [0u8; 8];
     r.dev.read_config(0, &mut b);
     assert_eq!(u64::from_le_bytes(b), CID);
-    assert_eq!(r.dev.device_type(), TYPE_VSOCK);
+    assert_eq!(r.dev.common().device_type(), DeviceType::Vsock);
 }
 
 #[test]
@@ -179,7 +183,7 @@ fn one_event_moves_a_bounded_batch_and_re_arms() {
     r.dev.process_queue(TX);
     assert_eq!(usize::from(r.tx.used_idx()), EVENT_BUDGET);
     let mut events = 1;
-    while r.dev.queue_events()[TX].read().is_ok() {
+    while r.dev.common().queue_events()[TX].read().is_ok() {
         r.dev.process_queue(TX);
         events += 1;
         assert!(events < 10, "the re-arming never stops");
