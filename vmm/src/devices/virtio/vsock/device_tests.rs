@@ -6,7 +6,6 @@ use crate::devices::virtio::vsock::packet::*;
 use crate::devices::virtio::Interrupt;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -218,26 +217,21 @@ fn a_guest_dialing_cid_1_or_itself_is_reset_through_the_queue() {
     }
 }
 
-/// The fuzz target's setup (`vmm/fuzz/fuzz_targets/vsock_queue.rs`) with seeded random guest
-/// memory, so its ground is covered where cargo-fuzz is not installed.
+/// The fuzz target's setup (`vmm/fuzz/fuzz_targets/vsock_queue.rs`), shared through its
+/// `common.rs`.
+#[path = "../../../../fuzz/fuzz_targets/common.rs"]
+mod fuzz_common;
+
+/// The fuzz target's run with seeded random guest memory, so its ground is covered where
+/// cargo-fuzz is not installed.
 #[test]
 fn random_rings_and_buffers_never_panic() {
-    let mem = crate::memory::create(16).unwrap().mem;
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
-    };
-    let queue = |base: u64| {
-        let mut q = Queue::new(16).unwrap();
-        q.set_size(16);
-        q.set_desc_table_address(Some(base as u32), Some(0));
-        q.set_avail_ring_address(Some((base + 0x100) as u32), Some(0));
-        q.set_used_ring_address(Some((base + 0x200) as u32), Some(0));
-        q.set_ready(true);
-        q
     };
     let uds = std::env::temp_dir().join(format!("hull-vsockdev-rand-{}", std::process::id()));
     for _ in 0..300 {
@@ -246,7 +240,7 @@ fn random_rings_and_buffers_never_panic() {
             let v = next().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
-        mem.write_slice(&bytes, GuestAddress(0)).unwrap();
+        let mem = fuzz_common::memory(&bytes);
         // Mostly in-memory descriptors, small available indexes, and some packets that get
         // past the CID check, so the muxer's paths run too.
         for base in [0x1000u64, 0x2000, 0x3000] {
@@ -275,8 +269,8 @@ fn random_rings_and_buffers_never_panic() {
         let _ = std::fs::remove_file(&uds);
         let mut dev = Vsock::new(CID, &uds).unwrap();
         let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        let queues = vec![queue(0x1000), queue(0x2000), queue(0x3000)];
-        if dev.activate(mem.clone(), queues, irq).is_ok() {
+        let queues = Vec::from([0x1000, 0x2000, 0x3000].map(fuzz_common::queue));
+        if dev.activate(mem, queues, irq).is_ok() {
             dev.process_queue(TX);
             dev.process_queue(RX);
         }
