@@ -217,6 +217,53 @@ fn a_guest_dialing_cid_1_or_itself_is_reset_through_the_queue() {
     }
 }
 
+/// Why packets are not parsed with the `virtio-vsock` crate: virtio 1.x (2.7.4, message framing)
+/// lets a driver split a packet over descriptors as it likes, and Linux does (a MSG_ZEROCOPY
+/// send puts each page of payload in a descriptor of its own). `VsockPacket::from_tx_virtq_chain`
+/// takes only a header inside the head descriptor and the payload in one more descriptor; this
+/// device takes any split. If a crate upgrade makes this test fail, the crate takes any layout:
+/// switch to it.
+#[test]
+fn any_descriptor_layout_is_parsed_where_the_virtio_vsock_crate_refuses_it() {
+    use virtio_vsock::packet::VsockPacket;
+
+    let mut r = rig("layout");
+    let mem = r.tx.mem.clone();
+    let at = |i: u64| BUF + 0x1000 * i;
+    // A REQUEST whose header spans two descriptors, and 5 bytes of data in two descriptors
+    // after a whole header. Neither connection exists: each, once parsed, is answered by RST.
+    mem.write_slice(&hdr(OP_REQUEST, 4321, 77, 0).bytes(), GuestAddress(at(0)))
+        .unwrap();
+    mem.write_slice(&hdr(OP_RW, 4322, 78, 5).bytes(), GuestAddress(at(2)))
+        .unwrap();
+    let layouts: [&[(u64, u32, bool)]; 2] = [
+        &[(at(0), 20, false), (at(0) + 20, 24, false)],
+        &[
+            (at(2), HDR_LEN as u32, false),
+            (at(3), 2, false),
+            (at(4), 3, false),
+        ],
+    ];
+    for (i, layout) in (8..).zip(layouts) {
+        let mut probe = TestQueue::new(&mem, 0x50_0000, 16);
+        probe.add_chain(layout);
+        let mut q = probe.queue();
+        let mut chain = q.pop_descriptor_chain(&mem).unwrap();
+        let parsed = VsockPacket::from_tx_virtq_chain(&mem, &mut chain, muxer::TX_BUF_SIZE);
+        assert!(parsed.is_err(), "the crate now takes {layout:?}");
+        r.tx.add_chain(layout);
+        r.rx.add_chain(&[(at(i), 0x100, true)]);
+    }
+    r.dev.process_queue(TX);
+    assert_eq!(r.rx.used_idx(), 2);
+    for (i, port) in [(8, 4321), (9, 4322)] {
+        let mut raw = [0u8; HDR_LEN];
+        mem.read_slice(&mut raw, GuestAddress(at(i))).unwrap();
+        let h = Header::parse(&raw);
+        assert_eq!((h.op, h.dst_port), (OP_RST, port));
+    }
+}
+
 /// The fuzz target's setup (`vmm/fuzz/fuzz_targets/vsock_queue.rs`), shared through its
 /// `common.rs`.
 #[path = "../../../../fuzz/fuzz_targets/common.rs"]
