@@ -1,6 +1,8 @@
 //! Shared setup: guest memory filled from the fuzz input, and queues whose rings live in it.
 //! Also compiled into hull-vmm's vsock unit tests (`#[path]`), which run the same setup on
-//! seeded random memory where cargo-fuzz is not installed: so it names no hull-vmm item.
+//! seeded random memory where cargo-fuzz is not installed: so it names no hull-vmm item. Each
+//! target uses part of it.
+#![allow(dead_code)]
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
