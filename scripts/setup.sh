@@ -41,6 +41,12 @@ if ! command -v virtiofsd >/dev/null; then
     say "building virtiofsd (cargo install, ~4 min once)"
     cargo install --locked --quiet virtiofsd
 fi
+# cargo-fuzz for the hull-vmm fuzz targets (vmm/fuzz/run.sh); they build with nightly.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "building cargo-fuzz (cargo install, ~2 min once)"
+    cargo install --locked --quiet cargo-fuzz
+fi
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 # pjdfstest, the POSIX file-system suite the lab runs in runc and Hull
 # containers (shim/tests/lab_shim/fs_conformance.rs names this version):
 # static for musl, cached outside the repo by version.

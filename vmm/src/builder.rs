@@ -263,6 +263,7 @@ pub fn attach_virtio(parts: &mut VmParts, dev: Arc<Mutex<dyn VirtioDevice>>) -> 
     for (i, evt) in dev
         .lock()
         .unwrap_or_else(|e| e.into_inner())
+        .common()
         .queue_events()
         .iter()
         .enumerate()

@@ -101,7 +101,11 @@ impl EventLoop {
         let (queue_fds, backend_fds) = {
             let d = dev.lock().unwrap_or_else(|e| e.into_inner());
             let q: Vec<RawFd> = if d.polls_queue_events() {
-                d.queue_events().iter().map(|e| e.as_raw_fd()).collect()
+                d.common()
+                    .queue_events()
+                    .iter()
+                    .map(|e| e.as_raw_fd())
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -148,7 +152,7 @@ impl EventLoop {
                     }
                     Some(Source::Queue(dev, idx)) => {
                         let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(evt) = d.queue_events().get(*idx) {
+                        if let Some(evt) = d.common().queue_events().get(*idx) {
                             // Non-blocking: an empty counter just means a spurious wakeup.
                             let _ = evt.read();
                         }
@@ -180,15 +184,13 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, Interrupt};
-    use crate::memory::GuestMem;
-    use virtio_queue::Queue;
+    use crate::devices::virtio::{DeviceType, VirtioCommon};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     /// A device like vhost-user-fs: an external reader owns its queue events, and its backend
     /// descriptor dies (stays readable) on first use.
     struct External {
-        kicks: Vec<EventFd>,
+        common: VirtioCommon,
         backend: EventFd,
         gone: bool,
         queue_calls: usize,
@@ -196,28 +198,13 @@ mod tests {
     }
 
     impl VirtioDevice for External {
-        fn device_type(&self) -> u32 {
-            0
+        fn common(&self) -> &VirtioCommon {
+            &self.common
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16]
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.common
         }
-        fn features(&self) -> u64 {
-            0
-        }
-        fn ack_features(&mut self, _: u64) {}
         fn read_config(&self, _: u64, _: &mut [u8]) {}
-        fn activate(
-            &mut self,
-            _: GuestMem,
-            _: Vec<Queue>,
-            _: Arc<Interrupt>,
-        ) -> Result<(), ActivateError> {
-            Ok(())
-        }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.kicks
-        }
         fn polls_queue_events(&self) -> bool {
             false
         }
@@ -240,7 +227,7 @@ mod tests {
     #[test]
     fn external_queue_events_and_dead_backends_are_left_alone() {
         let dev = Arc::new(Mutex::new(External {
-            kicks: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
+            common: VirtioCommon::new(DeviceType::Fs, 0, &[16]).unwrap(),
             backend: EventFd::new(EFD_NONBLOCK).unwrap(),
             gone: false,
             queue_calls: 0,
@@ -251,7 +238,7 @@ mod tests {
         el.add_device(dev.clone()).unwrap();
         {
             let d = dev.lock().unwrap();
-            d.kicks[0].write(1).unwrap();
+            d.common.queue_events()[0].write(1).unwrap();
             // Never read by the device: without the removal the loop would spin on it.
             d.backend.write(1).unwrap();
         }
@@ -262,7 +249,7 @@ mod tests {
         let d = dev.lock().unwrap();
         assert_eq!((d.queue_calls, d.backend_calls), (0, 1));
         assert_eq!(
-            d.kicks[0].read().unwrap(),
+            d.common.queue_events()[0].read().unwrap(),
             1,
             "the kick is left to its reader"
         );

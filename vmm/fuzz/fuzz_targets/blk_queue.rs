@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
         std::fs::write(&path, vec![0u8; 64 * 1024]).unwrap();
     }
     let mut dev = Block::new(&path, false).unwrap();
-    dev.ack_features(dev.features());
+    let offered = dev.common().offered();
+    dev.common_mut().ack_features(offered).unwrap();
     let mem = common::memory(data);
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     if dev.activate(mem, vec![common::queue(0x1000)], irq).is_ok() {

@@ -1,6 +1,9 @@
 //! Shared setup: guest memory filled from the fuzz input, and queues whose rings live in it.
+//! Also compiled into hull-vmm's vsock unit tests (`#[path]`), which run the same setup on
+//! seeded random memory where cargo-fuzz is not installed: so it names no hull-vmm item. Each
+//! target uses part of it.
+#![allow(dead_code)]
 
-use hull_vmm::memory::GuestMem;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -8,7 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 pub const MEM_SIZE: usize = 1 << 20;
 
 /// Guest memory whose first bytes are the fuzz input (descriptor tables, rings, buffers).
-pub fn memory(data: &[u8]) -> GuestMem {
+pub fn memory(data: &[u8]) -> GuestMemoryMmap {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let n = data.len().min(MEM_SIZE);
     mem.write_slice(&data[..n], GuestAddress(0)).unwrap();

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 
-use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::common::set_feature_page;
+use super::{Interrupt, VirtioDevice};
 use crate::devices::bus::BusDevice;
 use crate::memory::GuestMem;
 
@@ -24,7 +25,9 @@ const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
 
-/// One virtio device behind an MMIO window.
+/// One virtio device behind an MMIO window. The transport holds only the driver's registers
+/// (selectors, queues being set up, status); features and activation live in the device's
+/// [`super::VirtioCommon`].
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
     mem: GuestMem,
@@ -36,7 +39,6 @@ pub struct MmioTransport {
     driver_features: u64,
     status: u32,
     config_generation: u32,
-    activated: bool,
 }
 
 impl MmioTransport {
@@ -58,13 +60,13 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             config_generation: 0,
-            activated: false,
         }
     }
 
     fn fresh_queues(device: &Arc<Mutex<dyn VirtioDevice>>) -> Vec<Queue> {
         let dev = device.lock().unwrap_or_else(|e| e.into_inner());
-        dev.queue_max_sizes()
+        dev.common()
+            .queue_sizes()
             .iter()
             .map(|&max| Queue::new(max).expect("device queue sizes are powers of two"))
             .collect()
@@ -79,15 +81,20 @@ impl MmioTransport {
         self.status
     }
 
+    fn activated(&self) -> bool {
+        self.dev().common().is_activated()
+    }
+
     fn selected(&mut self) -> Option<&mut Queue> {
-        let can_configure = !self.activated && self.status & STATUS_FEATURES_OK != 0;
+        let can_configure = !self.activated() && self.status & STATUS_FEATURES_OK != 0;
         let q = self.queues.get_mut(self.queue_sel as usize)?;
         can_configure.then_some(q)
     }
 
     fn reset(&mut self) {
-        if self.activated && !self.dev().reset() {
-            tracing::warn!("virtio device cannot be reset; it stays stopped");
+        let device_type = self.dev().common().device_type();
+        if !self.dev().reset() {
+            tracing::warn!(device = %device_type, "virtio device cannot be reset; it stays stopped");
         }
         self.queues = Self::fresh_queues(&self.device);
         self.queue_sel = 0;
@@ -95,7 +102,6 @@ impl MmioTransport {
         self.driver_features_sel = 0;
         self.driver_features = 0;
         self.status = 0;
-        self.activated = false;
         self.interrupt.ack(u32::MAX);
     }
 
@@ -110,14 +116,13 @@ impl MmioTransport {
         }
         let added = value & !self.status;
         if added & STATUS_FEATURES_OK != 0 {
-            let offered = self.dev().features();
-            let ok = self.driver_features & !offered == 0
-                && self.driver_features & VIRTIO_F_VERSION_1 != 0;
-            if !ok {
+            let acked = self.driver_features;
+            let negotiated = self.dev().common_mut().ack_features(acked);
+            if let Err(e) = negotiated {
+                tracing::debug!(error = %e, "virtio feature negotiation refused");
                 self.status = value & !STATUS_FEATURES_OK;
                 return;
             }
-            self.dev().ack_features(self.driver_features);
         }
         self.status = value;
         if added & STATUS_DRIVER_OK != 0 && self.status & STATUS_FEATURES_OK != 0 {
@@ -141,7 +146,7 @@ impl MmioTransport {
             Err("driver set up invalid or too few queues".to_string())
         };
         match result {
-            Ok(()) => self.activated = true,
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "virtio device activation failed");
                 self.status |= STATUS_NEEDS_RESET;
@@ -154,16 +159,9 @@ impl MmioTransport {
         match offset {
             0x00 => MAGIC,
             0x04 => VERSION,
-            0x08 => self.dev().device_type(),
+            0x08 => self.dev().common().device_type().id(),
             0x0c => VENDOR,
-            0x10 => {
-                let f = self.dev().features();
-                match self.device_features_sel {
-                    0 => f as u32,
-                    1 => (f >> 32) as u32,
-                    _ => 0,
-                }
-            }
+            0x10 => self.dev().common().offered_page(self.device_features_sel),
             0x34 => self
                 .queues
                 .get(self.queue_sel as usize)
@@ -171,8 +169,9 @@ impl MmioTransport {
             0x44 => {
                 // Running queues were all ready at activation (the device now owns them).
                 let idx = self.queue_sel as usize;
+                let activated = self.activated();
                 match self.queues.get(idx) {
-                    Some(_) if self.activated => 1,
+                    Some(_) if activated => 1,
                     Some(q) => u32::from(q.ready()),
                     None => 0,
                 }
@@ -189,17 +188,8 @@ impl MmioTransport {
             0x14 => self.device_features_sel = v,
             0x20 => {
                 if self.status & STATUS_FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => {
-                            self.driver_features =
-                                (self.driver_features & !0xffff_ffff) | u64::from(v)
-                        }
-                        1 => {
-                            self.driver_features =
-                                (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
-                        }
-                        _ => {}
-                    }
+                    self.driver_features =
+                        set_feature_page(self.driver_features, self.driver_features_sel, v);
                 }
             }
             0x24 => self.driver_features_sel = v,
@@ -215,8 +205,8 @@ impl MmioTransport {
                 }
             }
             NOTIFY_OFFSET => {
-                if self.activated {
-                    if let Some(evt) = self.dev().queue_events().get(v as usize) {
+                if self.activated() {
+                    if let Some(evt) = self.dev().common().queue_events().get(v as usize) {
                         // Fails only when the counter would overflow: already pending.
                         let _ = evt.write(1);
                     }
@@ -283,59 +273,45 @@ pub fn cmdline_word(base: u64, irq: u32) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, TYPE_VSOCK};
+    use crate::devices::virtio::{DeviceType, VirtioCommon, VIRTIO_F_VERSION_1};
     use vmm_sys_util::eventfd::EventFd;
 
     const STATUS_ACK: u32 = 1;
     const STATUS_DRIVER: u32 = 2;
 
     pub(crate) struct Dummy {
-        pub activated: Option<Vec<Queue>>,
-        pub acked: u64,
-        evts: Vec<EventFd>,
+        common: VirtioCommon,
+        pub resets: usize,
     }
 
     impl Dummy {
         pub fn new() -> Self {
             Dummy {
-                activated: None,
-                acked: 0,
-                evts: vec![EventFd::new(0).unwrap(), EventFd::new(0).unwrap()],
+                common: VirtioCommon::new(DeviceType::Vsock, 1, &[16, 16]).unwrap(),
+                resets: 0,
             }
+        }
+        pub fn activated(&self) -> bool {
+            self.common.is_activated()
+        }
+        pub fn acked(&self) -> u64 {
+            self.common.acked()
         }
     }
 
     impl VirtioDevice for Dummy {
-        fn device_type(&self) -> u32 {
-            TYPE_VSOCK
+        fn common(&self) -> &VirtioCommon {
+            &self.common
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 16]
-        }
-        fn features(&self) -> u64 {
-            VIRTIO_F_VERSION_1 | 1
-        }
-        fn ack_features(&mut self, f: u64) {
-            self.acked = f;
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.common
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::read_config_bytes(&[7, 0, 0, 0], offset, data)
         }
-        fn activate(
-            &mut self,
-            _: GuestMem,
-            q: Vec<Queue>,
-            _: Arc<Interrupt>,
-        ) -> Result<(), ActivateError> {
-            self.activated = Some(q);
-            Ok(())
-        }
-        fn reset(&mut self) -> bool {
-            self.activated = None;
+        fn on_reset(&mut self) -> bool {
+            self.resets += 1;
             true
-        }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.evts
         }
         fn process_queue(&mut self, _: usize) {}
     }
@@ -378,7 +354,7 @@ pub(crate) mod tests {
         let (mut t, _) = setup();
         assert_eq!(r(&mut t, 0), MAGIC);
         assert_eq!(r(&mut t, 4), 2);
-        assert_eq!(r(&mut t, 8), TYPE_VSOCK);
+        assert_eq!(r(&mut t, 8), DeviceType::Vsock.id());
         w(&mut t, 0x14, 1);
         assert_eq!(r(&mut t, 0x10), 1);
         assert_eq!(r(&mut t, 0x34), 16);
@@ -398,7 +374,7 @@ pub(crate) mod tests {
         let (mut t, dev) = setup();
         drive(&mut t, 1);
         assert_eq!(t.status() & STATUS_FEATURES_OK, STATUS_FEATURES_OK);
-        assert_eq!(dev.lock().unwrap().acked, VIRTIO_F_VERSION_1);
+        assert_eq!(dev.lock().unwrap().acked(), VIRTIO_F_VERSION_1);
         setup_queue(&mut t, 0, 0x10_0000);
         setup_queue(&mut t, 1, 0x20_0000);
         w(
@@ -406,14 +382,36 @@ pub(crate) mod tests {
             0x70,
             STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
         );
-        assert!(dev.lock().unwrap().activated.is_some());
+        assert!(dev.lock().unwrap().activated());
         // Queue registers are frozen once running.
         w(&mut t, 0x30, 0);
         w(&mut t, 0x44, 0);
         assert_eq!(r(&mut t, 0x44), 1);
         w(&mut t, 0x70, 0);
-        assert!(dev.lock().unwrap().activated.is_none());
+        assert!(!dev.lock().unwrap().activated());
+        assert_eq!(dev.lock().unwrap().resets, 1);
         assert_eq!(t.status(), 0);
+    }
+
+    #[test]
+    fn reset_before_driver_ok_forgets_the_features_without_stopping_anything() {
+        let (mut t, dev) = setup();
+        drive(&mut t, 1);
+        setup_queue(&mut t, 0, 0x10_0000);
+        w(&mut t, 0x70, 0);
+        let d = dev.lock().unwrap();
+        assert_eq!((d.acked(), d.resets, d.activated()), (0, 0, false));
+        drop(d);
+        // The queue set up before the reset is gone: DRIVER_OK now finds it unready.
+        drive(&mut t, 1);
+        setup_queue(&mut t, 1, 0x20_0000);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(!dev.lock().unwrap().activated());
+        assert_ne!(t.status() & STATUS_NEEDS_RESET, 0);
     }
 
     #[test]
@@ -436,7 +434,7 @@ pub(crate) mod tests {
             0x70,
             STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
         );
-        assert!(dev.lock().unwrap().activated.is_none());
+        assert!(!dev.lock().unwrap().activated());
         assert_ne!(t.status() & STATUS_NEEDS_RESET, 0);
     }
 }

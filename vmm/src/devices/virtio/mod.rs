@@ -1,5 +1,6 @@
-//! The virtio device model shared by every device: the device trait the MMIO transport drives,
-//! the interrupt line, and the constants of the virtio 1.x spec the devices use.
+//! The virtio device model shared by every device: the device trait the MMIO transport drives
+//! (its shared state lives in `common.rs`), the interrupt line, and the constants of the virtio
+//! 1.x spec the devices use.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -7,9 +8,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+pub use common::{DeviceType, FeatureError, VirtioCommon};
+
 use crate::memory::GuestMem;
 
 pub mod block;
+pub mod common;
 pub mod fs;
 pub mod mmio;
 #[cfg(test)]
@@ -18,12 +22,6 @@ pub mod vsock;
 
 /// Feature bit: the device follows virtio 1.x (mandatory for MMIO version 2).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// Device type of virtio-blk.
-pub const TYPE_BLOCK: u32 = 2;
-/// Device type of virtio-vsock.
-pub const TYPE_VSOCK: u32 = 19;
-/// Device type of virtio-fs.
-pub const TYPE_FS: u32 = 26;
 
 /// Interrupt status bit: a used ring changed.
 pub const INT_VRING: u32 = 1;
@@ -36,6 +34,9 @@ pub enum ActivateError {
     /// The driver set up fewer or invalid queues.
     #[error("invalid queue configuration")]
     BadQueues,
+    /// The device already runs (the driver must reset it first).
+    #[error("the device is already running")]
+    AlreadyActive,
     /// The backend could not start.
     #[error("device backend failed to start: {0}")]
     Backend(String),
@@ -75,35 +76,29 @@ impl Interrupt {
     }
 }
 
-/// A virtio device as the transport sees it. Queue processing happens on the event loop.
+/// A virtio device as the transport sees it: its shared state in a [`VirtioCommon`] plus what
+/// is its own (configuration space, queue processing, backend). Queue processing happens on the
+/// event loop.
 pub trait VirtioDevice: Send {
-    /// Virtio device type.
-    fn device_type(&self) -> u32;
-    /// Maximum size of each queue; the number of entries is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// Offered feature bits.
-    fn features(&self) -> u64;
-    /// Records the features the driver accepted (a subset of `features()`).
-    fn ack_features(&mut self, features: u64);
+    /// The shared state.
+    fn common(&self) -> &VirtioCommon;
+    /// The shared state, mutably.
+    fn common_mut(&mut self) -> &mut VirtioCommon;
     /// Reads the device configuration space; out-of-range bytes read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the configuration space; most devices ignore it.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// Starts the device with the driver's queues.
-    fn activate(
-        &mut self,
-        mem: GuestMem,
-        queues: Vec<Queue>,
-        interrupt: std::sync::Arc<Interrupt>,
-    ) -> Result<(), ActivateError>;
-    /// Stops the device after a driver reset; returns false if it cannot be reset (it then
-    /// stays broken until the VM restarts).
-    fn reset(&mut self) -> bool {
-        false
+    /// Device-specific start, called once the shared state holds the driver's queues. An error
+    /// returns the device to inactive.
+    fn on_activate(&mut self) -> Result<(), ActivateError> {
+        Ok(())
     }
-    /// One eventfd per queue, signalled when the driver notifies the queue.
-    fn queue_events(&self) -> &[EventFd];
-    /// Whether the event loop reads `queue_events` and calls `process_queue`. A device whose
+    /// Device-specific stop after a driver reset of a running device; false if the device
+    /// cannot start again (it then stays stopped until the VM restarts).
+    fn on_reset(&mut self) -> bool {
+        true
+    }
+    /// Whether the event loop reads the queue events and calls `process_queue`. A device whose
     /// queues an external backend serves (vhost-user) answers false: the backend reads the
     /// eventfds itself, and a second reader would steal its notifications.
     fn polls_queue_events(&self) -> bool {
@@ -119,6 +114,28 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize);
     /// Handles readiness of backend descriptor `fd`.
     fn process_backend(&mut self, _fd: RawFd) {}
+
+    /// Starts the device with the driver's queues (the shared rules, then `on_activate`).
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: std::sync::Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        self.common_mut().activate(mem, queues, interrupt)?;
+        let started = self.on_activate();
+        if started.is_err() {
+            self.common_mut().reset();
+        }
+        started
+    }
+    /// Stops the device after a driver reset and returns it to inactive; false if it cannot
+    /// start again.
+    fn reset(&mut self) -> bool {
+        let restartable = !self.common().is_activated() || self.on_reset();
+        self.common_mut().reset();
+        restartable
+    }
 }
 
 /// The bytes of `config` at `offset`, zero-padded: the common `read_config` helper.

@@ -6,15 +6,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::{QueueT, Reader, Writer};
 
-use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_BLOCK,
-    VIRTIO_F_VERSION_1,
-};
+use crate::devices::virtio::{read_config_bytes, DeviceType, VirtioCommon, VirtioDevice};
 use crate::memory::GuestMem;
 
 /// Sector size of the virtio-blk protocol.
@@ -47,20 +42,19 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
 }
 
-struct Active {
-    mem: GuestMem,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
+/// The backing file and what the guest may do with it.
+struct Disk {
+    file: File,
+    read_only: bool,
+    capacity_sectors: u64,
+    /// The driver acked VIRTIO_BLK_F_FLUSH.
+    flush: bool,
 }
 
 /// A file-backed virtio-blk disk.
 pub struct Block {
-    file: File,
-    read_only: bool,
-    capacity_sectors: u64,
-    acked: u64,
-    evts: Vec<EventFd>,
-    active: Option<Active>,
+    common: VirtioCommon,
+    disk: Disk,
 }
 
 impl Block {
@@ -73,21 +67,55 @@ impl Block {
             .open(path)
             .map_err(|e| Error::Open(name.clone(), e))?;
         let len = file.metadata().map_err(|e| Error::Open(name, e))?.len();
+        let features = F_FLUSH | if read_only { F_RO } else { 0 };
         Ok(Block {
-            file,
-            read_only,
-            capacity_sectors: len / SECTOR_SIZE,
-            acked: 0,
-            evts: vec![EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
-            active: None,
+            common: VirtioCommon::new(DeviceType::Block, features, &[QUEUE_SIZE])
+                .map_err(Error::EventFd)?,
+            disk: Disk {
+                file,
+                read_only,
+                capacity_sectors: len / SECTOR_SIZE,
+                flush: false,
+            },
         })
     }
 
     /// Disk size in sectors.
     pub fn capacity_sectors(&self) -> u64 {
-        self.capacity_sectors
+        self.disk.capacity_sectors
     }
 
+    /// Serves at most [`EVENT_BUDGET`] available requests. When the budget runs out, the device
+    /// kicks its own queue event so the event loop comes back after serving everything else
+    /// that is ready. Returns how many requests were completed.
+    pub fn process_requests(&mut self) -> usize {
+        let Some(a) = self.common.active_mut() else {
+            return 0;
+        };
+        let queue = &mut a.queues[0];
+        let mut used = 0;
+        while used < EVENT_BUDGET {
+            let Some(chain) = queue.pop_descriptor_chain(&a.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = self.disk.serve(&a.mem, chain).unwrap_or(0);
+            if queue.add_used(&a.mem, head, len).is_err() {
+                tracing::warn!("virtio-blk: cannot return a request");
+            }
+            used += 1;
+        }
+        if used == EVENT_BUDGET {
+            self.common.rearm(0);
+        }
+        if used > 0 {
+            self.common.signal_used();
+        }
+        used
+    }
+}
+
+impl Disk {
     /// Byte offset of `sector` if `len` bytes from there fit the disk.
     fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let start = sector.checked_mul(SECTOR_SIZE)?;
@@ -194,9 +222,7 @@ impl Block {
                     _ => S_IOERR,
                 }
             }
-            T_FLUSH if self.acked & F_FLUSH != 0 => {
-                ok(self.read_only || self.file.sync_data().is_ok())
-            }
+            T_FLUSH if self.flush => ok(self.read_only || self.file.sync_data().is_ok()),
             T_GET_ID => {
                 let mut id = [0u8; ID_LEN];
                 id[..8].copy_from_slice(b"hull-blk");
@@ -206,75 +232,21 @@ impl Block {
             _ => S_UNSUPP,
         }
     }
-
-    /// Serves at most [`EVENT_BUDGET`] available requests. When the budget runs out, the device
-    /// kicks its own queue event so the event loop comes back after serving everything else
-    /// that is ready. Returns how many requests were completed.
-    pub fn process_requests(&mut self) -> usize {
-        let Some(mut a) = self.active.take() else {
-            return 0;
-        };
-        let mut used = 0;
-        while used < EVENT_BUDGET {
-            let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let len = self.serve(&a.mem, chain).unwrap_or(0);
-            if a.queue.add_used(&a.mem, head, len).is_err() {
-                tracing::warn!("virtio-blk: cannot return a request");
-            }
-            used += 1;
-        }
-        if used == EVENT_BUDGET {
-            if let Err(e) = self.evts[0].write(1) {
-                tracing::warn!(error = %e, "virtio-blk: cannot re-arm the queue event");
-            }
-        }
-        if used > 0 {
-            a.interrupt.trigger(INT_VRING);
-        }
-        self.active = Some(a);
-        used
-    }
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        TYPE_BLOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | F_FLUSH | if self.read_only { F_RO } else { 0 }
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.capacity_sectors.to_le_bytes(), offset, data)
+        read_config_bytes(&self.disk.capacity_sectors.to_le_bytes(), offset, data)
     }
-    fn activate(
-        &mut self,
-        mem: GuestMem,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        let queue = queues.into_iter().next().ok_or(ActivateError::BadQueues)?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
+    fn on_activate(&mut self) -> Result<(), crate::devices::virtio::ActivateError> {
+        self.disk.flush = self.common.has_acked(F_FLUSH);
         Ok(())
-    }
-    fn reset(&mut self) -> bool {
-        self.active = None;
-        true
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.evts
     }
     fn process_queue(&mut self, _index: usize) {
         self.process_requests();

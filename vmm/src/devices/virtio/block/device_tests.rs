@@ -2,7 +2,10 @@
 
 use super::*;
 use crate::devices::virtio::test_utils::TestQueue;
+use crate::devices::virtio::Interrupt;
+use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const HDR: u64 = 0x40_0000;
 const DATA: u64 = 0x41_0000;
@@ -34,7 +37,8 @@ fn rig_sized(name: &str, read_only: bool, size: u16) -> Rig {
     let mem = crate::memory::create(16).unwrap().mem;
     let q = TestQueue::new(&mem, 0x10_0000, size);
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-    dev.ack_features(dev.features());
+    let offered = dev.common().offered();
+    dev.common_mut().ack_features(offered).unwrap();
     dev.activate(mem, vec![q.queue()], irq).unwrap();
     Rig { dev, q, path }
 }
@@ -56,8 +60,8 @@ fn config_and_features() {
     let mut b = [0u8; 8];
     r.dev.read_config(0, &mut b);
     assert_eq!(u64::from_le_bytes(b), 8);
-    assert_ne!(r.dev.features() & F_RO, 0);
-    assert_ne!(r.dev.features() & F_FLUSH, 0);
+    assert_ne!(r.dev.common().offered() & F_RO, 0);
+    assert_ne!(r.dev.common().offered() & F_FLUSH, 0);
 }
 
 #[test]
@@ -182,7 +186,7 @@ fn one_event_serves_a_bounded_batch_and_re_arms() {
     assert_eq!(usize::from(r.q.used_idx()), EVENT_BUDGET);
     // The device kicked itself: the loop comes back for the rest, one batch per event.
     let mut events = 1;
-    while r.dev.queue_events()[0].read().is_ok() {
+    while r.dev.common().queue_events()[0].read().is_ok() {
         r.dev.process_queue(0);
         events += 1;
         assert!(events < 10, "the re-arming never stops");
@@ -202,7 +206,7 @@ fn a_queue_storm_does_not_starve_the_event_loop() {
     let mut r = rig_sized("storm", false, 256);
     let mem = r.q.mem.clone();
     header(&mem, T_IN, 0);
-    let kick = r.dev.queue_events()[0].try_clone().unwrap();
+    let kick = r.dev.common().queue_events()[0].try_clone().unwrap();
     // The rig keeps the disk file (removed on drop); the loop and the "vCPU" get the rest.
     let mut q = std::mem::replace(&mut r.q, TestQueue::new(&mem, 0x20_0000, 16));
     let dev = std::mem::replace(&mut r.dev, Block::new(&r.path, false).unwrap());

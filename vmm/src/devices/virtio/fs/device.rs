@@ -3,7 +3,7 @@
 //! go straight to virtiofsd as its kick eventfds, so the event loop does not poll them.
 //!
 //! Interrupts: virtiofsd signals one "call" eventfd for both queues; the event loop polls it and
-//! raises the device interrupt through [`Interrupt::trigger`], which also sets the
+//! raises the device interrupt through [`VirtioCommon::signal_used`], which also sets the
 //! InterruptStatus bit the virtio-mmio driver reads. (Handing virtiofsd the irqfd itself would
 //! skip that bit, and the MMIO driver ignores an interrupt without it.)
 //!
@@ -17,17 +17,14 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use vhost::vhost_user::Frontend;
-use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::vhost_user::{self, Negotiated, StartParams, CONFIG_LEN, NUM_QUEUES, QUEUE_SIZE};
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_FS,
+    read_config_bytes, ActivateError, DeviceType, VirtioCommon, VirtioDevice,
 };
-use crate::memory::GuestMem;
 
 /// Errors creating the device.
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +47,11 @@ impl Error {
     }
 }
 
-/// Where the device is in its life.
-enum State {
-    /// Connected; the driver has not started the device yet.
-    Ready,
-    /// virtiofsd serves the queues.
-    Running(Arc<Interrupt>),
+/// What virtiofsd can still do (whether it serves the queues now is the shared state's
+/// activation).
+enum Backend {
+    /// Connected: serves the queues while the device is activated, can start them when not.
+    Usable,
     /// The driver reset the device and the backend cannot reset its state (no RESET_DEVICE):
     /// the rings are stopped until the VM restarts.
     Stopped,
@@ -63,17 +59,17 @@ enum State {
     Broken,
 }
 
-/// A virtio-fs share served by virtiofsd.
+/// A virtio-fs share served by virtiofsd. Its queue events are the kick eventfds virtiofsd
+/// reads.
 pub struct Fs {
+    common: VirtioCommon,
     tag: String,
     socket: PathBuf,
     frontend: Frontend,
-    backend: Negotiated,
-    acked: u64,
+    negotiated: Negotiated,
     config: [u8; CONFIG_LEN],
-    kicks: Vec<EventFd>,
     call: EventFd,
-    state: State,
+    backend: Backend,
 }
 
 /// Whether the peer of the stream socket `fd` is gone (EOF or a socket error). Data waiting
@@ -127,28 +123,25 @@ impl Fs {
         tag: &str,
         socket: &Path,
         frontend: Frontend,
-        backend: Negotiated,
+        negotiated: Negotiated,
     ) -> Result<Self, Error> {
-        let kicks = (0..NUM_QUEUES)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::EventFd)?;
+        let features = vhost_user::guest_features(negotiated.features);
         Ok(Fs {
+            common: VirtioCommon::new(DeviceType::Fs, features, &[QUEUE_SIZE; NUM_QUEUES])
+                .map_err(Error::EventFd)?,
             tag: tag.to_string(),
             socket: socket.to_path_buf(),
             frontend,
-            backend,
-            acked: 0,
+            negotiated,
             config: vhost_user::config_space(tag),
-            kicks,
             call: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
-            state: State::Ready,
+            backend: Backend::Usable,
         })
     }
 
     /// Whether virtiofsd went away (or failed to start the queues).
     pub fn is_broken(&self) -> bool {
-        matches!(self.state, State::Broken)
+        matches!(self.backend, Backend::Broken)
     }
 
     /// The eventfd virtiofsd signals when it used buffers.
@@ -159,57 +152,44 @@ impl Fs {
     fn broken(&mut self, why: &str) {
         tracing::warn!(tag = %self.tag, socket = %self.socket.display(), why,
             "virtio-fs: virtiofsd is gone; the share stops working until the VM restarts");
-        self.state = State::Broken;
+        self.backend = Backend::Broken;
     }
 }
 
 impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        TYPE_FS
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE; NUM_QUEUES]
-    }
-    fn features(&self) -> u64 {
-        vhost_user::guest_features(self.backend.features)
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data)
     }
-    fn activate(
-        &mut self,
-        mem: GuestMem,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        match self.state {
-            State::Ready => {}
-            State::Running(_) => return Err(ActivateError::Backend("already running".into())),
-            State::Stopped => {
+    fn on_activate(&mut self) -> Result<(), ActivateError> {
+        match self.backend {
+            Backend::Usable => {}
+            Backend::Stopped => {
                 return Err(ActivateError::Backend(
                     "virtio-fs cannot restart after a reset; restart the VM".into(),
                 ))
             }
-            State::Broken => return Err(ActivateError::Backend("virtiofsd is gone".into())),
+            Backend::Broken => return Err(ActivateError::Backend("virtiofsd is gone".into())),
         }
-        if queues.len() != NUM_QUEUES {
+        let Some(active) = self.common.active() else {
             return Err(ActivateError::BadQueues);
-        }
+        };
         let params = StartParams {
-            mem: &mem,
-            queues: &queues,
-            backend_features: self.backend.features,
-            acked: self.acked,
+            mem: &active.mem,
+            queues: &active.queues,
+            backend_features: self.negotiated.features,
+            acked: self.common.acked(),
             call: &self.call,
-            kicks: &self.kicks,
+            kicks: self.common.queue_events(),
         };
         match vhost_user::start(self.frontend.clone(), &params) {
             Ok(()) => {
                 tracing::info!(tag = %self.tag, "virtio-fs: virtiofsd serves the queues");
-                self.state = State::Running(interrupt);
                 Ok(())
             }
             Err(e @ vhost_user::Error::BadRing { .. }) => {
@@ -222,30 +202,21 @@ impl VirtioDevice for Fs {
             }
         }
     }
-    fn reset(&mut self) -> bool {
-        match self.state {
-            State::Ready => true,
-            State::Stopped | State::Broken => false,
-            State::Running(_) => {
-                match vhost_user::reset(self.frontend.clone(), self.backend.protocol) {
-                    Ok(true) => {
-                        self.state = State::Ready;
-                        true
-                    }
-                    Ok(false) => {
-                        self.state = State::Stopped;
-                        false
-                    }
-                    Err(e) => {
-                        self.broken(&error_chain(&e));
-                        false
-                    }
-                }
+    fn on_reset(&mut self) -> bool {
+        if !matches!(self.backend, Backend::Usable) {
+            return false;
+        }
+        match vhost_user::reset(self.frontend.clone(), self.negotiated.protocol) {
+            Ok(true) => true,
+            Ok(false) => {
+                self.backend = Backend::Stopped;
+                false
+            }
+            Err(e) => {
+                self.broken(&error_chain(&e));
+                false
             }
         }
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.kicks
     }
     fn polls_queue_events(&self) -> bool {
         false
@@ -261,9 +232,7 @@ impl VirtioDevice for Fs {
         if fd == self.call.as_raw_fd() {
             // Non-blocking: an empty counter is a spurious wakeup.
             if self.call.read().is_ok() {
-                if let State::Running(interrupt) = &self.state {
-                    interrupt.trigger(INT_VRING);
-                }
+                self.common.signal_used();
             }
         } else if fd == self.frontend.as_raw_fd()
             && !self.is_broken()

@@ -5,8 +5,11 @@ use super::*;
 use crate::devices::virtio::fs::test_backend::{codes, pair, Behaviour, FEATURES};
 use crate::devices::virtio::fs::vhost_user::{init, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC};
 use crate::devices::virtio::test_utils::TestQueue;
+use crate::devices::virtio::Interrupt;
 use crate::devices::virtio::{INT_VRING, VIRTIO_F_VERSION_1};
 use crate::memory;
+use crate::memory::GuestMem;
+use std::sync::Arc;
 use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
 
 fn device(
@@ -28,27 +31,33 @@ fn activate(fs: &mut Fs) -> (Result<(), ActivateError>, Arc<Interrupt>, GuestMem
         TestQueue::new(&mem, 0x20_0000, 16).queue(),
     ];
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-    fs.ack_features(VIRTIO_F_VERSION_1 | F_RING_EVENT_IDX);
+    fs.common_mut()
+        .ack_features(VIRTIO_F_VERSION_1 | F_RING_EVENT_IDX)
+        .unwrap();
     (fs.activate(mem.clone(), queues, irq.clone()), irq, mem)
 }
 
 #[test]
 fn transport_view() {
     let (fs, backend) = device(Behaviour::default());
-    assert_eq!(fs.device_type(), TYPE_FS);
-    assert_eq!(fs.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+    assert_eq!(fs.common().device_type(), DeviceType::Fs);
+    assert_eq!(fs.common().queue_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
     assert_eq!(
-        fs.features(),
+        fs.common().offered(),
         VIRTIO_F_VERSION_1 | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX
     );
-    assert_ne!(FEATURES, fs.features(), "vhost-user bits stay hidden");
+    assert_ne!(
+        FEATURES,
+        fs.common().offered(),
+        "vhost-user bits stay hidden"
+    );
     let mut tag = [0u8; 12];
     fs.read_config(0, &mut tag);
     assert_eq!(&tag[..10], b"hullshare\0");
     let mut queues = [0u8; 4];
     fs.read_config(36, &mut queues);
     assert_eq!(u32::from_le_bytes(queues), 1);
-    assert_eq!(fs.queue_events().len(), NUM_QUEUES);
+    assert_eq!(fs.common().queue_events().len(), NUM_QUEUES);
     assert!(!fs.polls_queue_events(), "virtiofsd reads the kicks");
     assert_eq!(fs.backend_fds().len(), 2);
     drop(fs);

@@ -5,16 +5,13 @@
 use std::io::{Read, Write};
 use std::os::fd::RawFd;
 use std::path::Path;
-use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
 
 use super::muxer::{self, Muxer, MAX_RX_PAYLOAD};
 use super::packet::{Header, Packet, HDR_LEN, OP_RW};
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_VSOCK,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, DeviceType, VirtioCommon, VirtioDevice,
 };
 use crate::memory::GuestMem;
 
@@ -37,32 +34,22 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
 }
 
-struct Active {
-    mem: GuestMem,
-    queues: Vec<Queue>,
-    interrupt: Arc<Interrupt>,
-}
-
 /// A vsock device with guest CID `cid`.
 pub struct Vsock {
+    common: VirtioCommon,
     cid: u64,
     muxer: Muxer,
-    evts: Vec<EventFd>,
-    active: Option<Active>,
 }
 
 impl Vsock {
     /// Creates the device and its listening socket at `uds`.
     pub fn new(cid: u64, uds: &Path) -> Result<Self, Error> {
-        let evts = (0..3)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::EventFd)?;
+        let common =
+            VirtioCommon::new(DeviceType::Vsock, 0, &[QUEUE_SIZE; 3]).map_err(Error::EventFd)?;
         Ok(Vsock {
+            common,
             cid,
             muxer: Muxer::new(cid, uds)?,
-            evts,
-            active: None,
         })
     }
 
@@ -74,7 +61,7 @@ impl Vsock {
     /// Takes the packets the guest queued on TX, at most `budget` chains (each one taken
     /// counts down `budget`). Returns how many chains were used.
     pub fn process_tx(&mut self, budget: &mut usize) -> usize {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.common.active_mut() else {
             return 0;
         };
         let mut used = 0;
@@ -98,7 +85,7 @@ impl Vsock {
     /// Fills guest RX buffers with whatever the muxer has, at most `budget` chains. Returns
     /// how many chains were used.
     pub fn process_rx(&mut self, budget: &mut usize) -> usize {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.common.active_mut() else {
             return 0;
         };
         let mut used = 0;
@@ -142,12 +129,6 @@ impl Vsock {
         used
     }
 
-    fn notify(&mut self) {
-        if let Some(a) = self.active.as_mut() {
-            a.interrupt.trigger(INT_VRING);
-        }
-    }
-
     /// Moves packets both ways, at most [`EVENT_BUDGET`] chains in all. When the budget runs
     /// out with work left, the device kicks its own TX event so the event loop comes back after
     /// serving everything else that is ready (other devices, signals, the control socket).
@@ -165,12 +146,10 @@ impl Vsock {
             }
         }
         if budget == 0 {
-            if let Err(e) = self.evts[TX].write(1) {
-                tracing::warn!(error = %e, "vsock: cannot re-arm the queue event");
-            }
+            self.common.rearm(TX);
         }
         if used > 0 {
-            self.notify();
+            self.common.signal_used();
         }
     }
 }
@@ -198,43 +177,22 @@ where
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        TYPE_VSOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE; 3]
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-    fn ack_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data)
     }
-    fn activate(
-        &mut self,
-        mem: GuestMem,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        if queues.len() != 3 {
-            return Err(ActivateError::BadQueues);
-        }
-        self.active = Some(Active {
-            mem,
-            queues,
-            interrupt,
-        });
+    fn on_activate(&mut self) -> Result<(), ActivateError> {
         self.pump();
         Ok(())
     }
-    fn reset(&mut self) -> bool {
-        self.active = None;
+    fn on_reset(&mut self) -> bool {
         self.muxer.reset_all();
         true
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.evts
     }
     fn backend_fds(&self) -> Vec<RawFd> {
         vec![self.muxer.poll_fd()]

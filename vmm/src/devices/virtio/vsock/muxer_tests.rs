@@ -10,6 +10,44 @@ fn tmp(name: &str) -> PathBuf {
     p
 }
 
+/// A test's socket paths: the device socket and, when a host listener exists, its
+/// `<uds>_<port>`. Both are removed when this is dropped.
+struct Paths {
+    uds: PathBuf,
+    port: Option<String>,
+}
+
+impl Paths {
+    fn port(&self) -> &str {
+        self.port.as_deref().expect("a listening rig")
+    }
+}
+
+impl Drop for Paths {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.uds);
+        if let Some(p) = &self.port {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A muxer on a fresh socket path named after the test.
+fn muxer(name: &str) -> (Muxer, Paths) {
+    let uds = tmp(name);
+    let m = Muxer::new(CID, &uds).unwrap();
+    (m, Paths { uds, port: None })
+}
+
+/// A muxer plus a host listener on `<uds>_<port>`, where guest connections to `port` go.
+fn listening(name: &str, port: u32) -> (Muxer, UnixListener, Paths) {
+    let (m, mut paths) = muxer(name);
+    let path = format!("{}_{port}", paths.uds.display());
+    let l = UnixListener::bind(&path).unwrap();
+    paths.port = Some(path);
+    (m, l, paths)
+}
+
 fn guest_pkt(op: u16, src_port: u32, dst_port: u32, data: &[u8]) -> Packet {
     Packet {
         hdr: Header {
@@ -48,9 +86,9 @@ fn read_exact_timeout(s: &mut UnixStream, n: usize) -> Vec<u8> {
 
 #[test]
 fn host_initiated_connection() {
-    let uds = tmp("host");
-    let mut m = Muxer::new(CID, &uds).unwrap();
-    let mut host = UnixStream::connect(&uds).unwrap();
+    let (mut m, paths) = muxer("host");
+    let uds = &paths.uds;
+    let mut host = UnixStream::connect(uds).unwrap();
     host.write_all(b"CONNECT 1024\n").unwrap();
     let req = pump(&mut m).expect("REQUEST");
     assert_eq!(
@@ -91,9 +129,7 @@ fn host_initiated_connection() {
 
 #[test]
 fn guest_initiated_connection() {
-    let uds = tmp("guest");
-    let listener = UnixListener::bind(format!("{}_52", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, listener, _paths) = listening("guest", 52);
     m.handle_guest_packet(guest_pkt(OP_REQUEST, 5000, 52, b""));
     assert_eq!(m.next_rx_packet(4096).unwrap().hdr.op, OP_RESPONSE);
     let (mut peer, _) = listener.accept().unwrap();
@@ -118,14 +154,11 @@ fn guest_initiated_connection() {
     let mut rest = Vec::new();
     peer.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, b"bye");
-    let _ = std::fs::remove_file(format!("{}_52", uds.display()));
 }
 
 #[test]
 fn credit_limits_what_the_host_sends() {
-    let uds = tmp("credit");
-    let listener = UnixListener::bind(format!("{}_60", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, listener, _paths) = listening("credit", 60);
     let mut req = guest_pkt(OP_REQUEST, 7, 60, b"");
     req.hdr.buf_alloc = 3;
     m.handle_guest_packet(req);
@@ -140,13 +173,12 @@ fn credit_limits_what_the_host_sends() {
     upd.hdr.fwd_cnt = 3;
     m.handle_guest_packet(upd);
     assert_eq!(pump(&mut m).unwrap().data, b"def");
-    let _ = std::fs::remove_file(format!("{}_60", uds.display()));
 }
 
 #[test]
 fn hostile_packets() {
-    let uds = tmp("hostile");
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, paths) = muxer("hostile");
+    let uds = &paths.uds;
     // Spoofed source CID: dropped silently.
     let mut p = guest_pkt(OP_REQUEST, 1, 2, b"");
     p.hdr.src_cid = 99;
@@ -164,7 +196,7 @@ fn hostile_packets() {
     m.handle_guest_packet(guest_pkt(OP_RST, 1, 2, b""));
     assert!(m.next_rx_packet(4096).is_none());
     // A malformed CONNECT line closes the host connection.
-    let mut host = UnixStream::connect(&uds).unwrap();
+    let mut host = UnixStream::connect(uds).unwrap();
     host.write_all(b"HELLO\n").unwrap();
     assert!(pump(&mut m).is_none());
     host.set_read_timeout(Some(std::time::Duration::from_secs(2)))
@@ -176,9 +208,7 @@ fn hostile_packets() {
 
 #[test]
 fn guest_overrunning_credit_is_reset() {
-    let uds = tmp("overrun");
-    let listener = UnixListener::bind(format!("{}_61", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, listener, _paths) = listening("overrun", 61);
     m.handle_guest_packet(guest_pkt(OP_REQUEST, 8, 61, b""));
     assert_eq!(m.next_rx_packet(4096).unwrap().hdr.op, OP_RESPONSE);
     let (_peer, _) = listener.accept().unwrap();
@@ -196,7 +226,6 @@ fn guest_overrunning_credit_is_reset() {
     }
     assert!(reset);
     assert_eq!(m.connection_count(), 0);
-    let _ = std::fs::remove_file(format!("{}_61", uds.display()));
 }
 
 #[test]
@@ -218,9 +247,9 @@ fn existing_path_is_refused() {
 
 #[test]
 fn established_host_connection_stays_quiet() {
-    let uds = tmp("quiet");
-    let mut m = Muxer::new(CID, &uds).unwrap();
-    let mut host = UnixStream::connect(&uds).unwrap();
+    let (mut m, paths) = muxer("quiet");
+    let uds = &paths.uds;
+    let mut host = UnixStream::connect(uds).unwrap();
     host.write_all(b"CONNECT 1024\n").unwrap();
     let req = pump(&mut m).expect("REQUEST");
     let local = req.hdr.src_port;
@@ -245,9 +274,7 @@ fn established_host_connection_stays_quiet() {
 
 #[test]
 fn closed_host_socket_is_reported_once() {
-    let uds = tmp("hup");
-    let listener = UnixListener::bind(format!("{}_62", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, listener, _paths) = listening("hup", 62);
     m.handle_guest_packet(guest_pkt(OP_REQUEST, 9, 62, b""));
     assert_eq!(m.next_rx_packet(4096).unwrap().hdr.op, OP_RESPONSE);
     let (peer, _) = listener.accept().unwrap();
@@ -257,7 +284,6 @@ fn closed_host_socket_is_reported_once() {
         pump(&mut m).is_none(),
         "a hung-up socket must not be reported again"
     );
-    let _ = std::fs::remove_file(format!("{}_62", uds.display()));
 }
 
 /// Whether the muxer's poll descriptor is readable now: what makes the event loop call it.
@@ -295,9 +321,7 @@ fn settle(m: &mut Muxer, rounds: usize) -> Vec<Packet> {
 
 #[test]
 fn zero_credit_guest_and_hung_up_host_neither_spin_nor_stay() {
-    let uds = tmp("zc");
-    let l = UnixListener::bind(format!("{}_63", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, l, _paths) = listening("zc", 63);
     m.set_grace(std::time::Duration::from_millis(100));
     // The guest advertises no buffer at all; the host writes, then hangs up.
     let mut peer = guest_conn(&mut m, &l, 10, 63, 0);
@@ -322,14 +346,11 @@ fn zero_credit_guest_and_hung_up_host_neither_spin_nor_stay() {
     let quiet = settle(&mut m, 30);
     assert!(quiet.is_empty());
     assert!(!poll_ready(&m), "the timer stops with no parked connection");
-    let _ = std::fs::remove_file(format!("{}_63", uds.display()));
 }
 
 #[test]
 fn a_hung_up_host_socket_is_drained_then_finished() {
-    let uds = tmp("drain");
-    let l = UnixListener::bind(format!("{}_64", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, l, _paths) = listening("drain", 64);
     let mut peer = guest_conn(&mut m, &l, 11, 64, 3);
     peer.write_all(b"abcdef").unwrap();
     drop(peer);
@@ -357,14 +378,11 @@ fn a_hung_up_host_socket_is_drained_then_finished() {
         (OP_SHUTDOWN, SHUTDOWN_SEND | SHUTDOWN_RCV)
     );
     assert_eq!(m.connection_count(), 0);
-    let _ = std::fs::remove_file(format!("{}_64", uds.display()));
 }
 
 #[test]
 fn hang_ups_nobody_can_finish_are_reset_at_once() {
-    let uds = tmp("hupreset");
-    let l = UnixListener::bind(format!("{}_65", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, l, paths) = listening("hupreset", 65);
     // The guest shut its receiving side, then the host hangs up.
     let peer = guest_conn(&mut m, &l, 12, 65, 65536);
     let mut shut = guest_pkt(OP_SHUTDOWN, 12, 65, b"");
@@ -374,7 +392,7 @@ fn hang_ups_nobody_can_finish_are_reset_at_once() {
     let out = settle(&mut m, 5);
     assert_eq!(out.iter().map(|p| p.hdr.op).collect::<Vec<_>>(), [OP_RST]);
     // A host-initiated connection whose client hangs up before the guest answers.
-    let mut host = UnixStream::connect(&uds).unwrap();
+    let mut host = UnixStream::connect(&paths.uds).unwrap();
     host.write_all(b"CONNECT 1024\n").unwrap();
     assert_eq!(pump(&mut m).unwrap().hdr.op, OP_REQUEST);
     drop(host);
@@ -382,14 +400,11 @@ fn hang_ups_nobody_can_finish_are_reset_at_once() {
     assert_eq!(out.iter().map(|p| p.hdr.op).collect::<Vec<_>>(), [OP_RST]);
     assert_eq!(m.connection_count(), 0);
     assert!(!poll_ready(&m));
-    let _ = std::fs::remove_file(format!("{}_65", uds.display()));
 }
 
 #[test]
 fn zero_credit_guest_that_hangs_up_leaves_nothing() {
-    let uds = tmp("zcguest");
-    let l = UnixListener::bind(format!("{}_66", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, l, _paths) = listening("zcguest", 66);
     let mut a = guest_conn(&mut m, &l, 13, 66, 0);
     let mut b = guest_conn(&mut m, &l, 14, 66, 0);
     a.write_all(&[1u8; 4096]).unwrap();
@@ -411,37 +426,30 @@ fn zero_credit_guest_that_hangs_up_leaves_nothing() {
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
         }
     }
-    let _ = std::fs::remove_file(format!("{}_66", uds.display()));
 }
 
 #[test]
 fn a_full_host_backlog_is_refused_without_waiting() {
-    let uds = tmp("backlog");
-    let path = format!("{}_67", uds.display());
-    let l = UnixListener::bind(&path).unwrap();
+    let (mut m, l, paths) = listening("backlog", 67);
+    let path = paths.port();
     // SAFETY: re-listening on an owned listening socket only changes its backlog.
     assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
     let mut fillers = Vec::new();
-    while let Ok(s) = super::super::conn::connect_nonblocking(&path) {
+    while let Ok(s) = super::super::conn::connect_nonblocking(path) {
         fillers.push(s);
         assert!(fillers.len() < 64, "the backlog never filled");
     }
-    let mut m = Muxer::new(CID, &uds).unwrap();
     let start = std::time::Instant::now();
     m.handle_guest_packet(guest_pkt(OP_REQUEST, 15, 67, b""));
     assert!(start.elapsed() < std::time::Duration::from_secs(1));
     assert_eq!(m.next_rx_packet(4096).unwrap().hdr.op, OP_RST);
     assert_eq!(m.connection_count(), 0);
-    let _ = std::fs::remove_file(&path);
 }
 
 #[test]
 fn a_connection_flood_stops_at_the_cap_and_buffers_stay_in_budget() {
-    let uds = tmp("flood");
-    let path = format!("{}_68", uds.display());
-    let l = UnixListener::bind(&path).unwrap();
+    let (mut m, l, _paths) = listening("flood", 68);
     l.set_nonblocking(true).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
     let mut peers = Vec::new();
     let (mut ok, mut rst) = (0, 0);
     for src in 0..(MAX_CONNECTIONS as u32 + 100) {
@@ -472,13 +480,11 @@ fn a_connection_flood_stops_at_the_cap_and_buffers_stay_in_budget() {
     assert!(m.buffered_bytes() <= TX_BUDGET);
     while m.next_rx_packet(4096).is_some() {}
     drop(peers);
-    let _ = std::fs::remove_file(&path);
 }
 
 #[test]
 fn packets_to_other_cids_are_reset_from_where_they_were_headed() {
-    let uds = tmp("cids");
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, _paths) = muxer("cids");
     for dst in [1, CID, 7] {
         let mut p = guest_pkt(OP_REQUEST, 5555, 1024, b"");
         p.hdr.dst_cid = dst;
@@ -500,9 +506,7 @@ fn packets_to_other_cids_are_reset_from_where_they_were_headed() {
 
 #[test]
 fn a_host_that_closes_with_guest_data_unread_still_delivers_its_reply() {
-    let uds = tmp("errhup");
-    let l = UnixListener::bind(format!("{}_69", uds.display())).unwrap();
-    let mut m = Muxer::new(CID, &uds).unwrap();
+    let (mut m, l, _paths) = listening("errhup", 69);
     let mut peer = guest_conn(&mut m, &l, 16, 69, 65536);
     // The guest's bytes sit unread in the peer's socket when it closes: EPOLLERR on ours.
     m.handle_guest_packet(guest_pkt(OP_RW, 16, 69, b"unread"));
@@ -514,5 +518,4 @@ fn a_host_that_closes_with_guest_data_unread_still_delivers_its_reply() {
     assert!(matches!(ops[1..], [OP_SHUTDOWN] | [OP_RST]), "{ops:?}");
     assert_eq!(m.connection_count(), 0);
     assert!(!poll_ready(&m));
-    let _ = std::fs::remove_file(format!("{}_69", uds.display()));
 }
