@@ -96,17 +96,6 @@ fn peer_gone(fd: RawFd) -> bool {
     true
 }
 
-/// `e` and its causes on one line, for logs and the activation error.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
 
 impl Fs {
     /// Connects to virtiofsd at `socket` for the share the guest mounts as `tag`.
@@ -196,7 +185,7 @@ impl VirtioDevice for Fs {
                 Err(ActivateError::Backend(e.to_string()))
             }
             Err(e) => {
-                let text = error_chain(&e);
+                let text = hull_protocol::error::chain(&e);
                 self.broken(&text);
                 Err(ActivateError::Backend(text))
             }
@@ -213,7 +202,7 @@ impl VirtioDevice for Fs {
                 false
             }
             Err(e) => {
-                self.broken(&error_chain(&e));
+                self.broken(&hull_protocol::error::chain(&e));
                 false
             }
         }
