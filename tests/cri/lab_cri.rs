@@ -19,11 +19,22 @@ use std::time::{Duration, Instant};
 
 use hull_cri_tests::*;
 
-const HANDLERS: [&str; 2] = ["runc", "hull"];
+/// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
+/// (comma-separated) narrows a run while iterating on one.
+fn handlers() -> Vec<String> {
+    match std::env::var("HULL_CRI_HANDLERS") {
+        Ok(list) if !list.is_empty() => list.split(',').map(str::to_string).collect(),
+        _ => vec!["runc".into(), "hull".into()],
+    }
+}
 const IMAGE: &str = "docker.io/library/busybox:latest";
 const PAUSE: &str = "localhost/hull-pause:latest";
-/// Everything of this binary lives here: containerd's state, the pods, logs, volumes.
+/// Everything of this binary lives here: containerd's state, logs, volumes.
 const BASE: &str = "/run/hull-lab-cri";
+/// The shim's `run_dir`: short, as the pod's vsock listeners
+/// (`<run_dir>/k8s.io/<64-hex sandbox id>/vsock.sock_<port>`) must fit in a
+/// Unix socket address (108 bytes).
+const RUN_DIR: &str = "/run/hcri";
 /// The host cgroup (cgroupfs form, under the v2 root) kubelet would make per pod.
 const CGROUP_ROOT: &str = "hull-lab-cri";
 const CGROUP_FS: &str = "/sys/fs/cgroup";
@@ -112,6 +123,7 @@ fn start_containerd() -> Cri {
     let base = Path::new(BASE);
     stop_containerd();
     let _ = std::fs::remove_dir_all(base);
+    let _ = std::fs::remove_dir_all(RUN_DIR);
     std::fs::create_dir_all(base.join("cni")).unwrap();
     let config = base.join("hull.toml");
     std::fs::write(
@@ -123,7 +135,7 @@ fn start_containerd() -> Cri {
             kernel.join("vmlinux"),
             bins.join("hull-vmm"),
             virtiofsd(),
-            base.join("pods"),
+            RUN_DIR,
         ),
     )
     .unwrap();
@@ -244,7 +256,7 @@ fn pod_cgroup(name: &str) -> (String, PathBuf) {
     (parent, dir)
 }
 
-/// Host processes whose command line names [`BASE`] and whose argv0 ends in one of `names`.
+/// Host processes whose command line names [`BASE`] or [`RUN_DIR`] and whose argv0 ends in one of `names`.
 fn pod_processes(names: &[&str]) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -256,7 +268,9 @@ fn pod_processes(names: &[&str]) -> Vec<u32> {
         };
         let text = String::from_utf8_lossy(&cmdline);
         let argv0 = text.split('\0').next().unwrap_or_default();
-        if text.contains(BASE) && names.iter().any(|n| argv0.ends_with(n)) {
+        if (text.contains(BASE) || text.contains(RUN_DIR))
+            && names.iter().any(|n| argv0.ends_with(n))
+        {
             found.push(pid);
         }
     }
@@ -271,7 +285,7 @@ fn leftovers(cgroup_dir: &Path) -> Vec<String> {
             .map(|p| format!("process {p}"))
             .collect();
     left.extend(
-        std::fs::read_dir(Path::new(BASE).join("pods"))
+        std::fs::read_dir(Path::new(RUN_DIR).join("k8s.io"))
             .into_iter()
             .flatten()
             .flatten()
@@ -281,7 +295,7 @@ fn leftovers(cgroup_dir: &Path) -> Vec<String> {
     left.extend(
         mounts
             .lines()
-            .filter(|l| l.contains(&format!("{BASE}/pods")))
+            .filter(|l| l.contains(RUN_DIR))
             .map(|l| format!("mount {l}")),
     );
     left.extend(
@@ -351,7 +365,8 @@ fn start_pod(
 fn lab_cri_pod_ready_exec_shared_namespaces_volume_logs_stats_and_grace() {
     let (mut cri, base) = cri();
     let mut r = Report::default();
-    for handler in HANDLERS {
+    for handler in &handlers() {
+        let handler = handler.as_str();
         let name = format!("share-{handler}");
         let (parent, cgroup_dir) = pod_cgroup(&name);
         let logs = base.join("logs").join(&name);
@@ -592,7 +607,8 @@ fn lab_cri_pod_ready_exec_shared_namespaces_volume_logs_stats_and_grace() {
 fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
     let (mut cri, base) = cri();
     let mut r = Report::default();
-    for handler in HANDLERS {
+    for handler in &handlers() {
+        let handler = handler.as_str();
         let name = format!("sized-{handler}");
         let (parent, cgroup_dir) = pod_cgroup(&name);
         let logs = base.join("logs").join(&name);
@@ -698,7 +714,8 @@ fn lab_cri_pod_start_time_runc_and_hull() {
     let (mut cri, base) = cri();
     let mut r = Report::default();
     let mut medians = Vec::new();
-    for handler in HANDLERS {
+    for handler in &handlers() {
+        let handler = handler.as_str();
         let mut times = Vec::new();
         for i in 0..RUNS {
             let name = format!("start-{handler}-{i}");
