@@ -539,7 +539,9 @@ fn lab_cri_pod_ready_exec_shared_namespaces_volume_logs_stats_and_grace() {
                 format!("pod stats non-zero: memory {mem:?}"),
             );
         }
-        // Grace period: a TERM trap gets it; a process ignoring TERM is killed after the timeout.
+        // Grace period: a TERM trap gets it (exit 0, not KILL's 137); a process ignoring TERM
+        // is killed once the timeout passed. The upper bound only catches a hang: the lab
+        // takes many seconds to reap and report an exit.
         let trap = container_config(
             "trap",
             IMAGE,
@@ -584,7 +586,7 @@ fn lab_cri_pod_ready_exec_shared_namespaces_volume_logs_stats_and_grace() {
                 handler,
                 code == Some(want_code)
                     && took >= Duration::from_secs(at_least)
-                    && took < Duration::from_secs(timeout as u64 + 10),
+                    && took < Duration::from_secs(timeout as u64 + 60),
                 format!(
                     "StopContainer {name} (grace {timeout} s): exit {code:?} after {:.1} s",
                     took.as_secs_f64()
@@ -710,14 +712,18 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
 fn lab_cri_pod_start_time_runc_and_hull() {
-    const RUNS: usize = 3;
+    // Pods per handler (`HULL_CRI_START_RUNS`, default 3; a lab pod takes minutes).
+    let runs: usize = std::env::var("HULL_CRI_START_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let (mut cri, base) = cri();
     let mut r = Report::default();
     let mut medians = Vec::new();
     for handler in &handlers() {
         let handler = handler.as_str();
         let mut times = Vec::new();
-        for i in 0..RUNS {
+        for i in 0..runs {
             let name = format!("start-{handler}-{i}");
             let (parent, cgroup_dir) = pod_cgroup(&name);
             let logs = base.join("logs").join(&name);
