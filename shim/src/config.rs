@@ -73,6 +73,10 @@ pub struct Config {
     pub max_vcpus: u32,
     /// Admin ceiling on `memory_mib`, for the default and every annotation.
     pub max_memory_mib: u32,
+    /// vCPUs added to a pod's CPU limit (CRI) for its VM (see `backend::vm::sizing`).
+    pub base_vcpus: u32,
+    /// MiB added to a pod's memory limit (CRI) for the guest kernel and agent.
+    pub base_memory_mib: u32,
     /// How long a guest agent call may take before the agent counts as hung;
     /// Kill or Delete then stops the pod's VM (see the shim README).
     pub agent_timeout_secs: u32,
@@ -100,6 +104,8 @@ impl Default for Config {
             memory_mib: 512,
             max_vcpus: vm::MAX_VCPUS.into(),
             max_memory_mib: 16 * 1024,
+            base_vcpus: 0,
+            base_memory_mib: 128,
             agent_timeout_secs: 120,
             hull_vmm: PathBuf::from("/usr/local/bin/hull-vmm"),
             virtiofsd: PathBuf::from("/usr/local/bin/virtiofsd"),
@@ -168,6 +174,13 @@ impl Config {
             self.agent_timeout_secs,
             MIN_AGENT_TIMEOUT_SECS,
             MAX_AGENT_TIMEOUT_SECS,
+        )?;
+        check_ceiling("base_vcpus", self.base_vcpus, "max_vcpus", self.max_vcpus)?;
+        check_ceiling(
+            "base_memory_mib",
+            self.base_memory_mib,
+            "max_memory_mib",
+            self.max_memory_mib,
         )?;
         check_ceiling("vcpus", self.vcpus, "max_vcpus", self.max_vcpus)?;
         check_ceiling(

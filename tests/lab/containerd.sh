@@ -8,6 +8,8 @@
 #
 # usage: containerd.sh start     start (if not running), import busybox, print the address
 #        containerd.sh stop      stop it, remove its tasks, containers, mounts and state
+# HULL_CTRD_CRI_EXTRA names a file of TOML put inside the CRI plugin's table
+# (sandbox_image, runtime handlers, CNI directories: tests/cri/lab_cri.rs).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +35,7 @@ state = "$dir/state"
   level = "${HULL_CTRD_LOG_LEVEL:-info}"
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
+$(if [[ -n "${HULL_CTRD_CRI_EXTRA:-}" ]]; then cat "$HULL_CTRD_CRI_EXTRA"; fi)
 CFG
         # PATH first holds the checkout's shim build, so `--runtime io.containerd.hull.v2` finds it.
         PATH="${HULL_SHIM_DIR:+$HULL_SHIM_DIR:}$PATH" setsid containerd --config "$dir/config.toml" \

@@ -12,7 +12,8 @@ die() { echo "lab: $*" >&2; exit 1; }
 modules=(irqbypass kvm virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev
          virtio_pci fuse virtiofs overlay kvm-amd
          vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock  # reference VMM's vsock
-         loop)  # containerd's state on ext4 (stage2.sh)
+         loop   # containerd's state on ext4 (stage2.sh)
+         llc stp bridge veth)  # CNI's bridge network for CRI pods (tests/cri/lab_cri.rs)
 
 pkg="$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')"
 [[ -n "$pkg" ]] || pkg="$(ls "$cache" 2>/dev/null | grep -m1 '^linux-image-' || true)"

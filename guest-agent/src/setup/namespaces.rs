@@ -137,7 +137,46 @@ pub fn create(spec: &Spec, joinable: &[NsId]) -> Result<(), SetupError> {
             "the spec must ask for a mount namespace".into(),
         ));
     }
-    unshare(fresh).map_err(sys("unshare namespaces"))
+    unshare(fresh).map_err(sys("unshare namespaces"))?;
+    if fresh.contains(CloneFlags::CLONE_NEWNET) {
+        // A new network namespace is the pod's (a CRI sandbox's, whose host
+        // side CNI set up with its loopback plugin): its loopback is up, as
+        // under runc with CNI, so the pod's containers talk over 127.0.0.1.
+        loopback_up()?;
+    }
+    Ok(())
+}
+
+/// Sets `lo` of the current network namespace up.
+fn loopback_up() -> Result<(), SetupError> {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys("socket for the loopback interface"))?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the flags of the interface named in `req`,
+    // which lives across the call, into its union; the socket is open.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(sys("read the loopback interface's flags")(
+            nix::Error::last(),
+        ));
+    }
+    // SAFETY: SIOCGIFFLAGS filled ifru_flags; SIOCSIFFLAGS reads it back from `req`.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
+            return Err(sys("set the loopback interface up")(nix::Error::last()));
+        }
+    }
+    Ok(())
 }
 
 /// Joins the namespaces `kinds` of the container's init through its pidfd

@@ -69,6 +69,8 @@ pub struct SandboxRequest {
     pub state_dir: PathBuf,
     /// Configuration with the pod's annotations applied.
     pub config: Config,
+    /// The pod's host cgroup: the first (sandbox) container's `linux.cgroupsPath`.
+    pub cgroups_path: Option<PathBuf>,
 }
 
 /// Which stdio streams the caller wants; `terminal` merges stdout and stderr.

@@ -236,14 +236,15 @@ mod tests {
 
     #[test]
     fn the_debug_switch_lets_debug_lines_through() {
-        let out: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        let out = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
         let builder = tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("info"))
             .with_ansi(false)
             .event_format(Logfmt {
                 sandbox: "p1".into(),
             })
-            .with_writer(move || Capture(out))
+            .with_writer(move || Capture(sink.clone()))
             .with_filter_reloading();
         let switch = debug_switch(builder.reload_handle());
         tracing::subscriber::with_default(builder.finish(), || {
@@ -252,22 +253,11 @@ mod tests {
             tracing::debug!("shown after the switch");
         });
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
-        assert!(text.contains("level=debug msg=\"shown after the switch\""), "{text}");
+        assert!(
+            text.contains("level=debug msg=\"shown after the switch\""),
+            "{text}"
+        );
         assert!(!text.contains("hidden"), "{text}");
-    }
-
-    /// A writer into a shared buffer, for the test subscriber.
-    struct Capture(&'static Mutex<Vec<u8>>);
-
-    impl Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use super::process::{task_pid, Exit, Process, Status, StdioPaths};
 use super::rootfs::{bind_volumes, ContainerRootfs, MountSpec, RootfsError, VOLUMES_DIR};
 use super::sandbox::{config_path_from_options, Sandbox};
 use super::stdio::{self, BinaryLogger, StdioError, Target};
+use crate::backend::vm::sizing;
 use crate::backend::{self, Backend, BackendError, ContainerRequest, ProcessStreams, StdioWanted};
 use crate::config::{Config, ConfigError};
 
@@ -212,15 +213,19 @@ impl Pod {
             }
             Some(_) => {}
             None => {
-                let config =
+                let mut config =
                     Config::load(config_path_from_options(req.options.as_ref()).as_deref())?
                         .with_annotations(&annotations)?;
+                let size = sizing::pod_size(&config, &annotations)
+                    .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+                (config.vcpus, config.memory_mib) = (size.vcpus, size.memory_mib);
                 if config.debug {
                     crate::shim::enable_debug();
                     tracing::debug!(sandbox = %sandbox_id, "shim debug logging on");
                 }
                 // Booting takes long: outside the state lock, under the lifecycle lock.
-                let sandbox = self.start_sandbox(&sandbox_id, config)?;
+                let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+                let sandbox = self.start_sandbox(&sandbox_id, config, cgroups_path)?;
                 self.lock().sandbox = Some(sandbox);
             }
         }

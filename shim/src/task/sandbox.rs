@@ -47,7 +47,12 @@ pub(super) fn config_path_from_options(options: Option<&Any>) -> Option<PathBuf>
 
 impl Pod {
     /// Makes the pod's directories and boots its sandbox; undoes both on failure.
-    pub(super) fn start_sandbox(&self, sandbox_id: &str, config: Config) -> Result<Sandbox> {
+    pub(super) fn start_sandbox(
+        &self,
+        sandbox_id: &str,
+        config: Config,
+        cgroups_path: Option<PathBuf>,
+    ) -> Result<Sandbox> {
         let backend = (self.shared.factory)()?;
         let namespace = &self.shared.namespace;
         let state_dir =
@@ -68,6 +73,7 @@ impl Pod {
             share_dir: share_dir.clone(),
             state_dir: state_dir.clone(),
             config,
+            cgroups_path,
         };
         if let Err(e) = backend.create_sandbox(&req) {
             remove_pod_dirs(&state_dir);

@@ -168,7 +168,7 @@ pub fn start_virtiofsd(
             program: program.clone(),
             source,
         })?;
-    record(&req.state_dir, child.id());
+    record(req, child.id());
     log_output(
         child.stderr.take(),
         &req.sandbox_id,
@@ -212,7 +212,7 @@ pub fn start_vmm(
             program: program.clone(),
             source,
         })?;
-    record(&req.state_dir, child.id());
+    record(req, child.id());
     let (ready_tx, ready_rx) = mpsc::channel();
     log_output(
         child.stderr.take(),
@@ -246,9 +246,15 @@ pub fn start_vmm(
     }
 }
 
-fn record(state_dir: &Path, pid: u32) {
-    if let Err(e) = host_pids::record(state_dir, pid) {
+fn record(req: &SandboxRequest, pid: u32) {
+    if let Err(e) = host_pids::record(&req.state_dir, pid) {
         tracing::warn!(pid, "record host pid: {e}");
+    }
+    // Into the pod's host cgroup (made by the backend before launching).
+    if let Err(e) =
+        super::cgroup::PodCgroup::create(req.cgroups_path.as_deref()).and_then(|c| c.add(pid))
+    {
+        tracing::error!(sandbox = %req.sandbox_id, pid, "host accounting: {e}");
     }
 }
 
@@ -275,6 +281,7 @@ mod tests {
             sandbox_id: "pod".into(),
             share_dir: "/run/hull/ns/pod/share".into(),
             state_dir: "/run/hull/ns/pod".into(),
+            cgroups_path: None,
             config,
         }
     }

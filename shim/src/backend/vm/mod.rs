@@ -2,10 +2,12 @@
 //! `virtiofsd`) and `hull-agent` inside it, driven over ttrpc on hybrid vsock.
 
 mod agent;
+mod cgroup;
 mod console;
 mod hybrid;
 mod launch;
 mod oom;
+pub mod sizing;
 mod spec;
 mod streams;
 mod supervise;
@@ -27,7 +29,7 @@ use super::{
     ProcessStreams, Result, SandboxRequest, StdioWanted,
 };
 use launch::Sockets;
-use spec::{guest_spec, PodNamespaces};
+use spec::{guest_spec, sandbox_netns, PodNamespaces};
 
 /// How long virtiofsd may take to create its socket.
 const FS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,9 +54,13 @@ struct Vm {
     conn: OwnedFd,
     /// How long a prompt agent call may take (`agent_timeout_secs`).
     timeout: Duration,
+    /// The guest's memory, in MiB.
+    memory_mib: u32,
     ports: streams::Ports,
     /// hull-vmm, then virtiofsd.
     children: Mutex<Vec<Child>>,
+    /// The pod's host cgroup holding them, removed after them.
+    cgroup: Mutex<cgroup::PodCgroup>,
 }
 
 impl Vm {
@@ -75,6 +81,8 @@ pub struct VmBackend {
     /// The pod's first container (the CRI sandbox container), whose init's
     /// namespaces the pod's other containers may join.
     sandbox_container: Mutex<Option<String>>,
+    /// The host network namespace the CRI sandbox container's spec named.
+    sandbox_netns: Mutex<Option<std::path::PathBuf>>,
     /// Which OOM events reach containerd.
     oom: Mutex<oom::Filter>,
     /// Set once virtiofsd died under the running VM and the VM was killed for it.
@@ -217,6 +225,11 @@ impl VmBackend {
         PodNamespaces {
             task_pid: std::process::id(),
             sandbox_init: first.and_then(|c| pids.get(&(c, String::new())).copied()),
+            sandbox_netns: self
+                .sandbox_netns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -249,14 +262,23 @@ impl Backend for VmBackend {
         sockets.remove();
         let timeout = Duration::from_secs(req.config.agent_timeout_secs.into());
         let log_limit = console::RateLimit::for_pod();
-        let mut virtiofsd =
-            launch::start_virtiofsd(req, &sockets, FS_TIMEOUT, &log_limit).map_err(sandbox_err)?;
+        // The pod's host cgroup first: launch moves each process into it.
+        let mut cgroup =
+            cgroup::PodCgroup::create(req.cgroups_path.as_deref()).map_err(sandbox_err)?;
+        let mut virtiofsd = match launch::start_virtiofsd(req, &sockets, FS_TIMEOUT, &log_limit) {
+            Ok(virtiofsd) => virtiofsd,
+            Err(e) => {
+                cgroup.remove();
+                return Err(sandbox_err(e));
+            }
+        };
         let mut vmm = match launch::start_vmm(req, &sockets, &vm_config, BOOT_TIMEOUT, &log_limit) {
             Ok(vmm) => vmm,
             Err(e) => {
                 launch::stop(&mut virtiofsd, Duration::ZERO);
                 sockets.remove();
                 host_pids::clear(&req.state_dir);
+                cgroup.remove();
                 return Err(sandbox_err(e));
             }
         };
@@ -282,10 +304,12 @@ impl Backend for VmBackend {
                 launch::stop(&mut virtiofsd, Duration::ZERO);
                 sockets.remove();
                 host_pids::clear(&req.state_dir);
+                cgroup.remove();
                 return Err(e);
             }
         };
-        tracing::info!(sandbox = %req.sandbox_id, vmm = vmm.id(), virtiofsd = virtiofsd.id(), "VM up");
+        tracing::info!(sandbox = %req.sandbox_id, vmm = vmm.id(), virtiofsd = virtiofsd.id(),
+            cgroup = ?cgroup.dirs(), "VM up");
         let vm = Vm {
             sandbox_id: req.sandbox_id.clone(),
             state_dir: req.state_dir.clone(),
@@ -293,8 +317,10 @@ impl Backend for VmBackend {
             client,
             conn,
             timeout,
+            memory_mib: req.config.memory_mib,
             ports: streams::Ports::default(),
             children: Mutex::new(vec![vmm, virtiofsd]),
+            cgroup: Mutex::new(cgroup),
         };
         self.vm
             .set(vm)
@@ -304,7 +330,9 @@ impl Backend for VmBackend {
     }
 
     fn create_container(&self, req: &ContainerRequest<'_>) -> Result<ProcessStreams> {
-        let spec = guest_spec(req.spec, req.volumes, self.pod_namespaces())?;
+        sizing::check_container_limit(req.container_id, req.spec, self.vm()?.memory_mib)
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let spec = guest_spec(req.spec, req.volumes, &self.pod_namespaces())?;
         let key = (req.container_id.to_string(), String::new());
         let streams = self.with_stdio(key, req.stdio, |vm, stdio| {
             let mut create = CreateContainerRequest::new();
@@ -317,10 +345,14 @@ impl Backend for VmBackend {
                 .map(|r| r.pid)
                 .map_err(agent::map("CreateContainer"))
         })?;
-        self.sandbox_container
+        let mut first = self
+            .sandbox_container
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| req.container_id.to_string());
+            .unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(req.container_id.to_string());
+            *self.sandbox_netns.lock().unwrap_or_else(|e| e.into_inner()) = sandbox_netns(req.spec);
+        }
         Ok(streams)
     }
 
@@ -604,6 +636,7 @@ impl Backend for VmBackend {
         }
         vm.sockets.remove();
         host_pids::clear(&vm.state_dir);
+        vm.cgroup.lock().unwrap_or_else(|e| e.into_inner()).remove();
         tracing::info!(sandbox = %vm.sandbox_id, "VM stopped");
         Ok(())
     }
@@ -655,8 +688,10 @@ mod tests {
             client,
             conn,
             timeout,
+            memory_mib: 512,
             ports: streams::Ports::default(),
             children: Mutex::new(vec![sleeper(), sleeper()]),
+            cgroup: Mutex::default(),
         };
         let backend = VmBackend::default();
         assert!(backend.vm.set(vm).is_ok());

@@ -1,8 +1,11 @@
 //! The OCI spec the guest gets: host volumes point into the share, and the
-//! only namespace paths allowed are the pod's own, written as containerd knows
-//! them (`/proc/<task pid>/ns/<type>`, the task pid being this shim's) and
-//! rewritten to the sandbox container's init in the guest. No other host path
-//! is ever opened in the guest.
+//! only namespace paths allowed are the pod's own, mapped explicitly to the
+//! pod's guest namespaces. Two forms name them: `/proc/<task pid>/ns/<type>`
+//! (the task pid being this shim's), which containerd writes for containers
+//! joining the sandbox, and the host network namespace CNI configured (CRI's
+//! `/var/run/netns/cni-…`), which the CRI sandbox container's spec names and
+//! which stands for the pod's network namespace in the guest. No host path is
+//! ever opened in the guest.
 
 use std::path::{Path, PathBuf};
 
@@ -11,13 +14,44 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use super::GUEST_SHARE;
 use crate::backend::{BackendError, Result, SharedVolume};
 
+/// The annotation by which containerd's CRI plugin tells the sandbox (pause)
+/// container (`sandbox`) from the pod's app containers (`container`).
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
 /// What namespace paths of a container's spec may name.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct PodNamespaces {
     /// The pid this shim reports to containerd for every task (its own).
     pub task_pid: u32,
     /// The guest pid of the pod's first (sandbox) container's init, once it exists.
     pub sandbox_init: Option<u32>,
+    /// The host network namespace the CRI sandbox container's spec named
+    /// (where CNI put the pod's interfaces), once that container exists.
+    pub sandbox_netns: Option<PathBuf>,
+}
+
+/// Whether the spec is a CRI sandbox (pause) container's.
+pub fn is_cri_sandbox(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
+        .is_some_and(|t| t == "sandbox")
+}
+
+/// The host network namespace a CRI sandbox container's spec names, if any.
+pub fn sandbox_netns(spec: &Spec) -> Option<PathBuf> {
+    if !is_cri_sandbox(spec) {
+        return None;
+    }
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
 }
 
 /// The `/proc/<pid>/ns/<name>` name of a namespace type.
@@ -34,16 +68,47 @@ fn ns_name(typ: LinuxNamespaceType) -> &'static str {
     }
 }
 
-/// The guest path for a namespace path of the spec, or why it is refused.
-fn map_namespace(typ: LinuxNamespaceType, path: &Path, pod: PodNamespaces) -> Result<PathBuf> {
+/// Where a namespace of the spec is in the guest.
+#[derive(Debug, PartialEq, Eq)]
+enum GuestNamespace {
+    /// A new namespace of the container's own: the CRI sandbox's network
+    /// namespace, which becomes the pod's network namespace in the guest.
+    Fresh,
+    /// The namespace at this guest path (the sandbox container's init's).
+    Join(PathBuf),
+}
+
+/// The guest namespace for a namespace path of the spec, or why it is refused.
+/// `sandbox` says the spec is the CRI sandbox container's.
+fn map_namespace(
+    typ: LinuxNamespaceType,
+    path: &Path,
+    pod: &PodNamespaces,
+    sandbox: bool,
+) -> Result<GuestNamespace> {
     let name = ns_name(typ);
     let refuse = |why: &str| {
         BackendError::Invalid(format!(
             "namespace path {} is not a namespace of this pod ({why}; Hull accepts only \
-             /proc/<task pid of this pod>/ns/{name}, which names the pod's sandbox container)",
+             /proc/<task pid of this pod>/ns/{name}, which names the pod's sandbox container, \
+             and the CRI sandbox's network namespace)",
             path.display()
         ))
     };
+    if typ == LinuxNamespaceType::Network {
+        // The CRI sandbox's own: CNI's namespace on the host stands for the
+        // pod's network namespace, which the sandbox container creates in the guest.
+        if sandbox && pod.sandbox_init.is_none() {
+            return Ok(GuestNamespace::Fresh);
+        }
+        // An app container naming the sandbox's network namespace file joins it.
+        if !sandbox && pod.sandbox_netns.as_deref() == Some(path) {
+            let init = pod
+                .sandbox_init
+                .ok_or_else(|| refuse("the pod has no sandbox container yet"))?;
+            return Ok(GuestNamespace::Join(format!("/proc/{init}/ns/net").into()));
+        }
+    }
     let text = path.to_str().ok_or_else(|| refuse("not UTF-8"))?;
     let rest = text
         .strip_prefix("/proc/")
@@ -60,12 +125,15 @@ fn map_namespace(typ: LinuxNamespaceType, path: &Path, pod: PodNamespaces) -> Re
     let init = pod
         .sandbox_init
         .ok_or_else(|| refuse("the pod has no sandbox container yet"))?;
-    Ok(PathBuf::from(format!("/proc/{init}/ns/{name}")))
+    Ok(GuestNamespace::Join(
+        format!("/proc/{init}/ns/{name}").into(),
+    ))
 }
 
 /// The spec for the guest, as JSON: bind mounts of host volumes point into the
 /// share; namespace paths are mapped to the pod's guest namespaces or refused.
-pub fn guest_spec(spec: &Spec, volumes: &[SharedVolume], pod: PodNamespaces) -> Result<Vec<u8>> {
+pub fn guest_spec(spec: &Spec, volumes: &[SharedVolume], pod: &PodNamespaces) -> Result<Vec<u8>> {
+    let sandbox = is_cri_sandbox(spec);
     let mut spec = spec.clone();
     if let Some(mounts) = spec.mounts().clone() {
         let mounts = mounts
@@ -85,8 +153,10 @@ pub fn guest_spec(spec: &Spec, volumes: &[SharedVolume], pod: PodNamespaces) -> 
                 let Some(path) = ns.path().clone().filter(|p| !p.as_os_str().is_empty()) else {
                     continue;
                 };
-                let mapped = map_namespace(ns.typ(), &path, pod)?;
-                ns.set_path(Some(mapped));
+                ns.set_path(match map_namespace(ns.typ(), &path, pod, sandbox)? {
+                    GuestNamespace::Fresh => None,
+                    GuestNamespace::Join(guest) => Some(guest),
+                });
             }
         }
     }
@@ -98,10 +168,22 @@ mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, MountBuilder, SpecBuilder};
 
-    const POD: PodNamespaces = PodNamespaces {
-        task_pid: 4242,
-        sandbox_init: Some(7),
-    };
+    const CNI_NETNS: &str = "/var/run/netns/cni-1234";
+
+    fn pod() -> PodNamespaces {
+        PodNamespaces {
+            task_pid: 4242,
+            sandbox_init: Some(7),
+            sandbox_netns: Some(CNI_NETNS.into()),
+        }
+    }
+
+    fn with_type(mut spec: Spec, typ: &str) -> Spec {
+        spec.set_annotations(Some(
+            [(CONTAINER_TYPE_ANNOTATION.to_string(), typ.to_string())].into(),
+        ));
+        spec
+    }
 
     fn spec_with(namespaces: &[(LinuxNamespaceType, Option<&str>)]) -> Spec {
         let namespaces = namespaces
@@ -121,7 +203,7 @@ mod tests {
         SpecBuilder::default().linux(linux).build().unwrap()
     }
 
-    fn guest_namespaces(spec: &Spec, pod: PodNamespaces) -> Result<Vec<serde_json::Value>> {
+    fn guest_namespaces(spec: &Spec, pod: &PodNamespaces) -> Result<Vec<serde_json::Value>> {
         let json: serde_json::Value = serde_json::from_slice(&guest_spec(spec, &[], pod)?).unwrap();
         Ok(json["linux"]["namespaces"].as_array().unwrap().clone())
     }
@@ -150,7 +232,7 @@ mod tests {
             readonly: true,
         }];
         let json: serde_json::Value =
-            serde_json::from_slice(&guest_spec(&spec, &volumes, POD).unwrap()).unwrap();
+            serde_json::from_slice(&guest_spec(&spec, &volumes, &pod()).unwrap()).unwrap();
         let mounts = json["mounts"].as_array().unwrap();
         assert_eq!(mounts[0]["source"], "proc");
         assert_eq!(mounts[1]["source"], "/run/hull/shared/.volumes/c1/0");
@@ -165,7 +247,7 @@ mod tests {
             (LinuxNamespaceType::Pid, Some("/proc/4242/ns/pid")),
             (LinuxNamespaceType::Mount, None),
         ]);
-        let ns = guest_namespaces(&spec, POD).unwrap();
+        let ns = guest_namespaces(&spec, &pod()).unwrap();
         let paths: Vec<_> = ns.iter().map(|n| n["path"].clone()).collect();
         assert_eq!(
             serde_json::Value::from(paths),
@@ -182,7 +264,7 @@ mod tests {
     #[test]
     fn every_other_namespace_path_is_refused_by_name() {
         for (typ, path) in [
-            (LinuxNamespaceType::Network, "/var/run/netns/cni-1234"),
+            (LinuxNamespaceType::Network, "/var/run/netns/cni-5678"),
             (LinuxNamespaceType::Pid, "/proc/1/ns/pid"),
             (LinuxNamespaceType::Pid, "/proc/self/ns/pid"),
             (LinuxNamespaceType::Ipc, "/proc/42420/ns/ipc"),
@@ -194,7 +276,7 @@ mod tests {
             ),
             (LinuxNamespaceType::Uts, "/proc/4242/../1/ns/uts"),
         ] {
-            let err = guest_namespaces(&spec_with(&[(typ, Some(path))]), POD).unwrap_err();
+            let err = guest_namespaces(&spec_with(&[(typ, Some(path))]), &pod()).unwrap_err();
             let msg = err.to_string();
             assert!(
                 msg.contains(&format!(
@@ -205,10 +287,77 @@ mod tests {
         }
         let first = PodNamespaces {
             sandbox_init: None,
-            ..POD
+            ..pod()
         };
         let spec = spec_with(&[(LinuxNamespaceType::Network, Some("/proc/4242/ns/net"))]);
-        let err = guest_namespaces(&spec, first).unwrap_err();
+        let err = guest_namespaces(&spec, &first).unwrap_err();
         assert!(err.to_string().contains("no sandbox container"), "{err}");
+    }
+
+    #[test]
+    fn the_cri_sandbox_gets_a_fresh_guest_network_namespace_for_cnis() {
+        let spec = with_type(
+            spec_with(&[
+                (LinuxNamespaceType::Network, Some(CNI_NETNS)),
+                (LinuxNamespaceType::Ipc, None),
+                (LinuxNamespaceType::Uts, None),
+            ]),
+            "sandbox",
+        );
+        assert_eq!(sandbox_netns(&spec), Some(PathBuf::from(CNI_NETNS)));
+        let first = PodNamespaces {
+            task_pid: 4242,
+            ..Default::default()
+        };
+        let ns = guest_namespaces(&spec, &first).unwrap();
+        assert!(
+            ns.iter().all(|n| n["path"].is_null()),
+            "no host path reaches the guest: {ns:?}"
+        );
+        // Only its network namespace: a sandbox naming another path is refused.
+        let other = with_type(
+            spec_with(&[(LinuxNamespaceType::Ipc, Some("/var/run/ipcns/x"))]),
+            "sandbox",
+        );
+        let err = guest_namespaces(&other, &first).unwrap_err();
+        assert!(err.to_string().contains("/var/run/ipcns/x"), "{err}");
+        // An app container is no sandbox, even as the first container.
+        let app = with_type(
+            spec_with(&[(LinuxNamespaceType::Network, Some(CNI_NETNS))]),
+            "container",
+        );
+        assert_eq!(sandbox_netns(&app), None);
+        assert!(guest_namespaces(&app, &first).is_err());
+    }
+
+    #[test]
+    fn app_containers_join_the_sandboxs_network_by_its_cni_path() {
+        let app = with_type(
+            spec_with(&[
+                (LinuxNamespaceType::Network, Some(CNI_NETNS)),
+                (LinuxNamespaceType::Uts, Some("/proc/4242/ns/uts")),
+            ]),
+            "container",
+        );
+        let ns = guest_namespaces(&app, &pod()).unwrap();
+        assert_eq!(ns[0]["path"], "/proc/7/ns/net");
+        assert_eq!(ns[1]["path"], "/proc/7/ns/uts");
+        // Another pod's CNI namespace is not this pod's.
+        let stranger = with_type(
+            spec_with(&[(LinuxNamespaceType::Network, Some("/var/run/netns/cni-9999"))]),
+            "container",
+        );
+        let err = guest_namespaces(&stranger, &pod()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/var/run/netns/cni-9999 is not a namespace of this pod"),
+            "{err}"
+        );
+        // A second sandbox container in a running pod gets no fresh network either.
+        let again = with_type(
+            spec_with(&[(LinuxNamespaceType::Network, Some(CNI_NETNS))]),
+            "sandbox",
+        );
+        assert!(guest_namespaces(&again, &pod()).is_err());
     }
 }

@@ -1,0 +1,758 @@
+//! Lab tier: Kubernetes pods through containerd's CRI plugin, driven the way
+//! kubelet drives them (the `hull-cri-tests` client), for the runtime
+//! handlers `runc` and `hull` in the same run. A private containerd
+//! (tests/lab/containerd.sh) gets both handlers, a pause image built offline
+//! (tests/images/pause.sh) as its `sandbox_image`, and a CNI bridge network
+//! (Debian's containernetworking-plugins in /usr/lib/cni; the lab loads the
+//! bridge and veth modules). Every scenario runs for both handlers and reports
+//! each one's failures; a difference from runc is a Hull bug unless the
+//! README's Kubernetes section documents it.
+//!
+//! Needs what `lab_shim` needs (guest kernel and image, `hull-vmm` and the
+//! shim built: `cargo build -p hull-vmm -p containerd-shim-hull-v2`,
+//! virtiofsd) and runc.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hull_cri_tests::*;
+
+/// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
+/// (comma-separated) narrows a run while iterating on one.
+fn handlers() -> Vec<String> {
+    match std::env::var("HULL_CRI_HANDLERS") {
+        Ok(list) if !list.is_empty() => list.split(',').map(str::to_string).collect(),
+        _ => vec!["runc".into(), "hull".into()],
+    }
+}
+const IMAGE: &str = "docker.io/library/busybox:latest";
+const PAUSE: &str = "localhost/hull-pause:latest";
+/// Everything of this binary lives here: containerd's state, logs, volumes.
+const BASE: &str = "/run/hull-lab-cri";
+/// The shim's `run_dir`: short, as the pod's vsock listeners
+/// (`<run_dir>/k8s.io/<64-hex sandbox id>/vsock.sock_<port>`) must fit in a
+/// Unix socket address (108 bytes).
+const RUN_DIR: &str = "/run/hcri";
+/// The host cgroup (cgroupfs form, under the v2 root) kubelet would make per pod.
+const CGROUP_ROOT: &str = "hull-lab-cri";
+const CGROUP_FS: &str = "/sys/fs/cgroup";
+/// MiB the shim adds to a pod's memory for the guest kernel and agent (its default).
+const BASE_MEMORY_MIB: u64 = 128;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .into()
+}
+
+/// Where this checkout's binaries are (`target/<profile>`, the test's `deps/` parent).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().into()
+}
+
+fn script_output(script: &str, args: &[&str]) -> String {
+    let out = Command::new(workspace().join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn virtiofsd() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    [
+        PathBuf::from(home).join(".cargo/bin/virtiofsd"),
+        "/usr/local/bin/virtiofsd".into(),
+        "/usr/libexec/virtiofsd".into(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .expect("no virtiofsd: cargo install virtiofsd (make setup)")
+}
+
+extern "C" fn stop_containerd() {
+    let _ = Command::new(workspace().join("tests/lab/containerd.sh"))
+        .arg("stop")
+        .env("HULL_CTRD_DIR", Path::new(BASE).join("containerd"))
+        .status();
+    let _ = std::fs::remove_dir(Path::new(CGROUP_FS).join(CGROUP_ROOT));
+}
+
+/// The private containerd with its CRI socket; tests take it one at a time.
+fn cri() -> (std::sync::MutexGuard<'static, Cri>, PathBuf) {
+    static ONE: OnceLock<Mutex<Cri>> = OnceLock::new();
+    let cri = ONE.get_or_init(|| Mutex::new(start_containerd()));
+    (
+        cri.lock().unwrap_or_else(|e| e.into_inner()),
+        Path::new(BASE).into(),
+    )
+}
+
+fn start_containerd() -> Cri {
+    for m in ["bridge", "veth"] {
+        assert!(
+            Path::new("/sys/module").join(m).exists(),
+            "kernel module {m} is not loaded: CNI's bridge plugin needs bridge and veth \
+             (the lab loads them, tests/lab/prepare.sh)"
+        );
+    }
+    assert!(
+        Path::new("/usr/lib/cni/bridge").is_file(),
+        "no CNI plugins in /usr/lib/cni: apt-get install containernetworking-plugins (make setup)"
+    );
+    let bins = bin_dir();
+    for b in ["hull-vmm", "containerd-shim-hull-v2"] {
+        assert!(
+            bins.join(b).is_file(),
+            "no {b} in {bins:?}: cargo build -p hull-vmm -p containerd-shim-hull-v2"
+        );
+    }
+    let kernel = PathBuf::from(script_output("kernel-config/build.sh", &["--path"]));
+    let initrd = std::env::var("HULL_INITRD")
+        .unwrap_or_else(|_| script_output("rootfs/build.sh", &["--path"]));
+    let base = Path::new(BASE);
+    stop_containerd();
+    let _ = std::fs::remove_dir_all(base);
+    let _ = std::fs::remove_dir_all(RUN_DIR);
+    std::fs::create_dir_all(base.join("cni")).unwrap();
+    let config = base.join("hull.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {:?}\nvirtiofsd = {:?}\n\
+             run_dir = {:?}\nmemory_mib = 256\nbase_memory_mib = {BASE_MEMORY_MIB}\n\
+             max_memory_mib = 2048\nmax_vcpus = 4\ndebug = true\n",
+            kernel.join("vmlinux"),
+            bins.join("hull-vmm"),
+            virtiofsd(),
+            RUN_DIR,
+        ),
+    )
+    .unwrap();
+    // Bridge + host-local, no masquerading or port mapping (those need netfilter).
+    std::fs::write(
+        base.join("cni/10-hull-lab.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"hull-lab","plugins":[{"type":"bridge",
+        "bridge":"hullcni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local",
+        "ranges":[[{"subnet":"10.88.77.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}"#,
+    )
+    .unwrap();
+    let cri_toml = base.join("cri.toml");
+    std::fs::write(
+        &cri_toml,
+        format!(
+            "  sandbox_image = \"{PAUSE}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n  runtime_type = \"io.containerd.hull.v2\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{}\"\n",
+            base.join("cni").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(workspace().join("tests/lab/containerd.sh"))
+        .arg("start")
+        .env("HULL_SHIM_DIR", &bins)
+        .env("HULL_CONFIG", &config)
+        .env("HULL_CTRD_DIR", base.join("containerd"))
+        .env("HULL_CTRD_CRI_EXTRA", &cri_toml)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "containerd.sh start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SAFETY: registers a plain function with no captured state, run once at exit.
+    unsafe { libc::atexit(stop_containerd) };
+    let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    for (name, script) in [
+        ("docker.io/library/busybox", "tests/images/busybox.sh"),
+        ("localhost/hull-pause", "tests/images/pause.sh"),
+    ] {
+        let tar = script_output(script, &[]);
+        let out = Command::new("ctr")
+            .args(["--address", &address, "-n", "k8s.io", "images", "import"])
+            .args(["--base-name", name, &tar])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "import {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut cri = Cri::connect(Path::new(&address)).expect("CRI socket");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(cri.image_present(IMAGE).unwrap() && cri.image_present(PAUSE).unwrap()) {
+        assert!(
+            Instant::now() < deadline,
+            "CRI does not see the imported images"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("CRI runtime: {:?}", cri.version().unwrap());
+    cri
+}
+
+/// Failures of one scenario, by handler; the test fails at the end if any.
+#[derive(Default)]
+struct Report(Vec<String>);
+
+impl Report {
+    fn check(&mut self, handler: &str, ok: bool, what: impl std::fmt::Display) {
+        println!("  [{handler}] {} {what}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            self.0.push(format!("[{handler}] {what}"));
+        }
+    }
+
+    fn result<T, E: std::fmt::Display>(
+        &mut self,
+        handler: &str,
+        what: &str,
+        r: std::result::Result<T, E>,
+    ) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.check(handler, false, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn finish(self, shim_log: &str) {
+        assert!(
+            self.0.is_empty(),
+            "failures:\n{}\nshim log (last lines):\n{shim_log}",
+            self.0.join("\n")
+        );
+    }
+}
+
+fn shim_log() -> String {
+    let all = std::fs::read_to_string(Path::new(BASE).join("containerd/containerd.log"))
+        .unwrap_or_default();
+    let lines: Vec<&str> = all.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// The pod's host cgroup (cgroupfs form, as kubelet's `cgroup_parent`), made as kubelet makes it.
+fn pod_cgroup(name: &str) -> (String, PathBuf) {
+    let parent = format!("/{CGROUP_ROOT}/{name}");
+    let dir = Path::new(CGROUP_FS).join(&parent[1..]);
+    std::fs::create_dir_all(&dir).unwrap();
+    (parent, dir)
+}
+
+/// Host processes whose command line names [`BASE`] or [`RUN_DIR`] and whose argv0 ends in one of `names`.
+fn pod_processes(names: &[&str]) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline);
+        let argv0 = text.split('\0').next().unwrap_or_default();
+        if (text.contains(BASE) || text.contains(RUN_DIR))
+            && names.iter().any(|n| argv0.ends_with(n))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// What a removed pod left: Hull processes, pod state, mounts, cgroups below its parent.
+fn leftovers(cgroup_dir: &Path) -> Vec<String> {
+    let mut left: Vec<String> =
+        pod_processes(&["hull-vmm", "virtiofsd", "containerd-shim-hull-v2"])
+            .into_iter()
+            .map(|p| format!("process {p}"))
+            .collect();
+    left.extend(
+        std::fs::read_dir(Path::new(RUN_DIR).join("k8s.io"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("file {}", e.path().display())),
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(RUN_DIR))
+            .map(|l| format!("mount {l}")),
+    );
+    left.extend(
+        std::fs::read_dir(cgroup_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| format!("cgroup {}", e.path().display())),
+    );
+    left
+}
+
+/// Stops and removes the pod; checks nothing is left; removes its cgroup.
+fn teardown(cri: &mut Cri, r: &mut Report, handler: &str, pod: Option<&str>, cgroup_dir: &Path) {
+    if let Some(pod) = pod {
+        r.result(handler, "StopPodSandbox", cri.stop_pod(pod));
+        r.result(handler, "RemovePodSandbox", cri.remove_pod(pod));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut left = leftovers(cgroup_dir);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        left = leftovers(cgroup_dir);
+    }
+    r.check(
+        handler,
+        left.is_empty(),
+        format!("nothing left after RemovePodSandbox: {left:?}"),
+    );
+    let _ = std::fs::remove_dir(cgroup_dir);
+}
+
+fn exec(cri: &mut Cri, r: &mut Report, handler: &str, id: &str, cmd: &[&str]) -> ExecOutput {
+    r.result(
+        handler,
+        &format!("ExecSync {cmd:?}"),
+        cri.exec_sync(id, cmd, 60),
+    )
+    .unwrap_or(ExecOutput {
+        stdout: String::new(),
+        stderr: String::new(),
+        exit_code: -1,
+    })
+}
+
+/// RunPodSandbox + CreateContainer + StartContainer of `container` in a new
+/// pod (whose id goes to `pod_out` at once, for the teardown); the pod, the
+/// container, the time taken.
+fn start_pod(
+    cri: &mut Cri,
+    pod_config: &PodSandboxConfig,
+    container: &ContainerConfig,
+    handler: &str,
+    pod_out: &mut Option<String>,
+) -> hull_cri_tests::Result<(String, String, Duration)> {
+    let started = Instant::now();
+    let pod = cri.run_pod(pod_config, handler)?;
+    *pod_out = Some(pod.clone());
+    let id = cri.create_container(&pod, container, pod_config)?;
+    cri.start_container(&id)?;
+    Ok((pod, id, started.elapsed()))
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
+fn lab_cri_pod_ready_exec_shared_namespaces_volume_logs_stats_and_grace() {
+    let (mut cri, base) = cri();
+    let mut r = Report::default();
+    for handler in &handlers() {
+        let handler = handler.as_str();
+        let name = format!("share-{handler}");
+        let (parent, cgroup_dir) = pod_cgroup(&name);
+        let logs = base.join("logs").join(&name);
+        let vol = base.join("volumes").join(&name);
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(&vol).unwrap();
+        let pod_config = pod_config(&name, &logs, &parent, false, None);
+        let mounts = [(vol.as_path(), "/shared")];
+        let server = container_config(
+            "server",
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo pod-page > /www/index.html && echo line-one && \
+                 echo line-two >&2 && echo from-server > /shared/file && exec httpd -f -p 127.0.0.1:8080 -h /www",
+            ],
+            &mounts,
+            false,
+            None,
+        );
+        let mut pod_id = None;
+        let Some((pod, a, took)) = r.result(
+            handler,
+            "start the pod",
+            start_pod(&mut cri, &pod_config, &server, handler, &mut pod_id),
+        ) else {
+            teardown(&mut cri, &mut r, handler, pod_id.as_deref(), &cgroup_dir);
+            continue;
+        };
+        println!(
+            "[{handler}] pod start (RunPodSandbox+CreateContainer+StartContainer): {:.2} s",
+            took.as_secs_f64()
+        );
+        let status = r.result(handler, "PodSandboxStatus", cri.pod_status(&pod));
+        r.check(
+            handler,
+            status
+                .as_ref()
+                .is_some_and(|s| s.state == PodSandboxState::SandboxReady as i32),
+            format!("pod ready: {:?}", status.as_ref().map(|s| s.state)),
+        );
+        let ip = status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        println!("[{handler}] pod IP {ip:?}");
+        let client = container_config("client", IMAGE, &["sleep", "100000"], &mounts, false, None);
+        let b = r
+            .result(
+                handler,
+                "CreateContainer client",
+                cri.create_container(&pod, &client, &pod_config),
+            )
+            .filter(|b| {
+                r.result(handler, "StartContainer client", cri.start_container(b))
+                    .is_some()
+            });
+        if let Some(b) = b.as_deref() {
+            let st = r.result(handler, "ContainerStatus", cri.container_status(b));
+            r.check(
+                handler,
+                st.is_some_and(|s| s.state == ContainerState::ContainerRunning as i32),
+                "client running",
+            );
+            let h1 = exec(&mut cri, &mut r, handler, &a, &["hostname"]);
+            let h2 = exec(&mut cri, &mut r, handler, b, &["hostname"]);
+            r.check(
+                handler,
+                h1.stdout.trim() == name && h1.stdout == h2.stdout,
+                format!(
+                    "both containers have the pod's hostname: {:?} {:?}",
+                    h1.stdout, h2.stdout
+                ),
+            );
+            // The server may need a moment to listen.
+            let mut page = String::new();
+            for _ in 0..20 {
+                page = exec(
+                    &mut cri,
+                    &mut r,
+                    handler,
+                    b,
+                    &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+                )
+                .stdout;
+                if page.trim() == "pod-page" {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r.check(
+                handler,
+                page.trim() == "pod-page",
+                format!("client reaches the server on 127.0.0.1: {page:?}"),
+            );
+            let file = exec(&mut cri, &mut r, handler, b, &["cat", "/shared/file"]);
+            r.check(
+                handler,
+                file.stdout.trim() == "from-server",
+                format!("shared volume: {:?}", file.stdout),
+            );
+            let code = exec(
+                &mut cri,
+                &mut r,
+                handler,
+                b,
+                &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            );
+            r.check(
+                handler,
+                (code.stdout.as_str(), code.stderr.as_str(), code.exit_code)
+                    == ("out\n", "err\n", 3),
+                format!("ExecSync output and exit code: {code:?}"),
+            );
+            let ipc = (
+                exec(
+                    &mut cri,
+                    &mut r,
+                    handler,
+                    &a,
+                    &["readlink", "/proc/self/ns/ipc"],
+                )
+                .stdout,
+                exec(
+                    &mut cri,
+                    &mut r,
+                    handler,
+                    b,
+                    &["readlink", "/proc/self/ns/ipc"],
+                )
+                .stdout,
+            );
+            r.check(
+                handler,
+                !ipc.0.is_empty() && ipc.0 == ipc.1,
+                format!("one IPC namespace: {ipc:?}"),
+            );
+        }
+        let log = std::fs::read_to_string(logs.join("server.log")).unwrap_or_default();
+        let lines = log_lines(&log);
+        r.check(
+            handler,
+            lines.contains(&("stdout".into(), "line-one".into()))
+                && lines.contains(&("stderr".into(), "line-two".into())),
+            format!("CRI log lines: {lines:?}"),
+        );
+        if let Some(st) = r.result(handler, "ContainerStats", cri.container_stats(&a)) {
+            let mem = st.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
+            let cpu = st
+                .cpu
+                .and_then(|c| c.usage_core_nano_seconds)
+                .map(|v| v.value);
+            r.check(
+                handler,
+                mem.unwrap_or(0) > 0 && cpu.unwrap_or(0) > 0,
+                format!("container stats non-zero: memory {mem:?} cpu {cpu:?}"),
+            );
+        }
+        if let Some(st) = r.result(handler, "PodSandboxStats", cri.pod_stats(&pod)) {
+            let mem = st
+                .linux
+                .as_ref()
+                .and_then(|l| l.memory.as_ref())
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map(|v| v.value);
+            r.check(
+                handler,
+                mem.unwrap_or(0) > 0,
+                format!("pod stats non-zero: memory {mem:?}"),
+            );
+        }
+        // Grace period: a TERM trap gets it (exit 0, not KILL's 137); a process ignoring TERM
+        // is killed once the timeout passed. The upper bound only catches a hang: the lab
+        // takes many seconds to reap and report an exit.
+        let trap = container_config(
+            "trap",
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 1; done",
+            ],
+            &[],
+            false,
+            None,
+        );
+        let deaf = container_config(
+            "deaf",
+            IMAGE,
+            &["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+            &[],
+            false,
+            None,
+        );
+        for (cfg, timeout, want_code, at_least) in [(&trap, 20, 0, 0), (&deaf, 4, 137, 4)] {
+            let Some(id) = r.result(
+                handler,
+                "CreateContainer",
+                cri.create_container(&pod, cfg, &pod_config),
+            ) else {
+                continue;
+            };
+            if r.result(handler, "StartContainer", cri.start_container(&id))
+                .is_none()
+            {
+                continue;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            let started = Instant::now();
+            r.result(handler, "StopContainer", cri.stop_container(&id, timeout));
+            let took = started.elapsed();
+            let st = r.result(handler, "ContainerStatus", cri.container_status(&id));
+            let code = st.map(|s| s.exit_code);
+            let name = &cfg.metadata.as_ref().unwrap().name;
+            r.check(
+                handler,
+                code == Some(want_code)
+                    && took >= Duration::from_secs(at_least)
+                    && took < Duration::from_secs(timeout as u64 + 60),
+                format!(
+                    "StopContainer {name} (grace {timeout} s): exit {code:?} after {:.1} s",
+                    took.as_secs_f64()
+                ),
+            );
+        }
+        let trap_log = std::fs::read_to_string(logs.join("trap.log")).unwrap_or_default();
+        r.check(
+            handler,
+            trap_log.contains("got-term"),
+            format!("the TERM trap ran: {trap_log:?}"),
+        );
+        teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
+    }
+    r.finish(&shim_log());
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
+fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
+    let (mut cri, base) = cri();
+    let mut r = Report::default();
+    for handler in &handlers() {
+        let handler = handler.as_str();
+        let name = format!("sized-{handler}");
+        let (parent, cgroup_dir) = pod_cgroup(&name);
+        let logs = base.join("logs").join(&name);
+        std::fs::create_dir_all(&logs).unwrap();
+        let pod_config = pod_config(&name, &logs, &parent, true, Some(resources(2, 1024)));
+        let app = container_config(
+            "app",
+            IMAGE,
+            &["sleep", "100000"],
+            &[],
+            true,
+            Some(resources(1, 512)),
+        );
+        let mut pod_id = None;
+        let Some((pod, a, _)) = r.result(
+            handler,
+            "start the pod",
+            start_pod(&mut cri, &pod_config, &app, handler, &mut pod_id),
+        ) else {
+            teardown(&mut cri, &mut r, handler, pod_id.as_deref(), &cgroup_dir);
+            continue;
+        };
+        let nproc = exec(&mut cri, &mut r, handler, &a, &["nproc"]).stdout;
+        let meminfo = exec(
+            &mut cri,
+            &mut r,
+            handler,
+            &a,
+            &["head", "-1", "/proc/meminfo"],
+        )
+        .stdout;
+        let mem_kib: u64 = meminfo
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        println!("[{handler}] nproc {} MemTotal {mem_kib} KiB", nproc.trim());
+        // shareProcessNamespace: the app sees the pause process.
+        let ps = exec(&mut cri, &mut r, handler, &a, &["ps", "-o", "args"]).stdout;
+        r.check(
+            handler,
+            ps.contains("sleep 2147483647"),
+            format!("the app sees the pause process: {ps:?}"),
+        );
+        if handler == "hull" {
+            r.check(
+                handler,
+                nproc.trim() == "2",
+                format!("nproc is the pod's 2 CPUs: {nproc:?}"),
+            );
+            let (lo, hi) = (1024 * 1024 * 9 / 10, (1024 + BASE_MEMORY_MIB) * 1024);
+            r.check(
+                handler,
+                (lo..=hi).contains(&mem_kib),
+                format!(
+                    "MemTotal {mem_kib} KiB is the pod's 1 GiB plus the base (within {lo}..={hi})"
+                ),
+            );
+            let vm = pod_processes(&["hull-vmm", "virtiofsd"]);
+            let in_pod = vm
+                .iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                        .unwrap_or_default()
+                        .contains(&format!("{parent}/"))
+                })
+                .count();
+            r.check(
+                handler,
+                vm.len() == 2 && in_pod == 2,
+                format!(
+                    "hull-vmm and virtiofsd ({vm:?}) are in the pod's cgroup {parent}: {in_pod}"
+                ),
+            );
+            // A container limit above the VM's memory cannot be honoured.
+            let big = container_config(
+                "big",
+                IMAGE,
+                &["sleep", "100000"],
+                &[],
+                true,
+                Some(resources(1, 4096)),
+            );
+            let err = cri
+                .create_container(&pod, &big, &pod_config)
+                .and_then(|id| cri.start_container(&id));
+            r.check(
+                handler,
+                err.as_ref()
+                    .is_err_and(|e| e.to_string().contains("does not fit")),
+                format!("a 4 GiB container limit in a 1 GiB pod is refused: {err:?}"),
+            );
+        }
+        teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
+    }
+    r.finish(&shim_log());
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
+fn lab_cri_pod_start_time_runc_and_hull() {
+    // Pods per handler (`HULL_CRI_START_RUNS`, default 3; a lab pod takes minutes).
+    let runs: usize = std::env::var("HULL_CRI_START_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (mut cri, base) = cri();
+    let mut r = Report::default();
+    let mut medians = Vec::new();
+    for handler in &handlers() {
+        let handler = handler.as_str();
+        let mut times = Vec::new();
+        for i in 0..runs {
+            let name = format!("start-{handler}-{i}");
+            let (parent, cgroup_dir) = pod_cgroup(&name);
+            let logs = base.join("logs").join(&name);
+            std::fs::create_dir_all(&logs).unwrap();
+            let pod_config = pod_config(&name, &logs, &parent, false, None);
+            let app = container_config("app", IMAGE, &["sleep", "100000"], &[], false, None);
+            let mut pod_id = None;
+            let started = r.result(
+                handler,
+                "start the pod",
+                start_pod(&mut cri, &pod_config, &app, handler, &mut pod_id),
+            );
+            if let Some((_, _, took)) = started {
+                times.push(took);
+            }
+            teardown(&mut cri, &mut r, handler, pod_id.as_deref(), &cgroup_dir);
+        }
+        times.sort();
+        let median = times.get(times.len() / 2).copied();
+        println!("[{handler}] pod start times {times:?}, median {median:?}");
+        medians.push(median);
+    }
+    if let [Some(runc), Some(hull)] = medians[..] {
+        println!(
+            "pod start median: runc {:.2} s, hull {:.2} s, ratio {:.1}",
+            runc.as_secs_f64(),
+            hull.as_secs_f64(),
+            hull.as_secs_f64() / runc.as_secs_f64()
+        );
+    }
+    r.finish(&shim_log());
+}
