@@ -6,8 +6,14 @@
 //! `wait-exit` (answered when the VM stops, with [`VmExit`]). Every answer
 //! carries `"v":1` and `"ok"`; a failure adds `"error"`, a `stats` answer adds
 //! `"stats"`, a `wait-exit` answer adds `"exit"`.
+//!
+//! The client that asks for the figures is [`vm_stats`] ([`client`]), used by
+//! the shim and the operator tools alike.
 
 use serde::{Deserialize, Serialize};
+
+pub mod client;
+pub use client::{vm_stats, ControlError};
 
 /// Protocol version spoken on the control socket.
 pub const VERSION: u64 = 1;

@@ -15,7 +15,6 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 
 use crate::pods::{self, Pod};
-use crate::vmm_stats;
 
 /// Levels of the pod directory listed: its entries and theirs. The share
 /// (`shared`, `share-root`) holds container ids at the second level and the
@@ -213,8 +212,7 @@ fn vmm_figures(pod: &Pod) -> String {
             }
         }
     }
-    let socket = vmm_stats::socket(&pod.dir);
-    match vmm_stats::query(&socket) {
+    match pod.vmm_stats() {
         Ok(s) => {
             let _ = writeln!(out, "vmm {s:?}");
         }

@@ -1,12 +1,12 @@
 //! Hull's operator tools share these modules: the node check and the diagnostics
-//! bundle (`hull-check`), per-pod figures from /proc and hull-vmm's control socket,
+//! bundle (`hull-check`), per-pod figures from /proc and hull-vmm's control socket
+//! (through `hull_protocol::control::vm_stats`),
 //! and their Prometheus rendering (`hull-monitor`).
 
 pub mod bundle;
 pub mod check;
 pub mod metrics;
 pub mod pods;
-pub mod vmm_stats;
 
 /// `NAME VERSION (commit HASH)`, the `--version` line of Hull's binaries.
 pub fn version_line(name: &str) -> String {

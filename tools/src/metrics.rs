@@ -5,8 +5,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use hull_protocol::control::VmStats;
+
 use crate::pods::{self, Pod, Process};
-use crate::vmm_stats::{self, VmmStats};
 
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -17,7 +18,7 @@ pub struct PodFigures {
     pub pod: Pod,
     pub processes: Vec<Process>,
     /// hull-vmm's answer; None when the pod has no control socket or it did not answer.
-    pub vmm: Option<VmmStats>,
+    pub vmm: Option<VmStats>,
 }
 
 /// Gathers the figures of every pod under `run_dir`.
@@ -26,7 +27,7 @@ pub fn gather(run_dir: &Path) -> std::io::Result<Vec<PodFigures>> {
         .into_iter()
         .map(|pod| {
             let processes = pods::processes(&pod);
-            let vmm = vmm_stats::query(&vmm_stats::socket(&pod.dir)).ok();
+            let vmm = pod.vmm_stats().ok();
             PodFigures {
                 pod,
                 processes,
@@ -118,6 +119,11 @@ pub fn render(figures: &[PodFigures]) -> String {
         "gauge",
         "Time since hull-vmm started the VM.",
     );
+    let mut exits = Family::new(
+        "hull_vmm_vcpu_exits_total",
+        "counter",
+        "Exits from KVM_RUN hull-vmm handled, summed over the VM's vCPUs (I/O, MMIO, interrupts).",
+    );
     for f in figures {
         let (ns, id) = (f.pod.namespace.as_str(), f.pod.id.as_str());
         for p in &f.processes {
@@ -138,14 +144,17 @@ pub fn render(figures: &[PodFigures]) -> String {
         let pod = [("namespace", ns), ("pod", id)];
         up.add(&pod, if f.vmm.is_some() { 1.0 } else { 0.0 });
         if let Some(v) = &f.vmm {
-            vcpus.add(&pod, v.vcpus as f64);
-            guest.add(&pod, (v.guest_memory_mib * 1024 * 1024) as f64);
+            vcpus.add(&pod, f64::from(v.vcpus));
+            guest.add(&pod, (v.memory.guest_mib * 1024 * 1024) as f64);
             paused.add(&pod, if v.paused { 1.0 } else { 0.0 });
             uptime.add(&pod, v.uptime_s);
+            exits.add(&pod, v.vcpu_exits as f64);
         }
     }
     let mut out = String::new();
-    for family in [&pods, &rss, &cpu, &up, &vcpus, &guest, &paused, &uptime] {
+    for family in [
+        &pods, &rss, &cpu, &up, &vcpus, &guest, &paused, &uptime, &exits,
+    ] {
         family.write(&mut out);
     }
     out
@@ -154,6 +163,8 @@ pub fn render(figures: &[PodFigures]) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use hull_protocol::control::MemoryStats;
 
     use super::*;
 
@@ -172,14 +183,15 @@ mod tests {
                 system_cpu_s: 0.5,
                 rss_bytes: 4096,
             }],
-            vmm: Some(VmmStats {
+            vmm: Some(VmStats {
                 vcpus: 2,
-                paused: false,
                 uptime_s: 3.0,
-                guest_memory_mib: 128,
-                rss_kib: 4,
-                user_cpu_s: 1.5,
-                system_cpu_s: 0.5,
+                memory: MemoryStats {
+                    guest_mib: 128,
+                    vmm_rss_kib: 4,
+                },
+                vcpu_exits: 12345,
+                ..VmStats::default()
             }),
         }];
         let text = render(&figures);
@@ -192,9 +204,13 @@ mod tests {
         assert!(text.contains(
             "hull_vmm_guest_memory_bytes{namespace=\"default\",pod=\"p\\\"1\"} 134217728\n"
         ));
+        assert!(text.contains("# TYPE hull_vmm_vcpu_exits_total counter\n"));
+        assert!(text.contains("# HELP hull_vmm_vcpu_exits_total Exits from KVM_RUN"));
+        assert!(text
+            .contains("hull_vmm_vcpu_exits_total{namespace=\"default\",pod=\"p\\\"1\"} 12345\n"));
         // Each family's samples follow its own TYPE line, before the next family.
         let types: Vec<_> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
-        assert_eq!(types.len(), 8);
+        assert_eq!(types.len(), 9);
         let cpu_at = text.find("# TYPE hull_process_cpu_seconds_total").unwrap();
         let up_at = text.find("# TYPE hull_vmm_up").unwrap();
         let cpu_samples: Vec<_> = text
@@ -214,5 +230,6 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("hull_vmm_vcpus{"));
+        assert!(!text.contains("hull_vmm_vcpu_exits_total{"));
     }
 }

@@ -1,9 +1,14 @@
 //! Hull pods on this node, as the shim leaves them in its run directory
 //! (`<run_dir>/<namespace>/<pod>`), and the host processes each one runs
 //! (hull-vmm, virtiofsd: the `host-pids` file, `<pid> <start time>` per line),
-//! with their CPU and memory from /proc.
+//! with their CPU and memory from /proc, and hull-vmm's own figures from the
+//! pod's control socket.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hull_protocol::control::{self, ControlError, VmStats};
+use hull_protocol::vm::pod_files;
 
 /// The shim's record of a pod's host processes, in the pod directory.
 pub const HOST_PIDS: &str = "host-pids";
@@ -14,6 +19,16 @@ pub struct Pod {
     pub namespace: String,
     pub id: String,
     pub dir: PathBuf,
+}
+
+/// How long a pod's hull-vmm may take to answer a stats request.
+pub const VMM_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Pod {
+    /// hull-vmm's figures, asked on the pod's control socket.
+    pub fn vmm_stats(&self) -> Result<VmStats, ControlError> {
+        control::vm_stats(&self.dir.join(pod_files::CONTROL), VMM_TIMEOUT)
+    }
 }
 
 /// The pods under `run_dir`, sorted; a missing run directory means no pods.

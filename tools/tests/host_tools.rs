@@ -7,6 +7,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use hull_protocol::control::{self, Answer, CpuStats, MemoryStats, Request, VmStats};
+
 const CHECK: &str = env!("CARGO_BIN_EXE_hull-check");
 const MONITOR: &str = env!("CARGO_BIN_EXE_hull-monitor");
 
@@ -216,19 +218,31 @@ fn bundle_of_an_unknown_pod_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pod \"nope\""));
 }
 
-/// Answers hull-vmm's `stats` request as hull-vmm does (vmm/src/control.rs).
+/// Answers one `stats` request with hull-vmm's answer type, as hull-vmm does
+/// (vmm/src/control.rs).
 fn fake_control_socket(path: &Path) -> std::thread::JoinHandle<()> {
     let listener = UnixListener::bind(path).unwrap();
+    let stats = VmStats {
+        vcpus: 2,
+        paused: false,
+        uptime_s: 7.5,
+        memory: MemoryStats {
+            guest_mib: 256,
+            vmm_rss_kib: 1024,
+        },
+        cpu: CpuStats {
+            user_s: 0.5,
+            system_s: 0.25,
+        },
+        vcpu_exits: 31337,
+    };
     std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         let mut line = String::new();
         BufReader::new(&stream).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), r#"{"v":1,"cmd":"stats"}"#);
+        assert_eq!(Request::parse(line.trim()), Ok(control::Command::Stats));
         (&stream)
-            .write_all(
-                br#"{"v":1,"ok":true,"stats":{"vcpus":2,"paused":false,"uptime_s":7.5,"memory":{"guest_mib":256,"vmm_rss_kib":1024},"cpu":{"user_s":0.5,"system_s":0.25}}}
-"#,
-            )
+            .write_all((Answer::stats(stats).to_line() + "\n").as_bytes())
             .unwrap();
     })
 }
@@ -239,7 +253,7 @@ fn monitor_scrape_shows_a_running_pod() {
     let run_dir = dir.path().join("run");
     let stand_in = Reaped(Command::new("sleep").arg("60").spawn().unwrap());
     let pod_dir = fake_pod(&run_dir, "k8s.io", "pod1", &[stand_in.0.id()]);
-    let vmm = fake_control_socket(&pod_dir.join("control.sock"));
+    let vmm = fake_control_socket(&pod_dir.join(hull_protocol::vm::pod_files::CONTROL));
     let cfg = config(dir.path(), &run_dir);
     let mut monitor = Reaped(
         Command::new(MONITOR)
@@ -283,6 +297,8 @@ fn monitor_scrape_shows_a_running_pod() {
     assert!(
         page.contains("hull_vmm_guest_memory_bytes{namespace=\"k8s.io\",pod=\"pod1\"} 268435456\n")
     );
+    assert!(page.contains("# TYPE hull_vmm_vcpu_exits_total counter\n"));
+    assert!(page.contains("hull_vmm_vcpu_exits_total{namespace=\"k8s.io\",pod=\"pod1\"} 31337\n"));
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     conn.write_all(b"GET /other HTTP/1.1\r\n\r\n").unwrap();
     let mut page = String::new();

@@ -54,7 +54,7 @@ pub enum LaunchError {
 pub struct Sockets {
     pub vsock: PathBuf,
     pub fs: PathBuf,
-    /// hull-vmm's control socket (VM figures: [`super::vmm_control`]).
+    /// hull-vmm's control socket (VM figures: [`hull_protocol::control::vm_stats`]).
     pub control: PathBuf,
     /// The `vm.json` hull-vmm reads.
     pub vm_config: PathBuf,

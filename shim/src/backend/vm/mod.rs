@@ -11,7 +11,6 @@ pub mod sizing;
 mod spec;
 mod streams;
 mod supervise;
-pub mod vmm_control;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -614,7 +613,7 @@ impl Backend for VmBackend {
         let mut grace = Duration::ZERO;
         if !self.vm_killed() {
             // The pod's cost, for its story in the log.
-            match vmm_control::vm_stats(&vm.sockets.control, STATS_TIMEOUT) {
+            match hull_protocol::control::vm_stats(&vm.sockets.control, STATS_TIMEOUT) {
                 Ok(s) => {
                     tracing::info!(sandbox = %vm.sandbox_id, vmm_rss_kib = s.memory.vmm_rss_kib,
                     cpu_user_s = s.cpu.user_s, cpu_system_s = s.cpu.system_s,
