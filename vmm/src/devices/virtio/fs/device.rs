@@ -96,7 +96,6 @@ fn peer_gone(fd: RawFd) -> bool {
     true
 }
 
-
 impl Fs {
     /// Connects to virtiofsd at `socket` for the share the guest mounts as `tag`.
     pub fn new(tag: &str, socket: &Path) -> Result<Self, Error> {
