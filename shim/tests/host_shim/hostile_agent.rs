@@ -321,9 +321,10 @@ fn an_oom_event_storm_with_foreign_ids_reaches_containerd_only_for_the_pods_cont
 /// Console lines of the containerd log for pod `pod`, and the lines the rate
 /// limit summarised as not logged.
 fn console_log(lab: &Lab, pod: &str) -> (usize, u64, Vec<String>) {
-    let tag = format!("sandbox={pod} ");
+    // logfmt: the pod's field sits among the others (`... sandbox=f1 source=...`).
+    let tag = format!(" sandbox={pod} ");
     let log = lab.log();
-    let ours: Vec<&str> = log.lines().filter(|l| l.starts_with(&tag)).collect();
+    let ours: Vec<&str> = log.lines().filter(|l| l.contains(&tag)).collect();
     let logged = ours
         .iter()
         .filter(|l| l.contains("source=\"guest console\"") && !l.contains("lines not logged"))
