@@ -27,11 +27,6 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
         "block device nodes cannot be created on the share: virtiofsd runs without CAP_MKNOD (issue 16, hole 4), so mknod gets EPERM",
     ),
     (
-        "pjdfstest:",
-        "::char",
-        "character device nodes cannot be created on the share: virtiofsd runs without CAP_MKNOD (issue 16, hole 4), so mknod gets EPERM",
-    ),
-    (
         "stress:",
         "o-tmpfile",
         "virtiofsd 1.14 answers FUSE_TMPFILE with ENOSYS (not implemented there), so O_TMPFILE gets EOPNOTSUPP on the share; runc fails it too on the root (overlayfs has O_TMPFILE from Linux 6.6)",
