@@ -39,6 +39,12 @@ pub const MAX_FS_TAG_LEN: usize = 36;
 pub const SHARE_TAG: &str = "hullshare";
 /// Where the agent mounts the pod share in the guest; container rootfs paths lie under it.
 pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
+/// Most virtio-net devices of a VM (one per interface CNI created in the pod's netns).
+pub const MAX_NET_DEVICES: usize = 4;
+/// Smallest MTU a network device may have (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
+/// MTU of a network device whose configuration names none.
+pub const DEFAULT_MTU: u16 = 1500;
 
 /// File names inside a pod's state directory (`<run_dir>/<namespace>/<pod>`).
 pub mod pod_files {
@@ -70,6 +76,12 @@ pub enum VmConfigError {
     CmdlineControl,
     #[error("virtio-fs tag {0:?}: must be 1 to {MAX_FS_TAG_LEN} bytes")]
     FsTag(String),
+    #[error("{0} network devices: at most {MAX_NET_DEVICES}")]
+    TooManyNets(usize),
+    #[error("net.tap_fd = {0}: must be an inherited descriptor, 3 or above")]
+    TapFd(i32),
+    #[error("net.mac {0:?}: give a unicast MAC as six hex pairs, aa:bb:cc:dd:ee:ff")]
+    Mac(String),
     #[error("not a valid VM configuration")]
     Json(#[source] serde_json::Error),
 }
@@ -123,6 +135,42 @@ pub struct FsConfig {
     pub tag: String,
 }
 
+/// A virtio-net device whose backend is a tap the shim opened (in the pod's
+/// network namespace) and handed to hull-vmm as an inherited descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap's descriptor number in hull-vmm (not closed on exec by the shim).
+    pub tap_fd: i32,
+    /// The guest interface's MAC, `aa:bb:cc:dd:ee:ff` (the CNI interface's own).
+    pub mac: String,
+    /// MTU the device reports to the guest, [`MIN_MTU`] to 65535.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+/// Parses a unicast MAC written as six hex pairs separated by `:`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], VmConfigError> {
+    let bad = || VmConfigError::Mac(text.to_string());
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 == 1 {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
 /// Everything needed to build one VM. Every field but `kernel` has a default,
 /// so `{"kernel": "/path/vmlinux"}` is a whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +202,9 @@ pub struct VmConfig {
     /// vhost-user-fs shares.
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, at most [`MAX_NET_DEVICES`].
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// Control socket path.
     #[serde(default)]
     pub control: Option<PathBuf>,
@@ -234,6 +285,7 @@ impl VmConfig {
             vsock: None,
             disks: Vec::new(),
             fs: Vec::new(),
+            net: Vec::new(),
             control: None,
             allow_pvm: false,
             debug: false,
@@ -283,6 +335,16 @@ impl VmConfig {
             if fs.tag.is_empty() || fs.tag.len() > MAX_FS_TAG_LEN {
                 return Err(VmConfigError::FsTag(fs.tag.clone()));
             }
+        }
+        if self.net.len() > MAX_NET_DEVICES {
+            return Err(VmConfigError::TooManyNets(self.net.len()));
+        }
+        for net in &self.net {
+            if net.tap_fd < 3 {
+                return Err(VmConfigError::TapFd(net.tap_fd));
+            }
+            parse_mac(&net.mac)?;
+            check_range("net.mtu", net.mtu.into(), MIN_MTU.into(), u16::MAX.into())?;
         }
         Ok(())
     }
@@ -379,6 +441,51 @@ mod tests {
         bad_tag.fs[0].tag = "t".repeat(MAX_FS_TAG_LEN + 1);
         assert!(matches!(bad_tag.validate(), Err(VmConfigError::FsTag(_))));
         assert!(pod().validate().is_ok());
+    }
+
+    #[test]
+    fn network_devices_need_an_inherited_fd_a_unicast_mac_and_a_sane_mtu() {
+        let net = |tap_fd, mac: &str, mtu| NetConfig {
+            tap_fd,
+            mac: mac.into(),
+            mtu,
+        };
+        let ok = VmConfig {
+            net: vec![net(3, "02:00:0a:58:4d:02", 1500)],
+            ..pod()
+        };
+        assert_eq!(VmConfig::from_json(&ok.to_json()).unwrap(), ok);
+        assert_eq!(
+            parse_mac("02:00:0A:58:4d:ff").unwrap(),
+            [2, 0, 10, 0x58, 0x4d, 0xff]
+        );
+        for (nets, want) in [
+            (vec![net(2, "02:00:00:00:00:01", 1500)], "net.tap_fd = 2"),
+            (vec![net(3, "03:00:00:00:00:01", 1500)], "unicast MAC"),
+            (vec![net(3, "02:00:00:00:00", 1500)], "unicast MAC"),
+            (vec![net(3, "02:00:00:00:00:01:07", 1500)], "unicast MAC"),
+            (vec![net(3, "02:0:00:00:00:001", 1500)], "unicast MAC"),
+            (vec![net(3, "02:00:00:00:00:zz", 1500)], "unicast MAC"),
+            (
+                vec![net(3, "02:00:00:00:00:01", 67)],
+                "net.mtu = 67: must be 68 to 65535",
+            ),
+            (
+                vec![net(3, "02:00:00:00:00:01", 1500); 5],
+                "5 network devices: at most 4",
+            ),
+        ] {
+            let err = VmConfig { net: nets, ..pod() }
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err:?} lacks {want:?}");
+        }
+        let default_mtu = VmConfig::from_json(
+            r#"{"kernel":"/k","net":[{"tap_fd":3,"mac":"02:00:00:00:00:01"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(default_mtu.net[0].mtu, DEFAULT_MTU);
     }
 
     #[test]
