@@ -3,6 +3,7 @@
 # whose kvm-amd gives a /dev/kvm that boots standard guest kernels.
 #
 # usage: tests/lab/lab.sh [--timeout SECS] [--share DIR] [--mem MIB] -- CMD [ARGS...]
+#        (HULL_LAB_CPUS sets the lab VM's vCPUs, default 1; HULL_LAB_MEM its MiB)
 #
 # Inside, the host's root is visible read-only at the same paths (with a
 # throwaway tmpfs overlay), DIR is shared read-write at its own path, /tmp and
@@ -15,6 +16,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 timeout_s="${HULL_LAB_TIMEOUT:-900}"
 mem="${HULL_LAB_MEM:-4096}"
+cpus="${HULL_LAB_CPUS:-1}"
 share=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -22,7 +24,7 @@ while [[ $# -gt 0 ]]; do
         --share) share="$(realpath "$2")"; shift 2 ;;
         --mem) mem="$2"; shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) break ;;
     esac
 done
@@ -89,7 +91,7 @@ cmdline="console=ttyS0 panic=-1 quiet rdinit=/init LAB_STAGE2=$here/stage2.sh LA
 # once (bash defers traps while a foreground pipeline runs) and cleanup runs.
 {
     status=0
-    timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${mem}M" -smp 1 \
+    timeout -k 5 "$timeout_s" "$qemu" -accel tcg,thread=multi -cpu max -m "${mem}M" -smp "$cpus" \
         -display none -monitor none -serial stdio -no-reboot -nodefaults \
         -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -machine q35,memory-backend=mem \
         "${fs_args[@]}" -kernel "$labdir/vmlinuz" -initrd "$labdir/initrd.gz" -append "$cmdline" \
