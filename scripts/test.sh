@@ -69,7 +69,7 @@ if [[ $tier == lab || $tier == all ]]; then
     job() { # BINARY ARGS... : one test-binary invocation of a runner script
         local b="$1"; shift
         echo "echo; echo \"--- $(basename "$b") $*\"; t=\$(date +%s)"
-        echo "$b --ignored --test-threads=1 --color never --show-output $* || rc=1"
+        echo "$b --ignored --test-threads=1 --color never --show-output $* & p=\$!; watch \$p; wait \$p || rc=1"
         echo "took $(basename "${b%-*}") \$t"
     }
     shard1=() shard2=()
@@ -94,6 +94,8 @@ if [[ $tier == lab || $tier == all ]]; then
             echo '#!/bin/bash'
             echo 'rc=0'
             echo 'took() { echo "--- $1 took $(( $(date +%s) - $2 )) s"; }'
+            # Every 10 minutes a test binary runs, what runs in the lab (a stall shows in the log).
+            echo 'watch() { local n=0; while kill -0 "$1" 2>/dev/null; do sleep 1; n=$((n + 1)); if ((n % 600 == 0)); then echo "--- still running after $n s:"; ps -eo pid,stat,etime,time,wchan:20,args --sort=start_time | grep -v -E "\[|ps -eo" | cut -c1-160 | tail -12; fi; done; }'
             for j in "${jobs[@]}"; do
                 # shellcheck disable=SC2086
                 job $j

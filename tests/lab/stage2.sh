@@ -36,11 +36,19 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true
 mkdir -p "$LAB_RUN" && mount -t virtiofs run "$LAB_RUN"
 if [[ -n "${LAB_SHARE:-}" ]]; then mkdir -p "$LAB_SHARE" && mount -t virtiofs share "$LAB_SHARE"; fi
 ip link set lo up 2>/dev/null || true
+# A heartbeat on the root share: a lab test stalled for good twice on
+# 2026-11-30, in CI and in a timing run (QEMU nearly idle, nothing printed;
+# the same test with a periodic `ps` beside it did not stall), which points at a virtio-fs completion on the root
+# that nobody waits for again until the next request. One uncached GETATTR
+# every 15 s costs nothing and gives the queue that next request.
+( while sleep 15; do stat -c %s /usr/bin/env >/dev/null 2>&1; done ) &
+heartbeat=$!
 (
     export HULL_LAB=1
     bash "$LAB_RUN/cmd.sh"
 )
 rc=$?
+kill "$heartbeat" 2>/dev/null
 echo "$rc" > "$LAB_RUN/exit"
 sync
 echo "HULL_LAB_EXIT=$rc"
