@@ -9,9 +9,8 @@ use oci_spec::runtime::Process as OciProcess;
 
 use hull_protocol::ids::IdKind;
 
-use super::pod::{
-    backend_of, check_id, container, container_mut, sandbox_id_of, wanted, Pod, Result, TaskError,
-};
+use super::error::{Result, TaskError};
+use super::pod::{backend_of, check_id, container, container_mut, sandbox_id_of, wanted, Pod};
 use super::process::{task_pid, Exit, Process, Status, StdioPaths};
 use crate::backend::{ContainerStats, ExecRequest};
 

@@ -2,6 +2,7 @@
 //! events and exit waiting, independent of what runs the containers.
 
 mod control;
+mod error;
 pub mod events;
 mod pod;
 mod process;
@@ -25,8 +26,9 @@ mod tests {
     use containerd_shim::protos::protobuf::well_known_types::any::Any;
     use containerd_shim::ExitSignal;
 
+    use super::error::TaskError;
     use super::events::{tests::Recorder, Events};
-    use super::pod::{CreateRequest, TaskError};
+    use super::pod::CreateRequest;
     use super::process::{Status, StdioPaths};
     use super::Pod;
     use crate::backend::{

@@ -8,7 +8,7 @@
 //! is held across their backend calls.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -22,56 +22,21 @@ use containerd_shim::ExitSignal;
 use hull_protocol::ids::{validate_id, IdKind};
 use oci_spec::runtime::Spec;
 
+use super::error::{Result, TaskError};
 use super::events::Events;
 use super::process::{task_pid, Exit, Process, Status, StdioPaths};
-use super::rootfs::{bind_volumes, ContainerRootfs, MountSpec, RootfsError, VOLUMES_DIR};
+use super::rootfs::{bind_volumes, ContainerRootfs, MountSpec, VOLUMES_DIR};
 use super::sandbox::{config_path_from_options, Sandbox};
 use super::stdio::{self, BinaryLogger, StdioError, Target};
 use crate::backend::vm::sizing;
-use crate::backend::{self, Backend, BackendError, ContainerRequest, ProcessStreams, StdioWanted};
-use crate::config::{Config, ConfigError};
+use crate::backend::{self, Backend, ContainerRequest, ProcessStreams, StdioWanted};
+use crate::config::Config;
 
 /// The annotation that names a container's pod (CRI); containers without it are their own pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
-/// Errors of task operations; the service maps each kind to a ttrpc status code.
-#[derive(Debug, thiserror::Error)]
-pub enum TaskError {
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Rootfs(#[from] RootfsError),
-    #[error(transparent)]
-    Stdio(#[from] StdioError),
-    #[error("read OCI spec {path}")]
-    Spec {
-        path: PathBuf,
-        #[source]
-        source: oci_spec::OciSpecError,
-    },
-    #[error("create pod directory {path}")]
-    PodDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// Exit status of a process that was killed with SIGKILL (128 + 9).
 const KILLED_STATUS: u32 = 137;
-
-/// Result of task operations.
-pub type Result<T> = std::result::Result<T, TaskError>;
 
 /// Makes the backend for a new sandbox.
 pub type BackendFactory = Box<dyn Fn() -> backend::Result<Arc<dyn Backend>> + Send + Sync>;
@@ -177,7 +142,9 @@ impl Pod {
             sandbox: self.lock().sandbox.take(),
             containers: HashMap::new(),
         };
-        self.destroy_sandbox(&mut taken);
+        if let Some(sandbox) = taken.sandbox.take() {
+            sandbox.destroy();
+        }
     }
 
     pub(super) fn events(&self) -> &Events {
@@ -225,7 +192,15 @@ impl Pod {
                 }
                 // Booting takes long: outside the state lock, under the lifecycle lock.
                 let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-                let sandbox = self.start_sandbox(&sandbox_id, config, cgroups_path)?;
+                let backend = (self.shared.factory)()?;
+                let sandbox = Sandbox::start(
+                    backend,
+                    &self.shared.namespace,
+                    &sandbox_id,
+                    config,
+                    cgroups_path,
+                    self.events(),
+                )?;
                 self.lock().sandbox = Some(sandbox);
             }
         }

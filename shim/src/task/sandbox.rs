@@ -11,7 +11,8 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::CodedInputStream;
 use containerd_shim::protos::topics;
 
-use super::pod::{Pod, PodState, Result, TaskError};
+use super::error::{Result, TaskError};
+use super::events::Events;
 use super::share::{self, PodShare, ShareError};
 use crate::backend::{Backend, SandboxRequest};
 use crate::config::Config;
@@ -45,16 +46,17 @@ pub(super) fn config_path_from_options(options: Option<&Any>) -> Option<PathBuf>
     None
 }
 
-impl Pod {
-    /// Makes the pod's directories and boots its sandbox; undoes both on failure.
-    pub(super) fn start_sandbox(
-        &self,
+impl Sandbox {
+    /// Makes the pod's directories and boots its sandbox on `backend`; undoes
+    /// both on failure. OOM events of the sandbox go to `events`.
+    pub(super) fn start(
+        backend: Arc<dyn Backend>,
+        namespace: &str,
         sandbox_id: &str,
         config: Config,
         cgroups_path: Option<PathBuf>,
+        events: &Events,
     ) -> Result<Sandbox> {
-        let backend = (self.shared.factory)()?;
-        let namespace = &self.shared.namespace;
         let state_dir =
             share::create_pod_dir(&config.run_dir, namespace, sandbox_id).map_err(|e| match e {
                 ShareError::BadName(_) => TaskError::InvalidArgument(e.to_string()),
@@ -79,7 +81,7 @@ impl Pod {
             remove_pod_dirs(&state_dir);
             return Err(e.into());
         }
-        self.watch_oom(backend.clone(), sandbox_id);
+        watch_oom(backend.clone(), sandbox_id, events.clone());
         tracing::info!(sandbox = %sandbox_id, dir = %state_dir.display(), "sandbox started");
         Ok(Sandbox {
             id: sandbox_id.to_string(),
@@ -89,33 +91,31 @@ impl Pod {
         })
     }
 
-    fn watch_oom(&self, backend: Arc<dyn Backend>, sandbox_id: &str) {
-        let events = self.events().clone();
-        let sandbox_id = sandbox_id.to_string();
-        std::thread::spawn(move || {
-            while let Some(container_id) = backend.next_oom() {
-                tracing::warn!(sandbox = %sandbox_id, container = %container_id, "out of memory");
-                events.emit(
-                    topics::TASK_OOM_EVENT_TOPIC,
-                    TaskOOM {
-                        container_id,
-                        ..Default::default()
-                    },
-                );
-            }
-        });
-    }
-
-    pub(super) fn destroy_sandbox(&self, state: &mut PodState) {
-        let Some(sandbox) = state.sandbox.take() else {
-            return;
-        };
-        if let Err(e) = sandbox.backend.destroy_sandbox() {
-            tracing::error!(sandbox = %sandbox.id, "destroy sandbox: {e}");
+    /// Tears the sandbox down and removes the pod's directories.
+    pub(super) fn destroy(self) {
+        if let Err(e) = self.backend.destroy_sandbox() {
+            tracing::error!(sandbox = %self.id, "destroy sandbox: {e}");
         }
-        remove_pod_dirs(&sandbox.state_dir);
-        tracing::info!(sandbox = %sandbox.id, "sandbox stopped");
+        remove_pod_dirs(&self.state_dir);
+        tracing::info!(sandbox = %self.id, "sandbox stopped");
     }
+}
+
+/// Forwards the backend's OOM reports as containerd events until it has no more.
+fn watch_oom(backend: Arc<dyn Backend>, sandbox_id: &str, events: Events) {
+    let sandbox_id = sandbox_id.to_string();
+    std::thread::spawn(move || {
+        while let Some(container_id) = backend.next_oom() {
+            tracing::warn!(sandbox = %sandbox_id, container = %container_id, "out of memory");
+            events.emit(
+                topics::TASK_OOM_EVENT_TOPIC,
+                TaskOOM {
+                    container_id,
+                    ..Default::default()
+                },
+            );
+        }
+    });
 }
 
 /// Unmounts the pod share and removes the (empty) pod directories; never

@@ -16,7 +16,8 @@ use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{Task, TtrpcResult};
 
-use super::pod::{CreateRequest, Pod, TaskError};
+use super::error::TaskError;
+use super::pod::{CreateRequest, Pod};
 use super::process::StdioPaths;
 use super::rootfs::MountSpec;
 use crate::backend::BackendError;
