@@ -53,6 +53,7 @@ impl Vmm {
                 mmio: mmio.clone(),
                 exit: self.parts.exit.clone(),
                 control: self.parts.control.clone(),
+                seccomp: self.parts.seccomp.as_ref().map(|f| f.vcpu.clone()),
             };
             vcpu.start().map_err(|e| e.to_string())?;
         }
@@ -64,9 +65,18 @@ impl Vmm {
             Ok(el) => el,
             Err(e) => return ExitReason::VmmError(e.to_string()),
         };
+        // The vCPUs wait (paused) until every thread has its seccomp filter.
+        self.parts.control.set_paused(true);
         if let Err(e) = self.start_vcpus() {
             return ExitReason::VmmError(e);
         }
+        if let Some(filters) = &self.parts.seccomp {
+            if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vmm, &filters.vmm) {
+                return ExitReason::VmmError(hull_protocol::error::chain(&e));
+            }
+        }
+        crate::seccomp::selftest_if_asked();
+        self.parts.control.set_paused(false);
         el.run()
     }
 
