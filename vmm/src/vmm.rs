@@ -55,7 +55,7 @@ impl Vmm {
                 control: self.parts.control.clone(),
                 seccomp: self.parts.seccomp.as_ref().map(|f| f.vcpu.clone()),
             };
-            vcpu.start().map_err(|e| e.to_string())?;
+            vcpu.start().map_err(|e| hull_protocol::error::chain(&e))?;
         }
         Ok(())
     }
@@ -100,7 +100,8 @@ impl Vmm {
         reason
     }
 
-    /// Runs the VM (without signal handling: for embedding and tests).
+    /// Runs the VM (without signal handling: for embedding and tests). Parts built with
+    /// seccomp filters install them on the calling thread and the vCPU threads.
     pub fn run(self) -> ExitReason {
         self.run_with(false)
     }
