@@ -6,9 +6,10 @@
 //! (epoll, the devices' sockets and files, the control socket) and [`ThreadKind::Console`]
 //! for the console writer (writes and locks only). All are installed before the guest runs
 //! its first instruction; none allows creating threads or processes, executing files, or
-//! opening files for writing. The allowlists were measured
-//! by running the lab_vmm tests (boot, vsock, block, virtio-fs, the hostile guest) under
-//! strace, one list per thread.
+//! opening files for writing. The allowlists come from strace of the lab_vmm boot and block
+//! tests, per thread, and were checked by running the lab_vmm tests (two-vCPU boot, vsock,
+//! block, virtio-fs, the hostile guest) and a containerd pod under them: no kill but the
+//! self-test's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
