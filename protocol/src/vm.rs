@@ -46,6 +46,18 @@ pub const MIN_MTU: u16 = 68;
 /// MTU of a network device whose configuration names none.
 pub const DEFAULT_MTU: u16 = 1500;
 
+/// Open files hull-vmm may hold when the configuration names no limit: the vsock muxer's 128
+/// connections, the control socket's clients, the devices' descriptors and headroom.
+pub const DEFAULT_VMM_NOFILE: u64 = 1024;
+/// Fewest open files accepted for hull-vmm (it needs its devices' descriptors and some slack).
+pub const MIN_VMM_NOFILE: u64 = 64;
+/// Processes/threads hull-vmm's uid may run when the configuration names no limit (the kernel
+/// counts them per uid, and ignores the limit for root).
+pub const DEFAULT_VMM_NPROC: u64 = 4096;
+/// Largest file offset hull-vmm may write at, in MiB, when the configuration names none and no
+/// disk is larger (the console file, FIFOs); a larger disk raises it to the disk's size.
+pub const DEFAULT_VMM_FSIZE_MIB: u64 = 1024;
+
 /// File names inside a pod's state directory (`<run_dir>/<namespace>/<pod>`).
 pub mod pod_files {
     /// The hybrid vsock socket of hull-vmm.
@@ -82,6 +94,8 @@ pub enum VmConfigError {
     TapFd(i32),
     #[error("net.mac {0:?}: give a unicast MAC as six hex pairs, aa:bb:cc:dd:ee:ff")]
     Mac(String),
+    #[error("jail.dir {0:?}: give an absolute directory that holds the vsock and control sockets")]
+    JailDir(PathBuf),
     #[error("not a valid VM configuration")]
     Json(#[source] serde_json::Error),
 }
@@ -214,6 +228,70 @@ pub struct VmConfig {
     /// hull-vmm logs at debug level (unless `HULL_LOG` says otherwise).
     #[serde(default)]
     pub debug: bool,
+    /// Per-thread seccomp filters (kill the VMM on any syscall outside them). On by default;
+    /// `false` is for developers tracing a VMM problem, never for pods.
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
+    /// Resource limits hull-vmm sets on itself before it runs the guest.
+    #[serde(default)]
+    pub limits: VmmLimits,
+    /// Jail hull-vmm once the VM is built: own mount, IPC and UTS namespaces, root pivoted to
+    /// a tmpfs holding only `dir`, then the uid/gid drop. `None`: no jail.
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
+}
+
+/// hull-vmm's jail (see [`VmConfig::jail`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// The one host directory the jail shows, at the same path, without its subdirectories:
+    /// where the vsock and control sockets are and the `<uds>_<port>` listeners appear.
+    pub dir: PathBuf,
+    /// uid hull-vmm runs as after the jail is set up (0 stays root).
+    #[serde(default)]
+    pub uid: u32,
+    /// gid hull-vmm runs as after the jail is set up (0 stays root's group).
+    #[serde(default)]
+    pub gid: u32,
+}
+
+fn default_seccomp() -> bool {
+    true
+}
+
+/// Resource limits of the hull-vmm process (soft and hard), set before the seccomp filters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmmLimits {
+    /// RLIMIT_NOFILE: open descriptors, at least [`MIN_VMM_NOFILE`].
+    #[serde(default = "default_nofile")]
+    pub nofile: u64,
+    /// RLIMIT_NPROC: processes and threads of hull-vmm's uid (ignored by the kernel for root),
+    /// at least the vCPUs plus hull-vmm's own threads.
+    #[serde(default = "default_nproc")]
+    pub nproc: u64,
+    /// RLIMIT_FSIZE in MiB: no write lands beyond this offset. `null`: the largest disk's
+    /// size, at least [`DEFAULT_VMM_FSIZE_MIB`].
+    #[serde(default)]
+    pub fsize_mib: Option<u64>,
+}
+
+impl Default for VmmLimits {
+    fn default() -> Self {
+        Self {
+            nofile: DEFAULT_VMM_NOFILE,
+            nproc: DEFAULT_VMM_NPROC,
+            fsize_mib: None,
+        }
+    }
+}
+
+fn default_nofile() -> u64 {
+    DEFAULT_VMM_NOFILE
+}
+fn default_nproc() -> u64 {
+    DEFAULT_VMM_NPROC
 }
 
 fn default_cmdline() -> String {
@@ -289,6 +367,9 @@ impl VmConfig {
             control: None,
             allow_pvm: false,
             debug: false,
+            seccomp: true,
+            limits: VmmLimits::default(),
+            jail: None,
         }
     }
 
@@ -345,6 +426,28 @@ impl VmConfig {
             }
             parse_mac(&net.mac)?;
             check_range("net.mtu", net.mtu.into(), MIN_MTU.into(), u16::MAX.into())?;
+        }
+        check_range(
+            "limits.nofile",
+            self.limits.nofile,
+            MIN_VMM_NOFILE,
+            u32::MAX.into(),
+        )?;
+        // vCPU threads, the event loop and the console writer.
+        let threads = u64::from(self.vcpus) + 2;
+        check_range("limits.nproc", self.limits.nproc, threads, u32::MAX.into())?;
+        if let Some(mib) = self.limits.fsize_mib {
+            check_range("limits.fsize_mib", mib, 1, u64::MAX >> 20)?;
+        }
+        if let Some(jail) = &self.jail {
+            let inside = |p: &PathBuf| p.parent() == Some(jail.dir.as_path());
+            if !jail.dir.is_absolute()
+                || jail.dir.parent().is_none()
+                || !self.vsock.as_ref().is_none_or(|v| inside(&v.uds))
+                || !self.control.as_ref().is_none_or(inside)
+            {
+                return Err(VmConfigError::JailDir(jail.dir.clone()));
+            }
         }
         Ok(())
     }
@@ -504,5 +607,45 @@ mod tests {
         assert!(cmdline_wants_debug(&guest_cmdline(true)));
         assert!(!cmdline_wants_debug(&guest_cmdline(false)));
         assert!(!cmdline_wants_debug("hull.debug=10 xhull.debug=1"));
+    }
+
+    #[test]
+    fn confinement_defaults_and_limits() {
+        let min = VmConfig::from_json(r#"{"kernel":"/k"}"#).unwrap();
+        assert!(min.seccomp, "seccomp is on unless turned off");
+        assert_eq!(min.limits, VmmLimits::default());
+        assert_eq!(min.jail, None);
+        let off = VmConfig::from_json(r#"{"kernel":"/k","seccomp":false,"limits":{"nofile":100}}"#)
+            .unwrap();
+        assert!(!off.seccomp);
+        assert_eq!(
+            (off.limits.nofile, off.limits.nproc),
+            (100, DEFAULT_VMM_NPROC)
+        );
+        let mut cfg = pod();
+        cfg.limits.nofile = MIN_VMM_NOFILE - 1;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.nofile = 63"), "{err}");
+        cfg = pod();
+        cfg.limits.nproc = 3;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.nproc = 3: must be 4 to"), "{err}");
+        cfg = pod();
+        cfg.limits.fsize_mib = Some(0);
+        assert!(cfg.validate().is_err());
+        let jail = |dir: &str| JailConfig {
+            dir: dir.into(),
+            uid: 1000,
+            gid: 1000,
+        };
+        cfg = pod();
+        cfg.jail = Some(jail("/run/hull/p"));
+        cfg.validate().unwrap();
+        assert_eq!(VmConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+        for bad in ["/run/hull", "run/hull/p", "/"] {
+            cfg.jail = Some(jail(bad));
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("jail.dir"), "{bad}: {err}");
+        }
     }
 }

@@ -92,6 +92,13 @@ pub struct Config {
     pub allow_path_annotations: bool,
     /// Whether the `io.hull.debug` annotation may turn on debug logs for one pod.
     pub allow_debug_annotation: bool,
+    /// Jail each pod's hull-vmm once its VM is built: own mount, IPC and UTS namespaces, its
+    /// root a tmpfs holding only the pod directory's files (see the README).
+    pub vmm_jail: bool,
+    /// uid hull-vmm drops to inside its jail (0: it stays root, without the jail's uid drop).
+    pub vmm_uid: u32,
+    /// gid hull-vmm drops to inside its jail; the pod directory is made traversable by it.
+    pub vmm_gid: u32,
 }
 
 impl Default for Config {
@@ -113,6 +120,9 @@ impl Default for Config {
             debug: false,
             allow_path_annotations: false,
             allow_debug_annotation: false,
+            vmm_jail: true,
+            vmm_uid: 0,
+            vmm_gid: 0,
         }
     }
 }
@@ -339,6 +349,10 @@ mod tests {
         assert_eq!((c.vcpus, c.memory_mib, c.debug), (2, 1024, true));
         assert_eq!(c.kernel, PathBuf::from("/k"));
         assert_eq!(c.initrd, Config::default().initrd);
+        let d = Config::default();
+        assert_eq!((d.vmm_jail, d.vmm_uid, d.vmm_gid), (true, 0, 0));
+        let c = Config::parse("vmm_uid = 997\nvmm_gid = 996\nvmm_jail = true\n").unwrap();
+        assert_eq!((c.vmm_jail, c.vmm_uid, c.vmm_gid), (true, 997, 996));
     }
 
     #[test]

@@ -117,7 +117,8 @@ impl Containerd {
             &config,
             format!(
                 "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {vmm:?}\nvirtiofsd = {:?}\n\
-                 run_dir = {:?}\nmemory_mib = 256\ndebug = true\n",
+                 run_dir = {:?}\nmemory_mib = 256\ndebug = true\n\
+                 vmm_uid = {JAIL_ID}\nvmm_gid = {JAIL_ID}\n",
                 kernel.join("vmlinux"),
                 virtiofsd(),
                 base.join("pods"),
@@ -291,6 +292,19 @@ fn pod_processes(names: &[&str]) -> Vec<(i32, String)> {
         }
     }
     found
+}
+
+/// uid and gid of the jailed hull-vmm in these tests (nobody/nogroup).
+const JAIL_ID: u32 = 65534;
+
+/// A field of `/proc/<pid>/status`, its value's whitespace-separated words.
+fn proc_status(pid: i32, field: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
 }
 
 const MACHINERY: [&str; 3] = ["hull-vmm", "virtiofsd", "containerd-shim-hull-v2"];
@@ -610,6 +624,30 @@ fn lab_killed_vmm_ends_the_task_and_killed_shim_is_cleaned_up() {
     ctrd.run_detached("vmmdies", &[], &["sleep", "1000"]);
     let vmms = pod_processes(&["hull-vmm"]);
     assert_eq!(vmms.len(), 1, "{vmms:?}");
+    // The running pod's VMM is confined: seccomp filter mode, no_new_privs, the configured
+    // unprivileged uid/gid without capabilities, its own mount, IPC and UTS namespaces.
+    let vmm = vmms[0].0;
+    let id = JAIL_ID.to_string();
+    assert_eq!(proc_status(vmm, "Seccomp"), ["2"]);
+    assert_eq!(proc_status(vmm, "NoNewPrivs"), ["1"]);
+    assert_eq!(proc_status(vmm, "Uid"), [id.as_str(); 4]);
+    assert_eq!(proc_status(vmm, "Gid"), [id.as_str(); 4]);
+    assert_eq!(proc_status(vmm, "CapEff"), ["0000000000000000"]);
+    for ns in ["mnt", "ipc", "uts"] {
+        let link = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(link(&vmm.to_string()), link("self"), "{ns} namespace");
+    }
+    // The container's output still flows (the VMM reaches the shim's port sockets).
+    let out = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "jailprobe",
+        "vmmdies",
+        "echo",
+        "jailed",
+    ]);
+    assert_eq!(out.trim(), "jailed");
     let _ = Command::new("kill")
         .args(["-9", &vmms[0].0.to_string()])
         .status();

@@ -82,6 +82,9 @@ pub enum Error {
     /// More virtio devices than IOAPIC pins.
     #[error("too many virtio devices (at most {} fit the IOAPIC)", mptable::IOAPIC_PINS as u32 - VIRTIO_FIRST_IRQ)]
     TooManyDevices,
+    /// The seccomp filters.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
     /// A socket path the VMM must create already exists.
     #[error("{0} already exists; remove it or choose another path")]
     PathExists(String),
@@ -127,6 +130,8 @@ pub struct VmParts {
     pub control_server: Option<Arc<Mutex<ControlServer>>>,
     /// The serial console's output buffer, drained when the VM exits.
     pub console: Option<BoundedConsole>,
+    /// The per-thread seccomp filters, unless the config turned them off.
+    pub seccomp: Option<crate::seccomp::Filters>,
 }
 
 /// Fails fast when /dev/kvm cannot boot a standard guest.
@@ -179,6 +184,7 @@ pub fn create_vm(ram: GuestRam) -> Result<VmParts, Error> {
         cleanup: Vec::new(),
         control_server: None,
         console: None,
+        seccomp: None,
     })
 }
 
@@ -228,7 +234,9 @@ pub fn irq_eventfd(vm: &VmFd, gsi: u32) -> Result<EventFd, Error> {
 /// Adds COM1 and the i8042.
 pub fn attach_legacy(parts: &mut VmParts, console: &Console) -> Result<(), Error> {
     let irq = irq_eventfd(&parts.vm, legacy::SERIAL_IRQ)?;
-    let out = BoundedConsole::spawn(open_console(console)?).map_err(Error::ConsoleThread)?;
+    let filter = parts.seccomp.as_ref().map(|f| f.console.clone());
+    let out =
+        BoundedConsole::spawn(open_console(console)?, filter).map_err(Error::ConsoleThread)?;
     parts.console = Some(out.clone());
     let serial = SerialDevice::new(irq, Box::new(out));
     parts.pio.insert(
@@ -377,6 +385,10 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     check_paths(cfg)?;
     let ram = memory::create(cfg.memory_mib)?;
     let mut parts = create_vm(ram)?;
+    if cfg.seccomp {
+        let drop_to = cfg.jail.as_ref().map(|j| (j.uid, j.gid));
+        parts.seccomp = Some(crate::seccomp::Filters::compile(drop_to)?);
+    }
     register_memory(&parts.vm, &parts.ram.mem)?;
     attach_legacy(&mut parts, &cfg.console)?;
     attach_disks(&mut parts, cfg)?;

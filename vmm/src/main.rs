@@ -52,6 +52,12 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
+    // no_new_privs, rlimits and the jail (the VM is built: every file is open) before the
+    // seccomp filters, which `run_with` installs.
+    if let Err(e) = hull_vmm::jail::confine(&cfg) {
+        eprintln!("hull-vmm: {}", chain(&e));
+        std::process::exit(hull_vmm::exit::EXIT_VMM_ERROR);
+    }
     let reason = vmm.run_with(true);
     if let hull_vmm::exit::ExitReason::GuestCrash(ref why)
     | hull_vmm::exit::ExitReason::VmmError(ref why) = reason

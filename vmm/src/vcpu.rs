@@ -62,6 +62,9 @@ pub enum Error {
     /// Spawning the thread failed.
     #[error("cannot start vCPU thread")]
     Thread(#[source] std::io::Error),
+    /// The vCPU thread could not install its seccomp filter.
+    #[error("vCPU {0}: seccomp filter")]
+    Seccomp(u8, #[source] crate::seccomp::Error),
 }
 
 const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -302,6 +305,8 @@ pub struct Vcpu {
     pub exit: Arc<ExitNotifier>,
     /// Pause and stop requests.
     pub control: Arc<RunControl>,
+    /// The vCPU seccomp filter, installed by the thread before its first KVM_RUN.
+    pub seccomp: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 impl Vcpu {
@@ -378,9 +383,16 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
             .spawn(move || {
+                if let Some(filter) = self.seccomp.take() {
+                    let kind = crate::seccomp::ThreadKind::Vcpu;
+                    if let Err(e) = crate::seccomp::install(kind, &filter) {
+                        let _ = tx.send(Err(Error::Seccomp(self.id, e)));
+                        return;
+                    }
+                }
                 KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
                 // SAFETY: pthread_self has no preconditions.
-                let _ = tx.send(unsafe { libc::pthread_self() });
+                let _ = tx.send(Ok(unsafe { libc::pthread_self() }));
                 let reason = self.run();
                 KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
                 if let Some(reason) = reason {
@@ -391,12 +403,14 @@ impl Vcpu {
                 std::mem::forget(self);
             })
             .map_err(Error::Thread)?;
-        if let Ok(t) = rx.recv() {
-            control
+        match rx.recv() {
+            Ok(Ok(t)) => control
                 .threads
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(t);
+                .push(t),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {}
         }
         Ok(())
     }

@@ -53,8 +53,9 @@ impl Vmm {
                 mmio: mmio.clone(),
                 exit: self.parts.exit.clone(),
                 control: self.parts.control.clone(),
+                seccomp: self.parts.seccomp.as_ref().map(|f| f.vcpu.clone()),
             };
-            vcpu.start().map_err(|e| e.to_string())?;
+            vcpu.start().map_err(|e| hull_protocol::error::chain(&e))?;
         }
         Ok(())
     }
@@ -64,9 +65,18 @@ impl Vmm {
             Ok(el) => el,
             Err(e) => return ExitReason::VmmError(e.to_string()),
         };
+        // The vCPUs wait (paused) until every thread has its seccomp filter.
+        self.parts.control.set_paused(true);
         if let Err(e) = self.start_vcpus() {
             return ExitReason::VmmError(e);
         }
+        if let Some(filters) = &self.parts.seccomp {
+            if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vmm, &filters.vmm) {
+                return ExitReason::VmmError(hull_protocol::error::chain(&e));
+            }
+        }
+        crate::seccomp::selftest_if_asked();
+        self.parts.control.set_paused(false);
         el.run()
     }
 
@@ -90,7 +100,8 @@ impl Vmm {
         reason
     }
 
-    /// Runs the VM (without signal handling: for embedding and tests).
+    /// Runs the VM (without signal handling: for embedding and tests). Parts built with
+    /// seccomp filters install them on the calling thread and the vCPU threads.
     pub fn run(self) -> ExitReason {
         self.run_with(false)
     }

@@ -685,3 +685,26 @@ fn hostile_guest_cannot_exhaust_the_vmm() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The seccomp self-test trigger with the real guest kernel and agent: the filtered event loop
+/// issues a forbidden syscall and the kernel kills hull-vmm with SIGSYS before the guest runs
+/// (the other lab tests show a normal boot, vsock, block and virtio-fs pass under the filters).
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn forbidden_syscall_kills_the_vmm_with_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = scratch("sigsys");
+    let uds = dir.join("v.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .args(["--kernel", &kernel().display().to_string()])
+        .args(["--initrd", &initrd().display().to_string()])
+        .args(["--vsock", &format!("3,{}", uds.display())])
+        .env(hull_vmm::seccomp::SELFTEST_ENV, "1")
+        .output()
+        .unwrap();
+    let output = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    println!("--- seccomp self-test, {:?}\n{output}", out.status);
+    assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{output}");
+    assert!(!output.contains(READY), "the guest must not have run");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

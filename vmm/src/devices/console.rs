@@ -43,8 +43,12 @@ pub struct BoundedConsole {
 
 impl BoundedConsole {
     /// Starts the writer thread that feeds `out`. The thread blocks every signal, so SIGTERM
-    /// and SIGINT reach only the event loop's signalfd (and vCPU kicks only the vCPUs).
-    pub fn spawn(out: Box<dyn Write + Send>) -> std::io::Result<Self> {
+    /// and SIGINT reach only the event loop's signalfd (and vCPU kicks only the vCPUs), and
+    /// installs `filter` (its seccomp filter) before it writes anything.
+    pub fn spawn(
+        out: Box<dyn Write + Send>,
+        filter: Option<Arc<seccompiler::BpfProgram>>,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
         // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask only touch it and the
@@ -56,13 +60,31 @@ impl BoundedConsole {
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
             old
         };
+        let (ready, filtered) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || write_loop(&theirs, out));
+            .spawn(move || {
+                if let Some(f) = filter {
+                    let installed =
+                        crate::seccomp::install(crate::seccomp::ThreadKind::Console, &f);
+                    let failed = installed.is_err();
+                    let _ = ready.send(installed);
+                    if failed {
+                        return;
+                    }
+                } else {
+                    let _ = ready.send(Ok(()));
+                }
+                write_loop(&theirs, out)
+            });
         // SAFETY: `old` is the mask saved above.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
         spawned?;
-        Ok(BoundedConsole { shared })
+        match filtered.recv() {
+            Ok(Ok(())) => Ok(BoundedConsole { shared }),
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => Err(std::io::Error::other("the console thread died at start")),
+        }
     }
 
     /// Waits up to `timeout` for the buffered bytes to reach the console (at VM exit).
@@ -153,7 +175,7 @@ mod tests {
     #[test]
     fn a_stalled_reader_neither_blocks_the_writer_nor_grows_the_buffer() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let mut console = BoundedConsole::spawn(Box::new(ours)).unwrap();
+        let mut console = BoundedConsole::spawn(Box::new(ours), None).unwrap();
         let line = [b'x'; 4096];
         let start = Instant::now();
         // 16 MiB without a newline, nobody reading: every write returns at once.
@@ -185,7 +207,7 @@ mod tests {
     #[test]
     fn drain_waits_for_the_last_bytes() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let mut console = BoundedConsole::spawn(Box::new(ours)).unwrap();
+        let mut console = BoundedConsole::spawn(Box::new(ours), None).unwrap();
         console.write_all(b"HULL_TEST_DONE 0\n").unwrap();
         console.drain(Duration::from_secs(5));
         assert_eq!(console.pending(), 0);
@@ -198,7 +220,7 @@ mod tests {
     fn a_closed_console_is_dropped_quietly() {
         let (ours, theirs) = UnixStream::pair().unwrap();
         drop(theirs);
-        let mut console = BoundedConsole::spawn(Box::new(ours)).unwrap();
+        let mut console = BoundedConsole::spawn(Box::new(ours), None).unwrap();
         for _ in 0..100 {
             console.write_all(&[b'y'; 1024]).unwrap();
         }

@@ -157,6 +157,15 @@ impl PortListener {
             path: path.clone(),
             source,
         })?;
+        // Group-writable: a jailed hull-vmm (another uid, the pod directory's group) must
+        // connect to it; the pod directory keeps everyone else out.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(
+            |source| HybridError::Listen {
+                path: path.clone(),
+                source,
+            },
+        )?;
         Ok(Self { listener, path })
     }
 

@@ -10,8 +10,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use hull_protocol::vm::{
-    self, pod_files, Console, FsConfig, VmConfig, VmConfigError, VsockConfig, POD_GUEST_CID,
-    SHARE_TAG,
+    self, pod_files, Console, FsConfig, JailConfig, VmConfig, VmConfigError, VsockConfig,
+    POD_GUEST_CID, SHARE_TAG,
 };
 
 use super::console::{log_output, RateLimit};
@@ -26,6 +26,12 @@ const XATTR_MAP: &str = ":ok:all:user.:::bad:all:::";
 /// Errors of starting the pod's host processes.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    #[error("cannot open the pod directory {path} to the jailed hull-vmm's group")]
+    JailDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the VM configuration {path}")]
     WriteConfig {
         path: PathBuf,
@@ -105,10 +111,33 @@ pub fn vm_config(req: &SandboxRequest, sockets: &Sockets) -> Result<VmConfig, Vm
         }],
         control: Some(sockets.control.clone()),
         debug: config.debug,
+        jail: config.vmm_jail.then(|| JailConfig {
+            // The directory of the pod's sockets: the pod's state directory.
+            dir: sockets
+                .vsock
+                .parent()
+                .unwrap_or(&req.state_dir)
+                .to_path_buf(),
+            uid: config.vmm_uid,
+            gid: config.vmm_gid,
+        }),
         ..VmConfig::new(config.kernel.clone())
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Lets the jailed VMM's group traverse the pod directory (mode 2710, group `gid`; the setgid
+/// bit gives the `<uds>_<port>` listeners made later that group), so the unprivileged VMM can
+/// reach the sockets in it; nothing else of the directory is readable to it.
+fn open_pod_dir_to(dir: &Path, gid: u32) -> Result<(), LaunchError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(dir, None, Some(gid))
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2710)))
+        .map_err(|source| LaunchError::JailDir {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Writes `cfg` as JSON to `path` (mode 0600: the state directory is root's).
@@ -200,6 +229,9 @@ pub fn start_vmm(
     log_limit: &Arc<RateLimit>,
 ) -> Result<Child, LaunchError> {
     write_vm_config(cfg, &sockets.vm_config)?;
+    if let Some(jail) = cfg.jail.as_ref().filter(|j| (j.uid, j.gid) != (0, 0)) {
+        open_pod_dir_to(&jail.dir, jail.gid)?;
+    }
     let program = &req.config.hull_vmm;
     let mut child = Command::new(program)
         .arg("--config")
@@ -338,6 +370,44 @@ mod tests {
             let err = vm_config(&request(config), &Sockets::in_dir(Path::new("/s"))).unwrap_err();
             assert!(err.to_string().starts_with(field), "{err}");
         }
+    }
+
+    #[test]
+    fn the_jail_shows_the_sockets_directory_and_drops_to_the_configured_ids() {
+        let sockets = Sockets::in_dir(Path::new("/run/hull/ns/pod"));
+        let cfg = vm_config(&request(Config::default()), &sockets).unwrap();
+        let jail = cfg.jail.expect("jailed by default");
+        assert_eq!(jail.dir, Path::new("/run/hull/ns/pod"));
+        assert_eq!((jail.uid, jail.gid), (0, 0));
+        assert!(cfg.seccomp, "the shim never turns the filters off");
+        let config = Config {
+            vmm_uid: 4000,
+            vmm_gid: 4001,
+            ..Config::default()
+        };
+        let jail = vm_config(&request(config), &sockets).unwrap().jail.unwrap();
+        assert_eq!((jail.uid, jail.gid), (4000, 4001));
+        let config = Config {
+            vmm_jail: false,
+            ..Config::default()
+        };
+        assert_eq!(vm_config(&request(config), &sockets).unwrap().jail, None);
+    }
+
+    #[test]
+    fn the_pod_directory_opens_only_to_the_jails_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        if nix::unistd::geteuid().as_raw() != 0 {
+            println!("skipped: changing a directory's group needs root");
+            return;
+        }
+        open_pod_dir_to(dir.path(), 65534).unwrap();
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o2710);
+        assert_eq!((meta.uid(), meta.gid()), (0, 65534));
+        let err = open_pod_dir_to(&dir.path().join("gone"), 65534).unwrap_err();
+        assert!(err.to_string().contains("gone"), "{err}");
     }
 
     #[test]
