@@ -225,7 +225,8 @@ impl Pod {
                 }
                 // Booting takes long: outside the state lock, under the lifecycle lock.
                 let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-                let sandbox = self.start_sandbox(&sandbox_id, config, cgroups_path)?;
+                let network = crate::backend::vm::sandbox_network(&spec);
+                let sandbox = self.start_sandbox(&sandbox_id, config, cgroups_path, network)?;
                 self.lock().sandbox = Some(sandbox);
             }
         }

@@ -52,6 +52,7 @@ impl Pod {
         sandbox_id: &str,
         config: Config,
         cgroups_path: Option<PathBuf>,
+        network: crate::backend::vm::SandboxNetwork,
     ) -> Result<Sandbox> {
         let backend = (self.shared.factory)()?;
         let namespace = &self.shared.namespace;
@@ -74,6 +75,7 @@ impl Pod {
             state_dir: state_dir.clone(),
             config,
             cgroups_path,
+            network,
         };
         if let Err(e) = backend.create_sandbox(&req) {
             remove_pod_dirs(&state_dir);
