@@ -107,7 +107,7 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     // filters and qdiscs in CNI's namespace go now, before CNI's DEL.
     if let Some(record) = network::Record::load(&state_dir) {
         if let Err(e) = record.undo() {
-            eprintln!("pod network cleanup: {e:#}");
+            eprintln!("pod network cleanup: {}", hull_protocol::error::chain(&e));
         }
     }
     kill_processes_rooted_in(&shared);

@@ -270,9 +270,10 @@ impl VmBackend {
 
     /// Removes the pod's taps and filters (after hull-vmm exited).
     fn unplumb(sandbox_id: &str, state_dir: &std::path::Path, net: PodNetwork) {
-        if let Err(e) = net.teardown() {
-            tracing::error!(sandbox = %sandbox_id, "pod network teardown: {}",
-                hull_protocol::error::chain(&e));
+        match net.teardown() {
+            Ok(()) => tracing::info!(sandbox = %sandbox_id, "pod network removed"),
+            Err(e) => tracing::error!(sandbox = %sandbox_id, "pod network teardown: {}",
+                hull_protocol::error::chain(&e)),
         }
         let _ = std::fs::remove_file(state_dir.join(network::RECORD_FILE));
     }

@@ -180,7 +180,7 @@ impl PodNetwork {
                     Ok(link) => links.push(link),
                     Err(e) => {
                         for link in links {
-                            unplumb(&link.interface.name, &link.tap);
+                            let _ = unplumb(&link.interface.name, &link.tap);
                         }
                         return Err(e);
                     }
@@ -258,10 +258,12 @@ impl Record {
     /// that is gone already (CNI's DEL ran) leaves nothing to undo.
     pub fn undo(&self) -> Result<()> {
         match in_netns(&self.netns, || {
-            for (interface, tap) in &self.pairs {
-                unplumb(interface, tap);
-            }
-            Ok(())
+            let results: Vec<Result<()>> = self
+                .pairs
+                .iter()
+                .map(|(interface, tap)| unplumb(interface, tap))
+                .collect();
+            results.into_iter().collect()
         }) {
             Err(NetworkError::OpenNetns { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -504,7 +506,7 @@ fn plumb(interface: Interface, tap: &str) -> Result<Link> {
     ];
     for (program, args) in steps {
         if let Err(e) = run(program, &args) {
-            unplumb(cni, tap);
+            let _ = unplumb(cni, tap);
             return Err(e);
         }
     }
@@ -524,25 +526,22 @@ fn redirect<'a>(from: &'a str, to: &'a str) -> Vec<&'a str> {
 }
 
 /// Removes the CNI interface's ingress qdisc (its filters go with it) and the
-/// tap; what is already gone is fine, anything else is logged.
-fn unplumb(cni: &str, tap: &str) {
-    let missing = |e: &NetworkError| {
-        matches!(e, NetworkError::Command { stderr, .. }
+/// tap; what is already gone is fine. Tries both steps, reports the first failure.
+fn unplumb(cni: &str, tap: &str) -> Result<()> {
+    let gone = |r: Result<String>| match r {
+        Err(NetworkError::Command { stderr, .. })
             if stderr.contains("Cannot find device")
                 || stderr.contains("Invalid handle")
                 || stderr.contains("Cannot delete qdisc with handle of zero")
-                || stderr.contains("does not exist"))
+                || stderr.contains("does not exist") =>
+        {
+            Ok(())
+        }
+        r => r.map(drop),
     };
-    if let Err(e) = run("tc", &["qdisc", "del", "dev", cni, "ingress"]) {
-        if !missing(&e) {
-            tracing::warn!(interface = cni, "remove the ingress qdisc: {e}");
-        }
-    }
-    if let Err(e) = run("ip", &["link", "del", "dev", tap]) {
-        if !missing(&e) {
-            tracing::warn!(tap, "remove the tap: {e}");
-        }
-    }
+    let qdisc = gone(run("tc", &["qdisc", "del", "dev", cni, "ingress"]));
+    let link = gone(run("ip", &["link", "del", "dev", tap]));
+    qdisc.and(link)
 }
 
 #[cfg(test)]
