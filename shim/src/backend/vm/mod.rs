@@ -926,6 +926,41 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_asking_for_the_host_network_is_refused_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = SandboxRequest {
+            sandbox_id: "hostnet".into(),
+            share_dir: dir.path().join("share"),
+            state_dir: dir.path().into(),
+            config: crate::config::Config {
+                hull_vmm: "/nonexistent/hull-vmm".into(),
+                virtiofsd: "/nonexistent/virtiofsd".into(),
+                ..Default::default()
+            },
+            cgroups_path: None,
+            network: SandboxNetwork::Host,
+        };
+        let backend = VmBackend::default();
+        let err = backend.create_sandbox(&req).unwrap_err().to_string();
+        assert!(
+            err.contains("host network") && err.contains("runc"),
+            "{err}"
+        );
+        // A CNI path that is no namespace fails with its name, nothing recorded.
+        let req = SandboxRequest {
+            network: SandboxNetwork::Cni(dir.path().join("no-netns")),
+            ..req
+        };
+        let err = backend.create_sandbox(&req).unwrap_err().to_string();
+        assert!(
+            err.contains("pod network") && err.contains("no-netns"),
+            "{err}"
+        );
+        assert!(!dir.path().join(network::RECORD_FILE).exists());
+        assert!(backend.vm.get().is_none());
+    }
+
+    #[test]
     fn the_sandbox_init_is_the_first_containers_guest_pid() {
         let backend = VmBackend::default();
         backend
