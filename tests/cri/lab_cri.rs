@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use hull_cri_tests::net::{http_get, netns_plumbing, netns_with, root_taps};
 use hull_cri_tests::*;
 
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
@@ -773,68 +774,6 @@ fn lab_cri_pod_start_time_runc_and_hull() {
     r.finish(&shim_log());
 }
 
-/// `GET /` over TCP from the lab VM's root network namespace (the node);
-/// retried for up to `within` while the server comes up. The body, or the last error.
-fn http_get(addr: std::net::SocketAddr, within: Duration) -> std::result::Result<String, String> {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + within;
-    loop {
-        let attempt = || -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut out = String::new();
-            s.take(64 * 1024).read_to_string(&mut out)?;
-            Ok(out)
-        };
-        match attempt() {
-            Ok(out) => return Ok(out),
-            Err(e) if Instant::now() >= deadline => return Err(format!("{addr}: {e}")),
-            Err(_) => std::thread::sleep(Duration::from_secs(1)),
-        }
-    }
-}
-
-/// The named network namespace (under /var/run/netns) holding `ip`: the pod's, as CNI made it.
-fn netns_with(ip: &str) -> Option<String> {
-    std::fs::read_dir("/var/run/netns")
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|ns| {
-            Command::new("ip")
-                .args(["-n", ns, "-o", "address", "show"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {ip}/")))
-        })
-}
-
-/// Links and ingress filters of a named network namespace, as `ip`/`tc` show them.
-fn netns_plumbing(ns: &str) -> String {
-    let run = |args: &[&str]| {
-        Command::new("ip")
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    run(&["-n", ns, "-o", "link", "show"])
-        + &run(&[
-            "netns", "exec", ns, "tc", "filter", "show", "dev", "eth0", "ingress",
-        ])
-}
-
-/// Links in the lab VM's root namespace that are Hull taps.
-fn root_taps() -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with("_hull"))
-        .collect()
-}
-
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
 fn lab_cri_pod_network_cni_ip_mtu_node_and_pod_traffic_dns_and_teardown() {
@@ -986,9 +925,18 @@ fn lab_cri_pod_network_cni_ip_mtu_node_and_pod_traffic_dns_and_teardown() {
                 format!("a second pod reaches {url}: {got:?}"),
             );
         }
-        teardown(&mut cri, &mut r, handler, pod2_id.as_deref(), &cgroup_dir2);
-        // StopPodSandbox fails when CNI's DEL does; teardown checks both calls.
+        // StopPodSandbox fails when CNI's DEL does; both calls are checked.
+        // What is left is checked once both pods are gone.
+        if let Some(pod2) = pod2_id.as_deref() {
+            r.result(handler, "StopPodSandbox (second pod)", cri.stop_pod(pod2));
+            r.result(
+                handler,
+                "RemovePodSandbox (second pod)",
+                cri.remove_pod(pod2),
+            );
+        }
         teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
+        let _ = std::fs::remove_dir(&cgroup_dir2);
         let lease = Path::new("/var/lib/cni/networks")
             .join(CNI_NETWORK)
             .join(&ip);

@@ -6,6 +6,7 @@ mod cgroup;
 mod console;
 mod hybrid;
 mod launch;
+mod netlink;
 pub mod network;
 mod oom;
 pub mod sizing;
@@ -32,11 +33,6 @@ use launch::Sockets;
 use network::PodNetwork;
 use spec::{guest_spec, sandbox_netns, PodNamespaces};
 pub use spec::{sandbox_network, SandboxNetwork};
-
-/// Why a pod asking for the node's network is refused.
-const HOST_NETWORK_REFUSED: &str = "the pod asks for the host network (hostNetwork: true, or no \
-     network namespace in the sandbox spec): a Hull pod runs in its own VM and cannot share the \
-     node's network namespace; run such pods with runc";
 
 /// How long virtiofsd may take to create its socket.
 const FS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -247,37 +243,6 @@ impl VmBackend {
         }
     }
 
-    /// The pod's taps and filters in CNI's namespace (none for a pod
-    /// without one), recorded in the state directory for a dead shim's cleanup.
-    fn plumb(&self, req: &SandboxRequest) -> Result<Option<PodNetwork>> {
-        let path = match &req.network {
-            SandboxNetwork::Loopback => return Ok(None),
-            SandboxNetwork::Host => return Err(BackendError::Invalid(HOST_NETWORK_REFUSED.into())),
-            SandboxNetwork::Cni(path) => path,
-        };
-        let fail = |e: network::NetworkError| {
-            BackendError::Invalid(format!("pod network: {}", hull_protocol::error::chain(&e)))
-        };
-        let net = PodNetwork::setup(path).map_err(fail)?;
-        if let Err(e) = net.save(&req.state_dir) {
-            let _ = net.teardown();
-            return Err(fail(e));
-        }
-        tracing::info!(sandbox = %req.sandbox_id, netns = %path.display(),
-            interfaces = ?net.record().pairs, "pod network plumbed");
-        Ok(Some(net))
-    }
-
-    /// Removes the pod's taps and filters (after hull-vmm exited).
-    fn unplumb(sandbox_id: &str, state_dir: &std::path::Path, net: PodNetwork) {
-        match net.teardown() {
-            Ok(()) => tracing::info!(sandbox = %sandbox_id, "pod network removed"),
-            Err(e) => tracing::error!(sandbox = %sandbox_id, "pod network teardown: {}",
-                hull_protocol::error::chain(&e)),
-        }
-        let _ = std::fs::remove_file(state_dir.join(network::RECORD_FILE));
-    }
-
     /// Starts virtiofsd and hull-vmm (with the pod's taps), connects to the
     /// agent and creates the guest sandbox; undoes all of it on failure.
     fn boot(
@@ -386,7 +351,7 @@ impl Backend for VmBackend {
         // Checked before anything starts: a bad size fails the create at once.
         let mut vm_config = launch::vm_config(req, &sockets)
             .map_err(|e| BackendError::Invalid(hull_protocol::error::chain(&e)))?;
-        let network = self.plumb(req)?;
+        let network = network::for_sandbox(req)?;
         let booted = match &network {
             Some(net) => {
                 vm_config.net = net.vm_devices();
@@ -399,7 +364,7 @@ impl Backend for VmBackend {
         };
         match (booted, network) {
             (Err(e), Some(net)) => {
-                Self::unplumb(&req.sandbox_id, &req.state_dir, net);
+                network::remove(&req.sandbox_id, &req.state_dir, net);
                 Err(e)
             }
             (booted, net) => {
@@ -721,7 +686,7 @@ impl Backend for VmBackend {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(net) = network {
-            Self::unplumb(&vm.sandbox_id, &vm.state_dir, net);
+            network::remove(&vm.sandbox_id, &vm.state_dir, net);
         }
         host_pids::clear(&vm.state_dir);
         vm.cgroup.lock().unwrap_or_else(|e| e.into_inner()).remove();
@@ -923,41 +888,6 @@ mod tests {
             "virtiofsd was stopped on purpose"
         );
         backend.destroy_sandbox().unwrap();
-    }
-
-    #[test]
-    fn a_pod_asking_for_the_host_network_is_refused_before_anything_starts() {
-        let dir = tempfile::tempdir().unwrap();
-        let req = SandboxRequest {
-            sandbox_id: "hostnet".into(),
-            share_dir: dir.path().join("share"),
-            state_dir: dir.path().into(),
-            config: crate::config::Config {
-                hull_vmm: "/nonexistent/hull-vmm".into(),
-                virtiofsd: "/nonexistent/virtiofsd".into(),
-                ..Default::default()
-            },
-            cgroups_path: None,
-            network: SandboxNetwork::Host,
-        };
-        let backend = VmBackend::default();
-        let err = backend.create_sandbox(&req).unwrap_err().to_string();
-        assert!(
-            err.contains("host network") && err.contains("runc"),
-            "{err}"
-        );
-        // A CNI path that is no namespace fails with its name, nothing recorded.
-        let req = SandboxRequest {
-            network: SandboxNetwork::Cni(dir.path().join("no-netns")),
-            ..req
-        };
-        let err = backend.create_sandbox(&req).unwrap_err().to_string();
-        assert!(
-            err.contains("pod network") && err.contains("no-netns"),
-            "{err}"
-        );
-        assert!(!dir.path().join(network::RECORD_FILE).exists());
-        assert!(backend.vm.get().is_none());
     }
 
     #[test]
