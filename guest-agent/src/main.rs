@@ -26,6 +26,8 @@ mod channel;
 mod container;
 mod init;
 mod logging;
+mod netlink;
+mod network;
 mod oom;
 mod paths;
 mod pidfd;

@@ -45,7 +45,8 @@ fn container_err(e: ContainerError) -> ttrpc::Error {
 
 fn sandbox_err(e: SandboxError) -> ttrpc::Error {
     let code = match &e {
-        SandboxError::InvalidId(_) => Code::INVALID_ARGUMENT,
+        SandboxError::InvalidId(_)
+        | SandboxError::Network(crate::network::NetworkError::Invalid(_)) => Code::INVALID_ARGUMENT,
         SandboxError::Container(c) => container_code(c),
         _ => Code::INTERNAL,
     };

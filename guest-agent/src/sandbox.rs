@@ -9,7 +9,9 @@ use hull_protocol::agent::CreateSandboxRequest;
 
 use crate::cgroup;
 use crate::container::{do_remove, Container, ContainerError};
+use crate::network::{self, NetworkError};
 use crate::oom::OomMonitor;
+use crate::setup::NsId;
 
 /// Where the pod's shared virtio-fs directory is mounted in the guest.
 pub use hull_protocol::vm::GUEST_SHARE_DIR as SHARED_DIR;
@@ -46,12 +48,16 @@ pub enum SandboxError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     InvalidId(#[from] hull_protocol::ids::InvalidId),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 pub struct Sandbox {
     pub config: Config,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     pub oom: Arc<OomMonitor>,
+    /// The pod's network namespace, when CreateSandbox gave the pod a network.
+    pod_netns: Mutex<Option<NsId>>,
 }
 
 impl Sandbox {
@@ -61,7 +67,14 @@ impl Sandbox {
             config,
             containers: Mutex::default(),
             oom: OomMonitor::start(),
+            pod_netns: Mutex::default(),
         })
+    }
+
+    /// The pod's network namespace, which containers may join by its path
+    /// ([`hull_protocol::GUEST_POD_NETNS`]).
+    pub fn pod_netns(&self) -> Option<NsId> {
+        *self.pod_netns.lock().expect("pod netns lock")
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Container>, ContainerError> {
@@ -151,6 +164,10 @@ impl Sandbox {
                 source,
             })?;
         }
+        if let Some(net) = req.network.as_ref() {
+            let id = network::setup(net, std::path::Path::new(hull_protocol::GUEST_POD_NETNS))?;
+            *self.pod_netns.lock().expect("pod netns lock") = Some(id);
+        }
         tracing::info!(sandbox, hostname = %req.hostname, "sandbox created");
         Ok(())
     }
@@ -166,6 +183,15 @@ impl Sandbox {
             .collect();
         for id in ids {
             self.remove(&id)?;
+        }
+        if self
+            .pod_netns
+            .lock()
+            .expect("pod netns lock")
+            .take()
+            .is_some()
+        {
+            network::remove(std::path::Path::new(hull_protocol::GUEST_POD_NETNS));
         }
         nix::unistd::sync();
         Ok(())

@@ -23,6 +23,10 @@ pub const READY_MARKER: &str = "HULL_AGENT_READY";
 /// Version of the agent API package (`hull.agent.v1`).
 pub const API_VERSION: &str = "hull.agent.v1";
 
+/// Where the agent bind-mounts the pod's network namespace (the one holding
+/// the pod's interfaces) when CreateSandbox gives it a network.
+pub const GUEST_POD_NETNS: &str = "/run/hull/netns/pod";
+
 /// vsock CID of the host, which the agent dials for stdio streams.
 pub const HOST_CID: u32 = 2;
 

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use hull_cri_tests::net::{http_get, netns_plumbing, netns_with, root_taps};
 use hull_cri_tests::*;
 
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
@@ -40,6 +41,10 @@ const CGROUP_ROOT: &str = "hull-lab-cri";
 const CGROUP_FS: &str = "/sys/fs/cgroup";
 /// MiB the shim adds to a pod's memory for the guest kernel and agent (its default).
 const BASE_MEMORY_MIB: u64 = 128;
+/// The CNI network's name (host-local keeps its leases under
+/// `/var/lib/cni/networks/<name>`) and the MTU its bridge plugin gives pods.
+const CNI_NETWORK: &str = "hull-lab";
+const CNI_MTU: u32 = 1460;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,11 +104,19 @@ fn cri() -> (std::sync::MutexGuard<'static, Cri>, PathBuf) {
 }
 
 fn start_containerd() -> Cri {
-    for m in ["bridge", "veth"] {
+    for m in [
+        "bridge",
+        "veth",
+        "tun",
+        "sch_ingress",
+        "cls_u32",
+        "act_mirred",
+    ] {
         assert!(
             Path::new("/sys/module").join(m).exists(),
-            "kernel module {m} is not loaded: CNI's bridge plugin needs bridge and veth \
-             (the lab loads them, tests/lab/prepare.sh)"
+            "kernel module {m} is not loaded: CNI's bridge plugin needs bridge and veth, \
+             Hull's pod network tun, sch_ingress, cls_u32 and act_mirred (the lab loads \
+             them, tests/lab/prepare.sh)"
         );
     }
     assert!(
@@ -139,12 +152,16 @@ fn start_containerd() -> Cri {
         ),
     )
     .unwrap();
-    // Bridge + host-local, no masquerading or port mapping (those need netfilter).
+    // Bridge + host-local (IPv4 and IPv6), an MTU of CNI's choosing, no
+    // masquerading or port mapping (those need netfilter).
     std::fs::write(
         base.join("cni/10-hull-lab.conflist"),
-        r#"{"cniVersion":"1.0.0","name":"hull-lab","plugins":[{"type":"bridge",
-        "bridge":"hullcni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local",
-        "ranges":[[{"subnet":"10.88.77.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}"#,
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"{CNI_NETWORK}","plugins":[{{"type":"bridge",
+            "bridge":"hullcni0","isGateway":true,"ipMasq":false,"mtu":{CNI_MTU},
+            "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.77.0/24"}}],
+            [{{"subnet":"fd88:77::/64"}}]],"routes":[{{"dst":"0.0.0.0/0"}},{{"dst":"::/0"}}]}}}}]}}"#
+        ),
     )
     .unwrap();
     let cri_toml = base.join("cri.toml");
@@ -752,6 +769,198 @@ fn lab_cri_pod_start_time_runc_and_hull() {
             runc.as_secs_f64(),
             hull.as_secs_f64(),
             hull.as_secs_f64() / runc.as_secs_f64()
+        );
+    }
+    r.finish(&shim_log());
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
+fn lab_cri_pod_network_cni_ip_mtu_node_and_pod_traffic_dns_and_teardown() {
+    let (mut cri, base) = cri();
+    let mut r = Report::default();
+    for handler in &handlers() {
+        let handler = handler.as_str();
+        let name = format!("net-{handler}");
+        let (parent, cgroup_dir) = pod_cgroup(&name);
+        let logs = base.join("logs").join(&name);
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut config = pod_config(&name, &logs, &parent, false, None);
+        config.dns_config = Some(DnsConfig {
+            servers: vec!["10.88.77.53".into()],
+            searches: vec!["hull.test".into()],
+            options: vec!["ndots:2".into()],
+        });
+        let page = format!("net-page-{handler}");
+        let web = container_config(
+            "web",
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p 8080 -h /www"
+                ),
+            ],
+            &[],
+            false,
+            None,
+        );
+        let mut pod_id = None;
+        let Some((pod, web_id, _)) = r.result(
+            handler,
+            "start the pod",
+            start_pod(&mut cri, &config, &web, handler, &mut pod_id),
+        ) else {
+            teardown(&mut cri, &mut r, handler, pod_id.as_deref(), &cgroup_dir);
+            continue;
+        };
+        let network = r
+            .result(handler, "PodSandboxStatus", cri.pod_status(&pod))
+            .and_then(|s| s.network);
+        let ip = network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+        let ip6 = network
+            .as_ref()
+            .into_iter()
+            .flat_map(|n| n.additional_ips.iter())
+            .map(|a| a.ip.clone())
+            .find(|a| a.contains(':'))
+            .unwrap_or_default();
+        println!("[{handler}] pod IPs {ip:?} {ip6:?}");
+        r.check(
+            handler,
+            ip.starts_with("10.88.77.") && ip6.starts_with("fd88:77:"),
+            format!("CNI gave the pod an IPv4 and an IPv6 address: {ip:?} {ip6:?}"),
+        );
+        let addrs = exec(&mut cri, &mut r, handler, &web_id, &["ip", "addr", "show"]).stdout;
+        let eth0 = exec(
+            &mut cri,
+            &mut r,
+            handler,
+            &web_id,
+            &["ip", "link", "show", "eth0"],
+        )
+        .stdout;
+        r.check(
+            handler,
+            addrs.contains(&format!("inet {ip}/24")) && addrs.contains(&format!("inet6 {ip6}/64")),
+            format!("`ip addr` in the container shows CNI's addresses: {addrs}"),
+        );
+        r.check(
+            handler,
+            eth0.contains(&format!("mtu {CNI_MTU}")) && eth0.contains(",UP"),
+            format!("eth0 is up with CNI's MTU {CNI_MTU}: {eth0}"),
+        );
+        let netns = netns_with(&ip);
+        if handler == "hull" {
+            let plumbing = netns.as_deref().map(netns_plumbing).unwrap_or_default();
+            r.check(
+                handler,
+                plumbing.contains("tap0_hull") && plumbing.contains("mirred"),
+                format!("the pod's netns {netns:?} has the tap and the mirred filter: {plumbing}"),
+            );
+        }
+        for addr in [format!("{ip}:8080"), format!("[{ip6}]:8080")] {
+            let got = addr
+                .parse()
+                .map_err(|e| format!("{addr}: {e}"))
+                .and_then(|a| http_get(a, Duration::from_secs(60)));
+            r.check(
+                handler,
+                got.as_ref().is_ok_and(|body| body.contains(&page)),
+                format!("the node reaches the pod's server at {addr}: {got:?}"),
+            );
+        }
+        let resolv = exec(
+            &mut cri,
+            &mut r,
+            handler,
+            &web_id,
+            &["cat", "/etc/resolv.conf"],
+        )
+        .stdout;
+        r.check(
+            handler,
+            resolv.contains("nameserver 10.88.77.53") && resolv.contains("search hull.test"),
+            format!("resolv.conf is the CRI request's: {resolv:?}"),
+        );
+        let host = exec(&mut cri, &mut r, handler, &web_id, &["hostname"]).stdout;
+        r.check(
+            handler,
+            host.trim() == name,
+            format!("hostname is the CRI request's {name}: {host:?}"),
+        );
+        // A second pod reaches the first over the pod network.
+        let name2 = format!("net2-{handler}");
+        let (parent2, cgroup_dir2) = pod_cgroup(&name2);
+        let logs2 = base.join("logs").join(&name2);
+        std::fs::create_dir_all(&logs2).unwrap();
+        let pod_config2 = pod_config(&name2, &logs2, &parent2, false, None);
+        let client = container_config("client", IMAGE, &["sleep", "100000"], &[], false, None);
+        let mut pod2_id = None;
+        if let Some((_, client_id, _)) = r.result(
+            handler,
+            "start the second pod",
+            start_pod(&mut cri, &pod_config2, &client, handler, &mut pod2_id),
+        ) {
+            let url = format!("http://{ip}:8080/");
+            let mut got = String::new();
+            for _ in 0..10 {
+                got = exec(
+                    &mut cri,
+                    &mut r,
+                    handler,
+                    &client_id,
+                    &["wget", "-q", "-O", "-", &url],
+                )
+                .stdout;
+                if got.contains(&page) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            r.check(
+                handler,
+                got.contains(&page),
+                format!("a second pod reaches {url}: {got:?}"),
+            );
+        }
+        // StopPodSandbox fails when CNI's DEL does; both calls are checked.
+        // What is left is checked once both pods are gone.
+        if let Some(pod2) = pod2_id.as_deref() {
+            r.result(handler, "StopPodSandbox (second pod)", cri.stop_pod(pod2));
+            r.result(
+                handler,
+                "RemovePodSandbox (second pod)",
+                cri.remove_pod(pod2),
+            );
+        }
+        teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
+        let _ = std::fs::remove_dir(&cgroup_dir2);
+        let lease = Path::new("/var/lib/cni/networks")
+            .join(CNI_NETWORK)
+            .join(&ip);
+        let netns_left = netns
+            .as_ref()
+            .filter(|ns| Path::new("/var/run/netns").join(ns).exists());
+        r.check(
+            handler,
+            !lease.exists() && netns_left.is_none() && root_taps().is_empty(),
+            format!(
+                "after RemovePodSandbox CNI's DEL released {ip} (lease file there: {}), \
+                 the netns is gone ({netns_left:?}), no tap is left ({:?})",
+                lease.exists(),
+                root_taps()
+            ),
+        );
+    }
+    let log = std::fs::read_to_string(Path::new(BASE).join("containerd/containerd.log"))
+        .unwrap_or_default();
+    if handlers().iter().any(|h| h == "hull") {
+        r.check(
+            "hull",
+            log.contains("pod network removed") && !log.contains("pod network teardown"),
+            "the shim removed the taps and filters before CNI's DEL, without error",
         );
     }
     r.finish(&shim_log());

@@ -13,7 +13,9 @@ modules=(irqbypass kvm virtio_ring virtio virtio_pci_legacy_dev virtio_pci_moder
          virtio_pci fuse virtiofs overlay kvm-amd
          vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock  # reference VMM's vsock
          loop   # containerd's state on ext4 (stage2.sh)
-         llc stp bridge veth)  # CNI's bridge network for CRI pods (tests/cri/lab_cri.rs)
+         llc stp bridge veth   # CNI's bridge network for CRI pods (tests/cri/lab_cri.rs)
+         tun   # taps for virtio-net (vmm/tests/lab_net, the shim's pod network)
+         sch_ingress cls_u32 act_mirred)  # the pod network's tc redirect (shim/src/backend/vm/network.rs)
 
 pkg="$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')"
 [[ -n "$pkg" ]] || pkg="$(ls "$cache" 2>/dev/null | grep -m1 '^linux-image-' || true)"

@@ -18,6 +18,7 @@ use crate::devices::console::BoundedConsole;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
 use crate::devices::virtio::block::device::Block;
 use crate::devices::virtio::fs::device::Fs;
+use crate::devices::virtio::net::device::Net;
 use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::{mmio, Interrupt, VirtioDevice};
 use crate::exit::{ExitNotifier, EXIT_USAGE, EXIT_VMM_ERROR};
@@ -79,6 +80,12 @@ pub enum Error {
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] crate::devices::virtio::vsock::device::Error),
+    /// A virtio-net device (its tap descriptor or MAC).
+    #[error(transparent)]
+    Net(#[from] crate::devices::virtio::net::device::Error),
+    /// Two network devices name the same tap descriptor.
+    #[error("net tap_fd {0} is given twice; each device needs its own tap")]
+    DuplicateTap(i32),
     /// More virtio devices than IOAPIC pins.
     #[error("too many virtio devices (at most {} fit the IOAPIC)", mptable::IOAPIC_PINS as u32 - VIRTIO_FIRST_IRQ)]
     TooManyDevices,
@@ -94,9 +101,12 @@ impl Error {
     /// Exit status for this error: configuration problems are usage errors.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Boot(_) | Error::PathExists(_) | Error::Console(..) | Error::Disk(_) => {
-                EXIT_USAGE
-            }
+            Error::Boot(_)
+            | Error::PathExists(_)
+            | Error::Console(..)
+            | Error::Disk(_)
+            | Error::Net(_)
+            | Error::DuplicateTap(_) => EXIT_USAGE,
             Error::Memory(memory::Error::TooLarge(..) | memory::Error::TooSmall(_)) => EXIT_USAGE,
             Error::Fs(e) if e.is_usage() => EXIT_USAGE,
             _ => EXIT_VMM_ERROR,
@@ -318,6 +328,20 @@ pub fn attach_fs(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// Adds one virtio-net device per inherited tap, in order (the guest sees eth0, eth1, ...).
+pub fn attach_nets(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
+    for (i, net) in cfg.net.iter().enumerate() {
+        if cfg.net[..i].iter().any(|n| n.tap_fd == net.tap_fd) {
+            return Err(Error::DuplicateTap(net.tap_fd));
+        }
+    }
+    for net in &cfg.net {
+        let dev = Net::new(net.tap_fd, &net.mac, net.mtu)?;
+        attach_virtio(parts, Arc::new(Mutex::new(dev)))?;
+    }
+    Ok(())
+}
+
 /// Opens the control socket; it is removed when the VMM exits.
 pub fn attach_control(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     let Some(path) = &cfg.control else {
@@ -394,6 +418,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     attach_disks(&mut parts, cfg)?;
     attach_fs(&mut parts, cfg)?;
     attach_vsock(&mut parts, cfg)?;
+    attach_nets(&mut parts, cfg)?;
     attach_control(&mut parts, cfg)?;
     let boot = load_guest(&parts, cfg)?;
     let vcpus = create_vcpus(&parts, cfg.vcpus, &boot)?;

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 pub use hull_protocol::vm::{
-    Console, DiskConfig, FsConfig, VmConfig, VmConfigError, VsockConfig, DEFAULT_CMDLINE,
-    DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_FS_TAG_LEN, MAX_MEMORY_MIB, MAX_VCPUS, MIN_GUEST_CID,
-    MIN_MEMORY_MIB, MIN_VCPUS,
+    Console, DiskConfig, FsConfig, NetConfig, VmConfig, VmConfigError, VsockConfig,
+    DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_MTU, DEFAULT_VCPUS, MAX_FS_TAG_LEN,
+    MAX_MEMORY_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEMORY_MIB, MIN_VCPUS,
 };
 
 /// Errors in the VM description.
@@ -67,10 +67,15 @@ OPTIONS:
                        'virtiofsd --socket-path=SOCKET --shared-dir=DIR --sandbox=chroot';
                        the guest mounts it with 'mount -t virtiofs TAG DIR'; repeatable.
                        The VMM connects at start (exit 2 if nothing listens)
+    --net FD,MAC[,MTU] virtio-net device on tap descriptor FD, inherited from the caller and
+                       opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (the shim opens it in
+                       the pod's network namespace); MAC aa:bb:cc:dd:ee:ff (unicast), MTU
+                       [default: {DEFAULT_MTU}]; repeatable (eth0, eth1, ...)
     --control PATH     control socket (JSON lines, see the README); removed on exit
     --config FILE      read the whole VM description from a JSON file (same fields:
                        kernel, initrd, cmdline, vcpus, memory_mib, console, vsock {{cid, uds}},
-                       disks [{{path, read_only}}], fs [{{socket, tag}}], control, allow_pvm,
+                       disks [{{path, read_only}}], fs [{{socket, tag}}],
+                       net [{{tap_fd, mac, mtu}}], control, allow_pvm,
                        debug); the shim writes this file for every pod
     --allow-pvm        run even on a PVM-backed /dev/kvm, which cannot boot a standard
                        kernel (only for tiny test guests)
@@ -132,6 +137,26 @@ fn parse_fs(v: &str) -> Result<FsConfig, Error> {
     })
 }
 
+fn parse_net(v: &str) -> Result<NetConfig, Error> {
+    let usage = || Error::Usage(format!("--net: expected FD,MAC[,MTU], got '{v}'"));
+    let mut parts = v.split(',');
+    let (Some(fd), Some(mac)) = (parts.next(), parts.next()) else {
+        return Err(usage());
+    };
+    let mtu = match parts.next() {
+        Some(m) => number("--net", m)?,
+        None => DEFAULT_MTU,
+    };
+    if parts.next().is_some() {
+        return Err(usage());
+    }
+    Ok(NetConfig {
+        tap_fd: number("--net", fd)?,
+        mac: mac.to_string(),
+        mtu,
+    })
+}
+
 /// Reads a JSON VM description.
 pub fn from_file(path: &Path) -> Result<VmConfig, Error> {
     let name = path.display().to_string();
@@ -180,6 +205,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
                     "--vsock" => cfg.vsock = Some(parse_vsock(&val()?)?),
                     "--disk" => cfg.disks.push(parse_disk(&val()?)),
                     "--fs" => cfg.fs.push(parse_fs(&val()?)?),
+                    "--net" => cfg.net.push(parse_net(&val()?)?),
                     "--control" => cfg.control = Some(PathBuf::from(val()?)),
                     _ => {
                         return Err(Error::Usage(format!(
@@ -249,6 +275,12 @@ mod tests {
         assert!(c.disks[0].read_only && !c.disks[1].read_only);
         assert_eq!(c.fs[0].tag, "share");
         assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        let c = run("--kernel k --net 3,02:00:00:00:00:01 --net=4,02:00:00:00:00:02,9000");
+        assert_eq!(
+            (c.net[0].tap_fd, c.net[0].mtu, c.net[1].tap_fd, c.net[1].mtu),
+            (3, DEFAULT_MTU, 4, 9000)
+        );
+        assert_eq!(c.net[1].mac, "02:00:00:00:00:02");
     }
 
     #[test]
@@ -259,6 +291,9 @@ mod tests {
             "--kernel k --memory lots",
             "--kernel k --vcpus 300",
             "--kernel k --vsock /x",
+            "--kernel k --net 3",
+            "--kernel k --net x,02:00:00:00:00:01",
+            "--kernel k --net 3,02:00:00:00:00:01,1500,9",
             "--kernel k --bogus",
             "--config c.json --kernel k",
         ] {
@@ -278,6 +313,13 @@ mod tests {
             assert!(matches!(err, Error::Invalid(_)), "{bad}: {err}");
             let text = hull_protocol::error::chain(&err);
             assert!(text.contains(" to "), "the bounds are named: {text}");
+        }
+        for (bad, want) in [
+            ("--kernel k --net 3,01:00:00:00:00:01", "unicast MAC"),
+            ("--kernel k --net 1,02:00:00:00:00:01", "3 or above"),
+        ] {
+            let text = hull_protocol::error::chain(&parse_args(&args(bad)).unwrap_err());
+            assert!(text.contains(want), "{bad}: {text}");
         }
         assert_eq!(parse_args(&args("--help")).unwrap(), Command::Help);
     }

@@ -27,6 +27,8 @@ pub const SELFTEST_ENV: &str = "HULL_VMM_SECCOMP_SELFTEST";
 const KVM_RUN: u64 = 0xae80;
 /// FIONBIO: std's `set_nonblocking` on sockets.
 const FIONBIO: u64 = 0x5421;
+/// TUNSETOFFLOAD: a virtio-net device sets the tap's offloads when the guest starts it.
+const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 
 /// Errors compiling or installing a filter.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +229,10 @@ fn vcpu_rules() -> Vec<(i64, Vec<Cond>)> {
     let mut rules = common_rules();
     rules.extend([
         arg_eq(libc::SYS_ioctl, 1, KVM_RUN),
+        // virtio-net activation and reset (a guest's MMIO write, on this
+        // thread): the tap's offloads and the device's own tap poll set.
+        arg_eq(libc::SYS_ioctl, 1, TUNSETOFFLOAD),
+        any(libc::SYS_epoll_ctl),
         any(libc::SYS_sendmsg),
         any(libc::SYS_recvmsg),
         any(libc::SYS_close),

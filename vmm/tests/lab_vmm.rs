@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod lab_net;
+
 const READY: &str = "HULL_AGENT_READY";
 // Generous: the lab is 30-100x slower than hardware, and SMP guests on its single emulated CPU
 // are slower still.

@@ -32,6 +32,7 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
         .all()
         .iter()
         .flat_map(|c| c.joinable().to_vec())
+        .chain(sandbox.pod_netns())
         .filter(|ns| !own.contains(ns))
         .collect();
     check_namespace_paths(&spec, &own, &joinable)?;

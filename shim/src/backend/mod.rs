@@ -71,6 +71,8 @@ pub struct SandboxRequest {
     pub config: Config,
     /// The pod's host cgroup: the first (sandbox) container's `linux.cgroupsPath`.
     pub cgroups_path: Option<PathBuf>,
+    /// The network the first container's spec asks for (CNI's namespace under CRI).
+    pub network: vm::SandboxNetwork,
 }
 
 /// Which stdio streams the caller wants; `terminal` merges stdout and stderr.

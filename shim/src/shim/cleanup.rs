@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 
 use super::{sandbox_id, socket_path};
 use crate::backend::host_pids;
+use crate::backend::vm::network;
 use crate::config::Config;
 use crate::task::{rootfs, share};
 
@@ -102,6 +103,13 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
         eprintln!("killed {killed} host process(es) of the dead shim's pod");
     }
     host_pids::clear(&state_dir);
+    // With hull-vmm gone the taps went with their last descriptor; the
+    // filters and qdiscs in CNI's namespace go now, before CNI's DEL.
+    if let Some(record) = network::Record::load(&state_dir) {
+        if let Err(e) = record.undo() {
+            eprintln!("pod network cleanup: {}", hull_protocol::error::chain(&e));
+        }
+    }
     kill_processes_rooted_in(&shared);
     let mut failures = Vec::new();
     if let Err(e) = rootfs::unmount(&bundle.join("rootfs")) {

@@ -192,6 +192,7 @@ impl Pod {
                 }
                 // Booting takes long: outside the state lock, under the lifecycle lock.
                 let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+                let network = crate::backend::vm::sandbox_network(&spec);
                 let backend = (self.shared.factory)()?;
                 let sandbox = Sandbox::start(
                     backend,
@@ -199,6 +200,7 @@ impl Pod {
                     &sandbox_id,
                     config,
                     cgroups_path,
+                    network,
                     self.events(),
                 )?;
                 self.lock().sandbox = Some(sandbox);

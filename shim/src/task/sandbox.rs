@@ -55,6 +55,7 @@ impl Sandbox {
         sandbox_id: &str,
         config: Config,
         cgroups_path: Option<PathBuf>,
+        network: crate::backend::vm::SandboxNetwork,
         events: &Events,
     ) -> Result<Sandbox> {
         let state_dir =
@@ -76,6 +77,7 @@ impl Sandbox {
             state_dir: state_dir.clone(),
             config,
             cgroups_path,
+            network,
         };
         if let Err(e) = backend.create_sandbox(&req) {
             remove_pod_dirs(&state_dir);

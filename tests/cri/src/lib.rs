@@ -4,6 +4,8 @@
 //! kubelet would send. There is no kubelet or crictl on Hull's machines; the
 //! lab test `lab_cri` drives pods with it for the `runc` and `hull` handlers.
 
+pub mod net;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

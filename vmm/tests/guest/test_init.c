@@ -289,6 +289,8 @@ static int hostile_test(void) {
     for (;;) pause();
 }
 
+#include "net_tests.c"
+
 int main(void) {
     const char *test = getenv("HULL_TEST");
     int rc = 1;
@@ -296,6 +298,8 @@ int main(void) {
     else if (test && strcmp(test, "blk") == 0) rc = blk_test();
     else if (test && strcmp(test, "fs") == 0) rc = fs_test();
     else if (test && strcmp(test, "hostile") == 0) rc = hostile_test();
+    else if (test && strcmp(test, "net") == 0) rc = net_test();
+    else if (test && strcmp(test, "net_hostile") == 0) rc = net_hostile_test();
     else printf("GUEST_ERROR unknown HULL_TEST\n");
     printf("HULL_TEST_DONE %d\n", rc);
     fflush(stdout);

@@ -3,7 +3,9 @@
 //! recorded in `host-pids`, and their teardown.
 
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
@@ -219,12 +221,14 @@ pub fn start_virtiofsd(
     Ok(child)
 }
 
-/// Writes `cfg` to the pod's `vm.json`, starts `hull-vmm --config` on it and
+/// Writes `cfg` to the pod's `vm.json`, starts `hull-vmm --config` on it
+/// (inheriting exactly the descriptors `inherit`: the taps of `cfg.net`) and
 /// waits until the agent prints its ready marker.
 pub fn start_vmm(
     req: &SandboxRequest,
     sockets: &Sockets,
     cfg: &VmConfig,
+    inherit: &[RawFd],
     timeout: Duration,
     log_limit: &Arc<RateLimit>,
 ) -> Result<Child, LaunchError> {
@@ -233,7 +237,22 @@ pub fn start_vmm(
         open_pod_dir_to(&jail.dir, jail.gid)?;
     }
     let program = &req.config.hull_vmm;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    let inherit = inherit.to_vec();
+    // SAFETY: the hook runs in the child between fork and exec and calls only
+    // fcntl(2), which is async-signal-safe, on descriptors the shim holds open.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &inherit {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    let mut child = command
         .arg("--config")
         .arg(&sockets.vm_config)
         .stdin(Stdio::null())
@@ -314,6 +333,7 @@ mod tests {
             share_dir: "/run/hull/ns/pod/share".into(),
             state_dir: "/run/hull/ns/pod".into(),
             cgroups_path: None,
+            network: super::super::SandboxNetwork::Loopback,
             config,
         }
     }

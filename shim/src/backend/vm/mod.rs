@@ -6,6 +6,8 @@ mod cgroup;
 mod console;
 mod hybrid;
 mod launch;
+mod netlink;
+pub mod network;
 mod oom;
 pub mod sizing;
 mod spec;
@@ -28,7 +30,9 @@ use super::{
     ProcessStreams, Result, SandboxRequest, StdioWanted,
 };
 use launch::Sockets;
+use network::PodNetwork;
 use spec::{guest_spec, sandbox_netns, PodNamespaces};
+pub use spec::{sandbox_network, SandboxNetwork};
 
 /// How long virtiofsd may take to create its socket.
 const FS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -88,6 +92,8 @@ pub struct VmBackend {
     fs_died: Arc<AtomicBool>,
     /// The watch on virtiofsd, stopped before any deliberate teardown.
     fs_watch: Mutex<Option<supervise::Watch>>,
+    /// The taps and tc filters in the pod's CNI network namespace.
+    network: Mutex<Option<PodNetwork>>,
 }
 
 fn sandbox_err(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
@@ -229,35 +235,23 @@ impl VmBackend {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            pod_netns: self
+                .network
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some(),
         }
     }
 
-    /// Binds the stdio listeners, makes the agent call (which returns the guest
-    /// pid), takes the streams.
-    fn with_stdio(
+    /// Starts virtiofsd and hull-vmm (with the pod's taps), connects to the
+    /// agent and creates the guest sandbox; undoes all of it on failure.
+    fn boot(
         &self,
-        key: (String, String),
-        wanted: StdioWanted,
-        call: impl FnOnce(&Vm, Stdio) -> Result<u32>,
-    ) -> Result<ProcessStreams> {
-        let vm = self.vm()?;
-        let (pending, stdio) =
-            streams::prepare(&vm.sockets.vsock, &vm.ports, wanted).map_err(sandbox_err)?;
-        let pid = call(vm, stdio)?;
-        self.pids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, pid);
-        pending.accept(wanted).map_err(sandbox_err)
-    }
-}
-
-impl Backend for VmBackend {
-    fn create_sandbox(&self, req: &SandboxRequest) -> Result<()> {
-        let sockets = Sockets::in_dir(&req.state_dir);
-        // Checked before anything starts: a bad size fails the create at once.
-        let vm_config = launch::vm_config(req, &sockets)
-            .map_err(|e| BackendError::Invalid(hull_protocol::error::chain(&e)))?;
+        req: &SandboxRequest,
+        sockets: Sockets,
+        vm_config: &hull_protocol::vm::VmConfig,
+        network: Option<&PodNetwork>,
+    ) -> Result<()> {
         sockets.remove();
         let timeout = Duration::from_secs(req.config.agent_timeout_secs.into());
         let log_limit = console::RateLimit::for_pod();
@@ -271,7 +265,9 @@ impl Backend for VmBackend {
                 return Err(sandbox_err(e));
             }
         };
-        let mut vmm = match launch::start_vmm(req, &sockets, &vm_config, BOOT_TIMEOUT, &log_limit) {
+        let taps = network.map(PodNetwork::tap_fds).unwrap_or_default();
+        let started = launch::start_vmm(req, &sockets, vm_config, &taps, BOOT_TIMEOUT, &log_limit);
+        let mut vmm = match started {
             Ok(vmm) => vmm,
             Err(e) => {
                 launch::stop(&mut virtiofsd, Duration::ZERO);
@@ -285,6 +281,7 @@ impl Backend for VmBackend {
             let mut create = CreateSandboxRequest::new();
             create.sandbox_id = req.sandbox_id.clone();
             create.shared_fs_tag = hull_protocol::vm::SHARE_TAG.into();
+            create.network = network.map(PodNetwork::to_agent).into();
             client
                 .create_sandbox(agent::prompt(timeout), &create)
                 .map_err(agent::map("CreateSandbox"))?;
@@ -326,6 +323,55 @@ impl Backend for VmBackend {
             .map_err(|_| BackendError::Invalid("the pod's sandbox exists already".into()))?;
         *self.fs_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
         Ok(())
+    }
+
+    /// Binds the stdio listeners, makes the agent call (which returns the guest
+    /// pid), takes the streams.
+    fn with_stdio(
+        &self,
+        key: (String, String),
+        wanted: StdioWanted,
+        call: impl FnOnce(&Vm, Stdio) -> Result<u32>,
+    ) -> Result<ProcessStreams> {
+        let vm = self.vm()?;
+        let (pending, stdio) =
+            streams::prepare(&vm.sockets.vsock, &vm.ports, wanted).map_err(sandbox_err)?;
+        let pid = call(vm, stdio)?;
+        self.pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, pid);
+        pending.accept(wanted).map_err(sandbox_err)
+    }
+}
+
+impl Backend for VmBackend {
+    fn create_sandbox(&self, req: &SandboxRequest) -> Result<()> {
+        let sockets = Sockets::in_dir(&req.state_dir);
+        // Checked before anything starts: a bad size fails the create at once.
+        let mut vm_config = launch::vm_config(req, &sockets)
+            .map_err(|e| BackendError::Invalid(hull_protocol::error::chain(&e)))?;
+        let network = network::for_sandbox(req)?;
+        let booted = match &network {
+            Some(net) => {
+                vm_config.net = net.vm_devices();
+                vm_config
+                    .validate()
+                    .map_err(|e| BackendError::Invalid(hull_protocol::error::chain(&e)))
+                    .and_then(|()| self.boot(req, sockets, &vm_config, Some(net)))
+            }
+            None => self.boot(req, sockets, &vm_config, None),
+        };
+        match (booted, network) {
+            (Err(e), Some(net)) => {
+                network::remove(&req.sandbox_id, &req.state_dir, net);
+                Err(e)
+            }
+            (booted, net) => {
+                *self.network.lock().unwrap_or_else(|e| e.into_inner()) = net;
+                booted
+            }
+        }
     }
 
     fn create_container(&self, req: &ContainerRequest<'_>) -> Result<ProcessStreams> {
@@ -634,6 +680,14 @@ impl Backend for VmBackend {
             grace = grace.min(Duration::from_secs(2));
         }
         vm.sockets.remove();
+        let network = self
+            .network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(net) = network {
+            network::remove(&vm.sandbox_id, &vm.state_dir, net);
+        }
         host_pids::clear(&vm.state_dir);
         vm.cgroup.lock().unwrap_or_else(|e| e.into_inner()).remove();
         tracing::info!(sandbox = %vm.sandbox_id, "VM stopped");

@@ -28,6 +28,38 @@ pub struct PodNamespaces {
     /// The host network namespace the CRI sandbox container's spec named
     /// (where CNI put the pod's interfaces), once that container exists.
     pub sandbox_netns: Option<PathBuf>,
+    /// The agent made the pod's network namespace (with the CNI interfaces)
+    /// at [`hull_protocol::GUEST_POD_NETNS`]: the CRI sandbox container joins it.
+    pub pod_netns: bool,
+}
+
+/// The network a pod's sandbox (first) container asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxNetwork {
+    /// A network namespace of its own without a path (plain `ctr run`), or a
+    /// spec that is not a CRI sandbox's: the guest's loopback only.
+    Loopback,
+    /// The CRI sandbox's network namespace CNI configured on the host.
+    Cni(PathBuf),
+    /// A CRI sandbox without a network namespace: `hostNetwork: true`.
+    Host,
+}
+
+/// The network the first container's spec asks the pod to have.
+pub fn sandbox_network(spec: &Spec) -> SandboxNetwork {
+    if let Some(path) = sandbox_netns(spec) {
+        return SandboxNetwork::Cni(path);
+    }
+    let has_netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| n.iter().any(|ns| ns.typ() == LinuxNamespaceType::Network));
+    if is_cri_sandbox(spec) && !has_netns {
+        SandboxNetwork::Host
+    } else {
+        SandboxNetwork::Loopback
+    }
 }
 
 /// Whether the spec is a CRI sandbox (pause) container's.
@@ -99,6 +131,9 @@ fn map_namespace(
         // The CRI sandbox's own: CNI's namespace on the host stands for the
         // pod's network namespace, which the sandbox container creates in the guest.
         if sandbox && pod.sandbox_init.is_none() {
+            if pod.pod_netns {
+                return Ok(GuestNamespace::Join(hull_protocol::GUEST_POD_NETNS.into()));
+            }
             return Ok(GuestNamespace::Fresh);
         }
         // An app container naming the sandbox's network namespace file joins it.
@@ -175,6 +210,7 @@ mod tests {
             task_pid: 4242,
             sandbox_init: Some(7),
             sandbox_netns: Some(CNI_NETNS.into()),
+            pod_netns: false,
         }
     }
 
@@ -359,5 +395,42 @@ mod tests {
             "sandbox",
         );
         assert!(guest_namespaces(&again, &pod()).is_err());
+    }
+
+    #[test]
+    fn with_a_pod_network_the_cri_sandbox_joins_the_agents_pod_netns() {
+        let spec = with_type(
+            spec_with(&[(LinuxNamespaceType::Network, Some(CNI_NETNS))]),
+            "sandbox",
+        );
+        let first = PodNamespaces {
+            task_pid: 4242,
+            pod_netns: true,
+            ..Default::default()
+        };
+        let ns = guest_namespaces(&spec, &first).unwrap();
+        assert_eq!(ns[0]["path"], hull_protocol::GUEST_POD_NETNS);
+    }
+
+    #[test]
+    fn the_sandbox_network_is_cni_host_or_loopback() {
+        let cri = |ns: &[(LinuxNamespaceType, Option<&str>)]| with_type(spec_with(ns), "sandbox");
+        assert_eq!(
+            sandbox_network(&cri(&[(LinuxNamespaceType::Network, Some(CNI_NETNS))])),
+            SandboxNetwork::Cni(CNI_NETNS.into())
+        );
+        // CRI's hostNetwork: no network namespace at all.
+        assert_eq!(
+            sandbox_network(&cri(&[(LinuxNamespaceType::Ipc, None)])),
+            SandboxNetwork::Host
+        );
+        // ctr run: a fresh namespace without a path.
+        let plain = spec_with(&[(LinuxNamespaceType::Network, None)]);
+        assert_eq!(sandbox_network(&plain), SandboxNetwork::Loopback);
+        assert_eq!(
+            sandbox_network(&spec_with(&[(LinuxNamespaceType::Ipc, None)])),
+            SandboxNetwork::Loopback,
+            "only a CRI sandbox is taken to ask for the host network"
+        );
     }
 }

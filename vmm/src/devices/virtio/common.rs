@@ -14,6 +14,8 @@ use crate::memory::GuestMem;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum DeviceType {
+    /// virtio-net.
+    Net = 1,
     /// virtio-blk.
     Block = 2,
     /// virtio-vsock.
@@ -32,6 +34,7 @@ impl DeviceType {
 impl std::fmt::Display for DeviceType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            DeviceType::Net => "virtio-net",
             DeviceType::Block => "virtio-blk",
             DeviceType::Vsock => "virtio-vsock",
             DeviceType::Fs => "virtio-fs",
@@ -264,6 +267,7 @@ mod tests {
 
     #[test]
     fn types_have_their_spec_ids() {
+        assert_eq!(DeviceType::Net.id(), 1);
         assert_eq!(DeviceType::Block.id(), 2);
         assert_eq!(DeviceType::Vsock.id(), 19);
         assert_eq!(DeviceType::Fs.id(), 26);

@@ -16,6 +16,7 @@ pub mod block;
 pub mod common;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
 pub mod vsock;
