@@ -87,7 +87,6 @@ pub struct Host {
     pub sys_module: PathBuf,
     pub dev_kvm: PathBuf,
     pub dev_tun: PathBuf,
-    pub dev_vhost_net: PathBuf,
     pub cgroup: PathBuf,
     pub containerd_config: PathBuf,
     /// Hull's configuration file; None: the shim's own lookup (`$HULL_CONFIG`, then the default).
@@ -100,7 +99,6 @@ impl Default for Host {
             sys_module: PathBuf::from("/sys/module"),
             dev_kvm: PathBuf::from("/dev/kvm"),
             dev_tun: PathBuf::from("/dev/net/tun"),
-            dev_vhost_net: PathBuf::from("/dev/vhost-net"),
             cgroup: PathBuf::from("/sys/fs/cgroup"),
             containerd_config: PathBuf::from(CONTAINERD_CONFIG),
             hull_config: None,
@@ -170,24 +168,32 @@ pub fn kvm_access(dev: &Path) -> Finding {
     }
 }
 
-/// The tun and vhost-net devices pod networking will use.
+/// What the pod network of CRI pods needs: the tun device (one tap per CNI
+/// interface) and the tc ingress qdisc, u32 classifier and mirred action that
+/// join each tap to its CNI interface. Warnings only: `ctr run` pods have a
+/// loopback-only network and need neither.
 pub fn networking(host: &Host) -> Vec<Finding> {
     let mut out = Vec::new();
-    let later = "pods have loopback-only networking today; virtio-net will need it";
     if host.dev_tun.exists() {
         out.push(Finding::ok(format!("tun: {}", host.dev_tun.display())));
     } else {
         out.push(Finding::warn(
             format!("tun: no {}", host.dev_tun.display()),
-            format!("modprobe tun ({later})"),
+            "modprobe tun (CRI pods with a CNI network get a tap each)",
         ));
     }
-    if host.dev_vhost_net.exists() || module(host, "vhost_net") {
-        out.push(Finding::ok("vhost-net: available"));
+    let tc = ["sch_ingress", "cls_u32", "act_mirred"];
+    let missing: Vec<&str> = tc.into_iter().filter(|m| !module(host, m)).collect();
+    if missing.is_empty() {
+        out.push(Finding::ok("tc: ingress qdisc, u32 and mirred loaded"));
     } else {
         out.push(Finding::warn(
-            "vhost-net: module not loaded",
-            format!("modprobe vhost_net ({later})"),
+            format!("tc: {} not loaded", missing.join(", ")),
+            format!(
+                "modprobe {} (the shim joins each CNI interface to its pod's tap with tc; \
+                 the kernel may also load them on first use)",
+                missing.join(" ")
+            ),
         ));
     }
     out
@@ -575,7 +581,6 @@ mod tests {
             sys_module: dir.join("module"),
             dev_kvm: dir.join("kvm"),
             dev_tun: dir.join("tun"),
-            dev_vhost_net: dir.join("vhost-net"),
             cgroup: dir.to_path_buf(),
             containerd_config: dir.join("config.toml"),
             hull_config: None,
@@ -614,9 +619,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let found = networking(&fake_host(dir.path(), &[]));
         assert!(found.iter().all(|f| f.status == Status::Warn));
-        assert!(found[1].to_string().contains("modprobe vhost_net"));
+        assert!(found[1]
+            .to_string()
+            .contains("modprobe sch_ingress cls_u32 act_mirred"));
         std::fs::write(dir.path().join("tun"), "").unwrap();
-        let found = networking(&fake_host(dir.path(), &["vhost_net"]));
+        let found = networking(&fake_host(
+            dir.path(),
+            &["sch_ingress", "cls_u32", "act_mirred"],
+        ));
         assert!(found.iter().all(|f| f.status == Status::Ok), "{found:?}");
     }
 
