@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs every hull-vmm fuzz target for a bounded time from its committed seeds
 # (vmm/fuzz/seeds/<target>); crashes land in vmm/fuzz/artifacts/<target>/.
-# Usage: vmm/fuzz/run.sh [SECONDS_PER_TARGET]   (default 35: 4 targets, under 3 minutes)
+# Usage: vmm/fuzz/run.sh [SECONDS_PER_TARGET]   (default 35: 5 targets, about 3 minutes)
 set -euo pipefail
 cd "$(dirname "$0")"
 per_target="${1:-35}"
-targets=(mmio_sequence vsock_queue vsock_muxer blk_queue)
+targets=(mmio_sequence vsock_queue vsock_muxer blk_queue net_queue)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "skipped: cargo-fuzz is not installed (scripts/setup.sh installs it: cargo install cargo-fuzz)"

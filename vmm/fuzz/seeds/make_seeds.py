@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the committed seed inputs of the hull-vmm fuzz targets (run from vmm/fuzz/seeds).
 Each seed is a well-formed start the fuzzer mutates: a full virtio-mmio activation, a reset
-mid-activation, a virtio-blk read, a vsock handshake in both directions."""
+mid-activation, a virtio-blk read, a vsock handshake in both directions, virtio-net frames both ways."""
 import struct
 
 def put(buf, at, data):
@@ -70,6 +70,19 @@ put(vq, 0x1400, vsock_hdr(3, 2, 4000, 1024, 0, 1))
 put(vq, 0x1000, desc(0x1500, 0x100, WRITE, 0))
 put(vq, 0x1100, struct.pack("<HHH", 0, 1, 0))
 seeds["vsock_queue/guest_request"] = bytes(vq)
+
+def net_seed(sel, frame_len):
+    """net_queue: a guest TX frame (header + 60 bytes in two descriptors) and two RX buffers,
+    with `sel` (features, host frame count) and the host frames' length in bytes 0-2."""
+    m = bytearray(struct.pack("<BH", sel, frame_len))
+    put(m, 0x2000, desc(0x1400, 12, NEXT, 1) + desc(0x1410, 60, 0, 0))
+    put(m, 0x2100, struct.pack("<HHH", 0, 1, 0))
+    put(m, 0x1000, desc(0x3000, 1526, WRITE, 0) + desc(0x3800, 1526, WRITE, 0))
+    put(m, 0x1100, struct.pack("<HHHH", 0, 2, 0, 1))
+    return bytes(m)
+
+seeds["net_queue/tx_and_rx_mergeable"] = net_seed(1 | 2 | (2 << 2), 2000)
+seeds["net_queue/rx_single_buffer"] = net_seed(1 << 2, 600)
 
 def guest_pkt(src_port_sel, dst, op, payload=b"", buf_alloc=65536):
     """A vsock_muxer guest packet op: 24 bytes of fields, then the payload."""
