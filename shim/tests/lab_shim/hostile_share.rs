@@ -118,8 +118,16 @@ fn lab_hostile_share_planted_symlinks_setuid_files_and_device_nodes() {
     }
     let pod_dir = Path::new(BASE).join("pods/default/hspod");
     let share = pod_dir.join("shared");
-    let mode = std::fs::metadata(&pod_dir).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode, 0o700, "the pod directory is private");
+    // Private: 0700, or, with hull-vmm jailed under a gid of its own (this
+    // containerd's config), 02710 in that group: the VMM may only traverse it
+    // to reach its sockets; nobody else gets anything.
+    let meta = std::fs::metadata(&pod_dir).unwrap();
+    let mode = meta.permissions().mode() & 0o7777;
+    assert!(
+        mode == 0o700 || (mode == 0o2710 && meta.gid() == JAIL_ID),
+        "the pod directory is private: mode {mode:o}, gid {}",
+        meta.gid()
+    );
     let run_mode = std::fs::metadata(Path::new(BASE).join("pods"))
         .unwrap()
         .mode();
