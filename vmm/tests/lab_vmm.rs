@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod lab_net;
@@ -137,6 +138,38 @@ fn boot_kernel_to_ready(kernel: &Path, vcpus: u8) {
             "not every vCPU came up (no '{want}')"
         );
     }
+}
+
+/// Starts hull-vmm with `args`, its console gathered into a shared string by a
+/// reader thread (joined once the VMM has exited).
+fn spawn_with_console(
+    args: &[String],
+) -> (
+    std::process::Child,
+    Arc<Mutex<String>>,
+    std::thread::JoinHandle<()>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let console = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = console.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (child, console, reader)
 }
 
 #[test]
@@ -515,7 +548,6 @@ fn serve_hostile_ports(dir: &Path, stop: std::sync::Arc<std::sync::atomic::Atomi
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn hostile_guest_cannot_exhaust_the_vmm() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
 
     let dir = scratch("hostile");
     let initrd = test_initrd(&dir);
@@ -534,27 +566,8 @@ fn hostile_guest_cannot_exhaust_the_vmm() {
         "--disk".into(),
         format!("{},ro", disk.display()),
     ]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let (mut child, console, reader) = spawn_with_console(&args);
     let pid = child.id();
-    let console = Arc::new(Mutex::new(String::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let sink = console.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
     // The VMM's own memory, sampled through the whole run.
     let peak = Arc::new(Mutex::new((0u64, 0u64)));
     let (peak2, stop2) = (peak.clone(), stop.clone());

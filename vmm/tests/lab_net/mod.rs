@@ -281,7 +281,7 @@ fn vsock_answers(uds: &Path) -> Option<Duration> {
 #[ignore = "lab: needs a KVM that boots a standard guest kernel and the tun module (make test-lab)"]
 fn net_hostile_guest_stalls_rx_and_floods_tx() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     let dir = scratch("net-hostile");
     let initrd = test_initrd(&dir);
@@ -309,27 +309,8 @@ fn net_hostile_guest_stalls_rx_and_floods_tx() {
         "--vsock".into(),
         format!("3,{}", uds.display()),
     ]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let (mut child, console, reader) = spawn_with_console(&args);
     let pid = child.id();
-    let console = Arc::new(Mutex::new(String::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let sink = console.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let wait_for = |marker: &str, child: &mut std::process::Child| {
         while !console.lock().unwrap().contains(marker) {
