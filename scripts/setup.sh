@@ -33,6 +33,17 @@ fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || { say "no cargo on PATH; install Rust with rustup first"; exit 1; }
+# Cargo's build output is a cache like the kernel's: it lives outside the
+# checkout, under /var/cache/hull, and every checkout of this machine shares
+# it (cargo rebuilds what changed; a missing cache is rebuilt from scratch).
+# A checkout that already has a target directory of its own keeps it.
+cache="${HULL_CACHE:-/var/cache/hull}"
+for pair in target:cargo-target vmm/fuzz/target:cargo-target-fuzz; do
+    dir="${pair%%:*}" store="$cache/${pair#*:}"
+    if [[ ! -e "$dir" && ! -L "$dir" ]]; then
+        mkdir -p "$store" && ln -s "$store" "$dir"
+    fi
+done
 rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
     || rustup target add x86_64-unknown-linux-musl
 for c in rustfmt clippy; do

@@ -59,71 +59,66 @@ if [[ $tier == lab || $tier == all ]]; then
     if [[ "${HULL_LAB_FULL:-}" != 1 ]]; then
         skip+=(--skip lab_cri_pod_start_time)
         echo "skipped: lab_cri lab_cri_pod_start_time_runc_and_hull (three pods per handler: ~15 lab minutes; HULL_LAB_FULL=1 runs it)"
+        # The runc runs of the CRI scenarios and of the file-system coherence
+        # steps are controls of the tests themselves (~1/3 of the lab tier's time).
+        if [[ -z "${HULL_CRI_HANDLERS:-}" ]]; then
+            export HULL_CRI_HANDLERS=hull
+            echo "skipped: lab_cri's runc runs of its scenarios (the control; HULL_LAB_FULL=1 runs them)"
+        fi
     fi
-    # The lab tier runs as two shards side by side, each in its own lab VM
-    # (one vCPU each: a lab test spends much of its time waiting, and two
-    # shards keep both host cores busy). Shard 1: lab_shim's file-system
-    # module and lab_cri; shard 2: everything else (balanced by the times
-    # measured on 2026-11-30). HULL_LAB_SHARDS=1 runs
-    # one shard (on a host with hardware KVM the tier always runs as one,
-    # since the lab_shim processes would share its /run).
-    job() { # BINARY ARGS... : one test-binary invocation of a runner script
-        local b="$1"; shift
-        echo "echo; echo \"--- $(basename "$b") $*\"; t=\$(date +%s)"
-        echo "$b --ignored --test-threads=1 --color never --show-output $* & p=\$!; watch \$p; wait \$p || rc=1"
-        echo "took $(basename "${b%-*}") \$t"
+    # The lab tier's jobs go into a queue that its workers share: two lab VMs
+    # side by side (one vCPU each: both host cores busy), or this host alone
+    # when it has hardware KVM. A worker takes the next job when it is done
+    # with one (tests/lab/queue.sh), so the two finish close together; the
+    # longest jobs go first (their names sort first; times of 2026-11-30).
+    # HULL_LAB_SHARDS sets the number of lab VMs (1 to 4).
+    queue="$(realpath -m "$root/target/lab-queue")"
+    rm -rf "$queue"; mkdir -p "$queue/todo"
+    add() { # ORDER NAME BINARY ARGS...: one job, one test-binary process
+        local order="$1" name="$2"; shift 2
+        echo "$*" > "$queue/todo/$order-$name"
     }
-    shard1=() shard2=()
     for b in $bins; do
         case "$(basename "$b")" in
             lab_shim-*)
-                shard1+=("$b fs_conformance:: ${skip[*]}")
-                shard2+=("$b --skip fs_conformance:: ${skip[*]}") ;;
-            lab_cri-*) shard1+=("$b ${skip[*]}") ;;
+                add 10 lab_shim-fs "$b" fs_conformance:: "${skip[@]}"
+                add 20 lab_shim-hostile "$b" hostile_ "${skip[@]}"
+                add 30 lab_shim "$b" --skip fs_conformance:: --skip hostile_ "${skip[@]}" ;;
+            lab_cri-*) add 15 lab_cri "$b" "${skip[@]}" ;;
+            # Its hostile-guest storm runs in a process of its own (see above).
             lab_vmm-*)
-                shard2+=("$b ${skip[*]}" "$b --exact hostile_guest_cannot_exhaust_the_vmm") ;;
-            *) shard2+=("$b ${skip[*]}") ;;
+                add 40 lab_vmm "$b" "${skip[@]}"
+                add 60 lab_vmm-hostile "$b" --exact hostile_guest_cannot_exhaust_the_vmm ;;
+            lab_agent-*) add 50 lab_agent "$b" "${skip[@]}" ;;
+            *) n="$(basename "$b")"; add 70 "${n%-*}" "$b" "${skip[@]}" ;;
         esac
     done
     kvm="" direct=0
     if kvm="$(scripts/kvm-check.sh)"; then direct=1; fi
-    shards=2
-    [[ $direct == 1 || "${HULL_LAB_SHARDS:-2}" == 1 ]] && shards=1
-    if [[ $shards == 1 ]]; then shard2=("${shard1[@]}" "${shard2[@]}"); shard1=(); fi
-    for n in 1 2; do
-        declare -n jobs="shard$n"
-        {
-            echo '#!/bin/bash'
-            echo 'rc=0'
-            echo 'took() { echo "--- $1 took $(( $(date +%s) - $2 )) s"; }'
-            # Every 10 minutes a test binary runs, what runs in the lab (a stall shows in the log).
-            echo 'watch() { local n=0; while kill -0 "$1" 2>/dev/null; do sleep 1; n=$((n + 1)); if ((n % 600 == 0)); then echo "--- still running after $n s:"; ps -eo pid,stat,etime,time,wchan:20,args --sort=start_time | grep -v -E "\[|ps -eo" | cut -c1-160 | tail -12; fi; done; }'
-            for j in "${jobs[@]}"; do
-                # shellcheck disable=SC2086
-                job $j
-            done
-            echo 'exit $rc'
-        } > "$root/target/lab-run-$n.sh"
-        chmod +x "$root/target/lab-run-$n.sh"
-        unset -n jobs
-    done
+    shards="${HULL_LAB_SHARDS:-2}"
+    [[ $shards =~ ^[1-4]$ ]] || { echo "HULL_LAB_SHARDS=$shards: give 1 to 4 lab VMs"; exit 2; }
     set +e
+    rm -f "$logs"/lab*.log
     if [[ $direct == 1 ]]; then
+        # One worker: the lab_shim processes would share this host's /run.
         step "lab tier, directly on this host ($kvm)"
-        "$root/target/lab-run-2.sh" 2>&1 | tee "$logs/lab.log"; rc=${PIPESTATUS[0]}
+        tests/lab/queue.sh "$queue" host 2>&1 | tee "$logs/lab.log"; rc=${PIPESTATUS[0]}
     else
         step "lab tier, inside $shards lab VM(s) ($kvm)"
-        rm -f "$logs"/lab-[12].log
         pids=()
-        for n in $(seq $((3 - shards)) 2); do
-            # Each shard's output goes to its own log and, prefixed, to the console.
-            ( tests/lab/lab.sh --timeout "${HULL_LAB_TIMEOUT:-3600}" -- "$root/target/lab-run-$n.sh" 2>&1 \
+        for n in $(seq "$shards"); do
+            # Each lab's output goes to its own log and, prefixed, to the console.
+            ( tests/lab/lab.sh --timeout "${HULL_LAB_TIMEOUT:-3600}" --share "$queue" \
+                -- "$root/tests/lab/queue.sh" "$queue" "lab$n" 2>&1 \
                 | tee "$logs/lab-$n.log" | sed -u "s/^/[lab$n] /"; exit "${PIPESTATUS[0]}" ) &
             pids+=($!)
+            sleep 2
         done
         rc=0
         for p in "${pids[@]}"; do wait "$p" || rc=1; done
-        cat "$logs"/lab-[12].log > "$logs/lab.log" 2>/dev/null
+        cat "$logs"/lab-*.log > "$logs/lab.log" 2>/dev/null
+        left="$(ls "$queue/todo")"
+        [[ -z "$left" ]] || { echo "lab tier: jobs never run (a lab VM stopped early): $left"; rc=1; }
     fi
     set -e
     read -r lab_p lab_f lab_i < <(count "$logs/lab.log")

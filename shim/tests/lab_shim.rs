@@ -33,6 +33,8 @@ const RUNC: &str = "io.containerd.runc.v2";
 const IMAGE: &str = "docker.io/library/busybox:latest";
 /// Upper bound for one `ctr` command in the (30-100x slower) lab.
 const CTR_TIMEOUT_SECS: u32 = 600;
+/// Upper bound for one `ctr` command of the cleanup after a failed test.
+const CLEANUP_TIMEOUT_SECS: u32 = 120;
 /// Everything of this binary lives here: containerd's state, the shim's pods.
 const BASE: &str = "/run/hull-lab-shim";
 
@@ -241,11 +243,21 @@ impl Containerd {
         }
     }
 
-    /// Removes task and container `id`, whatever state they are in.
+    /// Removes task and container `id`, whatever state they are in. Each step is bounded by
+    /// [`CLEANUP_TIMEOUT_SECS`]: after a failure, cleanup must not outlast the test.
     fn remove(&self, id: &str) {
-        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
-        let _ = self.ctr(&["task", "delete", "-f", id]);
-        let _ = self.ctr(&["containers", "rm", id]);
+        for args in [
+            &["task", "kill", "-s", "KILL", id][..],
+            &["task", "delete", "-f", id],
+            &["containers", "rm", id],
+        ] {
+            let _ = Command::new("timeout")
+                .arg(CLEANUP_TIMEOUT_SECS.to_string())
+                .args(["ctr", "--address", &self.address])
+                .args(args)
+                .stdin(Stdio::null())
+                .output();
+        }
     }
 
     fn shim_log(&self) -> String {

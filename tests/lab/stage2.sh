@@ -39,9 +39,11 @@ ip link set lo up 2>/dev/null || true
 # A heartbeat on the root share: a lab test stalled for good twice on
 # 2026-11-30, in CI and in a timing run (QEMU nearly idle, nothing printed;
 # the same test with a periodic `ps` beside it did not stall), which points at a virtio-fs completion on the root
-# that nobody waits for again until the next request. One uncached GETATTR
-# every 15 s costs nothing and gives the queue that next request.
-( while sleep 15; do stat -c %s /usr/bin/env >/dev/null 2>&1; done ) &
+# that nobody waits for again until the next request. One LOOKUP of a name
+# that does not exist every 15 s (a new name each time, so no cache answers
+# it, whatever the root's cache mode) costs nothing and gives the queue that
+# next request.
+( n=0; while sleep 15; do n=$((n + 1)); stat "/.lab-heartbeat-$n" >/dev/null 2>&1; done ) &
 heartbeat=$!
 (
     export HULL_LAB=1

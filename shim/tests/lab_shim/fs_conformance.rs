@@ -631,9 +631,15 @@ fn lab_fs_two_containers_of_a_pod_see_each_others_changes() {
             "fscoh-hull-a",
         ],
     );
-    let mut failed = coherence(ctrd, RUNC);
-    assert!(failed.is_empty(), "the runc baseline failed: {failed:#?}");
-    failed = coherence(ctrd, HULL);
+    // The runc baseline checks the steps themselves (one kernel, so they must all hold); it
+    // costs as much lab time as Hull's run and runs with the full sizes only.
+    if full() {
+        let failed = coherence(ctrd, RUNC);
+        assert!(failed.is_empty(), "the runc baseline failed: {failed:#?}");
+    } else {
+        println!("skipped: the coherence steps' runc baseline (HULL_FS_FULL=1 runs it)");
+    }
+    let failed = coherence(ctrd, HULL);
     for f in &failed {
         println!("fs: DIFFERENCE: coherence {f}");
     }
