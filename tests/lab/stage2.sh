@@ -33,6 +33,9 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true
+# The lab is a Hull node set up as hull-check advises: guest RAM (a memfd) may
+# use transparent huge pages, which hull-vmm asks for.
+echo "${HULL_LAB_SHMEM_THP:-advise}" > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
 mkdir -p "$LAB_RUN" && mount -t virtiofs run "$LAB_RUN"
 if [[ -n "${LAB_SHARE:-}" ]]; then mkdir -p "$LAB_SHARE" && mount -t virtiofs share "$LAB_SHARE"; fi
 ip link set lo up 2>/dev/null || true

@@ -84,7 +84,18 @@ fn create_memfd(size: u64) -> Result<File, Error> {
     Ok(file)
 }
 
-/// Creates `mib` MiB of guest RAM backed by a memfd, mapped shared.
+/// Asks for transparent huge pages on a guest RAM mapping. Where the host's shmem THP setting
+/// allows it (`/sys/kernel/mm/transparent_hugepage/shmem_enabled` at `advise`, `within_size` or
+/// `always`; hull-check reports it), RAM the guest touches first is faulted in 2 MiB at a time
+/// (512x fewer nested-paging faults while the guest boots) and mapped by 2 MiB pages. Elsewhere
+/// the kernel ignores the advice, and so does hull-vmm: the guest runs the same either way.
+fn advise_huge_pages(addr: *mut u8, len: usize) {
+    // SAFETY: the range is exactly one live mapping of guest RAM, just made; MADV_HUGEPAGE
+    // changes how its pages are backed, never their contents.
+    let _ = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
+}
+
+/// Creates `mib` MiB of guest RAM backed by a memfd, mapped shared, with huge pages advised.
 pub fn create(mib: u64) -> Result<GuestRam, Error> {
     check_size(mib)?;
     let size = mib << 20;
@@ -95,6 +106,7 @@ pub fn create(mib: u64) -> Result<GuestRam, Error> {
         let file = FileOffset::from_arc(memfd.clone(), offset);
         let region =
             GuestRegionMmap::from_range(addr, len as usize, Some(file)).map_err(Error::Map)?;
+        advise_huge_pages(region.as_ptr(), len as usize);
         regions.push(region);
         offset += len;
     }
@@ -105,6 +117,7 @@ pub fn create(mib: u64) -> Result<GuestRam, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use vm_memory::{Bytes, GuestMemoryBackend};
 
     #[test]
@@ -131,6 +144,29 @@ mod tests {
         );
         assert_eq!(ram.memfd.metadata().unwrap().len(), 16 << 20);
         assert_eq!(ram.mem.last_addr(), GuestAddress((16 << 20) - 1));
+    }
+
+    #[test]
+    fn guest_ram_asks_for_huge_pages() {
+        if !Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            println!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let ram = create(16).unwrap();
+        for region in ram.mem.iter() {
+            let start = format!("{:x}-", region.as_ptr() as usize);
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            // The mapping's header line, then its fields; VmFlags is the first after it.
+            let flags = smaps
+                .lines()
+                .skip_while(|l| !l.starts_with(&start))
+                .find_map(|l| l.strip_prefix("VmFlags:"))
+                .unwrap_or_else(|| panic!("no smaps entry at {start}"));
+            assert!(
+                flags.split_whitespace().any(|f| f == "hg"),
+                "guest RAM at {start} is not advised for huge pages: {flags}"
+            );
+        }
     }
 
     #[test]
