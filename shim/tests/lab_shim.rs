@@ -18,6 +18,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 // Hostile-guest scenarios share this binary's containerd (one image import).
+#[path = "lab_shim/churn.rs"]
+mod churn;
+#[path = "lab_shim/faults.rs"]
+mod faults;
 #[path = "lab_shim/fs_conformance.rs"]
 mod fs_conformance;
 #[path = "lab_shim/hostile_guest.rs"]
@@ -102,6 +106,24 @@ fn containerd() -> (&'static Containerd, std::sync::MutexGuard<'static, ()>) {
     (CTRD.get_or_init(Containerd::start), guard)
 }
 
+/// Runs `tests/lab/containerd.sh ACTION` for this binary's containerd; its stdout.
+fn containerd_sh(action: &str) -> String {
+    let bin_dir = Path::new(SHIM).parent().unwrap();
+    let out = Command::new(workspace().join("tests/lab/containerd.sh"))
+        .arg(action)
+        .env("HULL_SHIM_DIR", bin_dir)
+        .env("HULL_CONFIG", Path::new(BASE).join("hull.toml"))
+        .env("HULL_CTRD_DIR", Path::new(BASE).join("containerd"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "containerd.sh {action}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 impl Containerd {
     fn start() -> Self {
         let bin_dir = Path::new(SHIM).parent().unwrap();
@@ -127,23 +149,33 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let out = Command::new(workspace().join("tests/lab/containerd.sh"))
-            .arg("start")
-            .env("HULL_SHIM_DIR", bin_dir)
-            .env("HULL_CONFIG", &config)
-            .env("HULL_CTRD_DIR", base.join("containerd"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "containerd.sh start: {}",
-            text(&out.stderr)
-        );
+        let address = containerd_sh("start").trim().to_string();
         // SAFETY: registers a plain function with no captured state, run once at exit.
         unsafe { libc::atexit(stop_containerd) };
-        Self {
-            address: text(&out.stdout).trim().to_string(),
+        Self { address }
+    }
+
+    /// Kills containerd as a crash would (SIGKILL) and starts it again on the same state; the
+    /// shims, which run in sessions of their own, live on.
+    fn crash_and_restart(&self) {
+        let pid_file = Path::new(BASE).join("containerd/containerd.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill(2) with a pid read from containerd.sh's pid file.
+        let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(killed, 0, "kill containerd {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}/stat")).exists()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(Instant::now() < deadline, "containerd outlived SIGKILL");
+            std::thread::sleep(Duration::from_millis(100));
         }
+        assert_eq!(containerd_sh("start").trim(), self.address);
     }
 
     /// `ctr ARGS` with `input` on its stdin (or none), bounded in time.

@@ -39,7 +39,7 @@ $(if [[ -n "${HULL_CTRD_CRI_EXTRA:-}" ]]; then cat "$HULL_CTRD_CRI_EXTRA"; fi)
 CFG
         # PATH first holds the checkout's shim build, so `--runtime io.containerd.hull.v2` finds it.
         PATH="${HULL_SHIM_DIR:+$HULL_SHIM_DIR:}$PATH" setsid containerd --config "$dir/config.toml" \
-            >"$dir/containerd.log" 2>&1 < /dev/null &
+            >>"$dir/containerd.log" 2>&1 < /dev/null &
         echo $! > "$dir/containerd.pid"
         for _ in $(seq 600); do
             ctr --address "$sock" version >/dev/null 2>&1 && break

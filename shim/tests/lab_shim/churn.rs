@@ -1,0 +1,153 @@
+//! Churn and parallel load (issue 15): pods created, started, exec'd into, killed and deleted
+//! over and over, then pods started at once; afterwards nothing of them is left and containerd
+//! holds no more descriptors than before. The test command runs small counts; `HULL_LAB_FULL=1`
+//! runs 200 cycles and 10 pods at once.
+
+use super::*;
+
+/// What the host holds that a pod could leak, counted.
+#[derive(Debug, PartialEq)]
+struct Census {
+    containerd_fds: usize,
+    cgroups: usize,
+    mounts: usize,
+}
+
+fn census() -> Census {
+    let pid = std::fs::read_to_string(Path::new(BASE).join("containerd/containerd.pid"))
+        .unwrap_or_default();
+    let containerd_fds = std::fs::read_dir(format!("/proc/{}/fd", pid.trim()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    fn dirs(p: &Path) -> usize {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| 1 + dirs(&e.path()))
+            .sum()
+    }
+    Census {
+        containerd_fds,
+        cgroups: dirs(Path::new("/sys/fs/cgroup")),
+        mounts: std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count(),
+    }
+}
+
+/// Kills, waits for, deletes and removes pod `id`.
+fn end(ctrd: &Containerd, id: &str) {
+    ctrd.ctr_ok(&["task", "kill", "-s", "KILL", id]);
+    ctrd.wait_status(id, "STOPPED", 120);
+    ctrd.ctr_ok(&["task", "delete", id]);
+    ctrd.ctr_ok(&["containers", "rm", id]);
+}
+
+fn exec_echo(ctrd: &Containerd, id: &str) {
+    let out = ctrd.ctr_ok(&["task", "exec", "--exec-id", "echo", id, "echo", id]);
+    assert_eq!(out.trim(), id, "exec in {id}");
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
+    let full = std::env::var("HULL_LAB_FULL").is_ok_and(|v| v == "1");
+    let (cycles, parallel) = if full { (200, 10) } else { (3, 3) };
+    let (ctrd, _one) = containerd();
+    let names: Vec<String> = (0..cycles)
+        .map(|i| format!("churn{i}"))
+        .chain((0..parallel).map(|i| format!("par{i}")))
+        .collect();
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    let _cleanup = Remove(ctrd, &all);
+    let _alone = Remove(ctrd, &["par-alone"]);
+    // One pod alone first: the time to compare the parallel starts with, and what the first
+    // pod of a containerd creates once (its namespace's cgroup, snapshotter files) is then in
+    // the census taken before the churn.
+    let alone = {
+        let started = Instant::now();
+        ctrd.run_detached("par-alone", &[], &["sleep", "100000"]);
+        let took = started.elapsed().as_secs_f64();
+        end(ctrd, "par-alone");
+        took
+    };
+    assert_clean(ctrd, "the first pod");
+    let before = census();
+
+    let mut per_cycle = Vec::new();
+    for id in &all[..cycles] {
+        let started = Instant::now();
+        ctrd.ctr_ok(&[
+            "containers",
+            "create",
+            "--runtime",
+            HULL,
+            IMAGE,
+            id,
+            "sleep",
+            "100000",
+        ]);
+        ctrd.ctr_ok(&["task", "start", "-d", id]);
+        exec_echo(ctrd, id);
+        end(ctrd, id);
+        per_cycle.push(started.elapsed().as_secs_f64());
+    }
+    assert_clean(ctrd, "the churn cycles");
+
+    // Pods started at once: every start succeeds.
+    let started = Instant::now();
+    let starts: Vec<(String, f64, Output)> = std::thread::scope(|s| {
+        let handles: Vec<_> = all[cycles..]
+            .iter()
+            .map(|id| {
+                s.spawn(move || {
+                    let t = Instant::now();
+                    let out =
+                        ctrd.ctr(&["run", "-d", "--runtime", HULL, IMAGE, id, "sleep", "100000"]);
+                    (id.to_string(), t.elapsed().as_secs_f64(), out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all_up = started.elapsed().as_secs_f64();
+    for (id, _, out) in &starts {
+        assert!(
+            out.status.success(),
+            "parallel start of {id}: {}\n{}",
+            text(&out.stderr),
+            ctrd.shim_log()
+        );
+    }
+    for (id, _, _) in &starts {
+        exec_echo(ctrd, id);
+    }
+    for (id, _, _) in &starts {
+        end(ctrd, id);
+    }
+    assert_clean(ctrd, "the parallel pods");
+
+    // containerd may take a moment to close its last shim connections.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut after = census();
+    while after != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        after = census();
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let slowest = starts.iter().map(|s| s.1).fold(0.0, f64::max);
+    println!(
+        "FIGURES churn: {cycles} cycles (create, start, exec, kill, delete), {:.1} s per cycle \
+         (first {:.1} s, last {:.1} s); {parallel} pods at once: all up in {all_up:.1} s, \
+         slowest start {slowest:.1} s, {:.1} s per pod, against {alone:.1} s for one alone; \
+         census before {before:?}, after {after:?}",
+        mean(&per_cycle),
+        per_cycle.first().copied().unwrap_or(0.0),
+        per_cycle.last().copied().unwrap_or(0.0),
+        all_up / parallel as f64,
+    );
+    assert_eq!(after, before, "what the pods left on the host");
+}
