@@ -83,7 +83,8 @@ if [[ $tier == lab || $tier == all ]]; then
             lab_shim-*)
                 add 10 lab_shim-fs "$b" fs_conformance:: "${skip[@]}"
                 add 20 lab_shim-hostile "$b" hostile_ "${skip[@]}"
-                add 30 lab_shim "$b" --skip fs_conformance:: --skip hostile_ "${skip[@]}" ;;
+                add 30 lab_shim "$b" --skip fs_conformance:: --skip hostile_ --skip churn:: --skip faults:: "${skip[@]}"
+                add 35 lab_shim-faults "$b" churn:: faults:: "${skip[@]}" ;;
             lab_cri-*) add 15 lab_cri "$b" "${skip[@]}" ;;
             # Its hostile-guest storm runs in a process of its own (see above).
             lab_vmm-*)
