@@ -242,17 +242,27 @@ impl Lab {
             .collect()
     }
 
-    /// Asserts no shim, pod mount or pod directory is left.
+    /// Pod directories under the run directory.
+    fn pod_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.join("run"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Asserts no shim, pod mount or pod directory is left, once teardown had 10 s: containerd
+    /// may list a task as gone before the `delete` it runs for a dead shim has finished.
     fn assert_clean(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.shim_pids().is_empty() && Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(self.shim_pids().is_empty()
+            && self.pod_mounts().is_empty()
+            && self.pod_dirs().is_empty())
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(self.shim_pids(), Vec::<i32>::new(), "shims left running");
         assert_eq!(self.pod_mounts(), Vec::<String>::new(), "mounts left");
-        let left: Vec<_> = std::fs::read_dir(self.dir.join("run"))
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
+        let left = self.pod_dirs();
         assert!(left.is_empty(), "pod directories left: {left:?}");
     }
 }
