@@ -30,9 +30,10 @@ while :; do
     echo "--- $job on $me: $(basename "$bin") $args"
     started=$(date +%s)
     # Its own session, so a timed-out job's children (containerd, shims) go with it.
-    # RUSTC_BOOTSTRAP lets the stable test harness print each test's time.
+    # RUSTC_BOOTSTRAP lets the stable test harness print each test's time;
+    # --nocapture prints a test's lines as they come (a hang shows where it is).
     # shellcheck disable=SC2086
-    RUSTC_BOOTSTRAP=1 setsid "$bin" --ignored --test-threads=1 --color never --show-output \
+    RUSTC_BOOTSTRAP=1 setsid "$bin" --ignored --test-threads=1 --color never --nocapture \
         -Z unstable-options --report-time $args &
     pid=$!
     n=0

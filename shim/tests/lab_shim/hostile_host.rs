@@ -81,13 +81,17 @@ fn dropped_reports(pod: &str) -> Vec<String> {
 fn lab_hostile_host_console_flood_keeps_the_shim_bounded_and_the_pods_manageable() {
     let (ctrd, _one) = containerd();
     let _cleanup = Remove(ctrd, &["flood", "bystander"]);
+    let t0 = Instant::now();
+    let step = |what: &str| println!("flood: +{:.0} s {what}", t0.elapsed().as_secs_f64());
     ctrd.run_detached("bystander", &[], &["sleep", "100000"]);
+    step("bystander up");
     let before_lines = console_lines("flood");
     // Root of its guest: random bytes, newlines removed, straight to the serial console.
     let flood = "for d in /dev/ttyS0 /dev/console; do \
                  if [ -c $d ]; then tr -d '\\n' < /dev/urandom > $d; fi; done; \
                  echo no console device; exit 1";
     ctrd.run_detached("flood", &["--privileged"], &["sh", "-c", flood]);
+    step("flooder up");
     let shim = shim_of("flood");
     let baseline = rss_kib(shim);
     let flood_started = Instant::now();
@@ -107,6 +111,7 @@ fn lab_hostile_host_console_flood_keeps_the_shim_bounded_and_the_pods_manageable
         );
     }
     let flood_secs = flood_started.elapsed().as_secs_f64();
+    step("flood watched");
     let flood_cpu = (cpu_ticks(shim) - cpu_start) as f64 / ticks_per_sec() as f64;
     // While it floods: another pod's container still answers.
     let alive = ctrd.ctr_ok(&[
@@ -119,9 +124,12 @@ fn lab_hostile_host_console_flood_keeps_the_shim_bounded_and_the_pods_manageable
         "alive",
     ]);
     assert_eq!(alive, "alive\n");
+    step("bystander answered");
     // Kill and delete still work; then the shim goes quiet.
     ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "flood"]);
+    step("flooder killed");
     ctrd.wait_status("flood", "STOPPED", 120);
+    step("flooder stopped");
     std::thread::sleep(Duration::from_secs(2));
     let quiet_start = cpu_ticks(shim);
     std::thread::sleep(Duration::from_secs(10));

@@ -130,12 +130,29 @@ impl PodCgroup {
                     enable_controllers(&dir);
                 }
                 dir.push(part);
-                if !dir.exists() {
-                    if let Err(source) = std::fs::create_dir(&dir) {
-                        cgroup.remove();
-                        return Err(CgroupError::Create { path: dir, source });
+                // Pods start in parallel: a parent another pod's shim makes at the same
+                // moment is there, not ours (EEXIST). One it removes at that moment
+                // (ENOENT below it) is made again: a few tries.
+                let mut tries = 0;
+                loop {
+                    match std::fs::create_dir(&dir) {
+                        Ok(()) => cgroup.created.push(dir.clone()),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::NotFound
+                                && tries < 3
+                                && dir.parent().is_some_and(|p| p != hroot) =>
+                        {
+                            tries += 1;
+                            let _ = std::fs::create_dir_all(dir.parent().unwrap_or(&hroot));
+                            continue;
+                        }
+                        Err(source) => {
+                            cgroup.remove();
+                            return Err(CgroupError::Create { path: dir, source });
+                        }
                     }
-                    cgroup.created.push(dir.clone());
+                    break;
                 }
             }
             cgroup.dirs.push(dir);
@@ -161,11 +178,24 @@ impl PodCgroup {
         &self.dirs
     }
 
-    /// Removes the directories this shim made, deepest first, once empty.
+    /// Removes the directories this shim made, deepest first, once empty. A parent that
+    /// another pod still uses (EBUSY, ENOTEMPTY) stays, as runc leaves a parent: only the
+    /// pod's own leaf is its state.
     pub fn remove(&mut self) {
+        let leaves = self.dirs.clone();
         for dir in self.created.drain(..).rev() {
-            if let Err(e) = std::fs::remove_dir(&dir) {
-                tracing::warn!(cgroup = %dir.display(), "cannot remove the pod's cgroup: {e}");
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e)
+                    if !leaves.contains(&dir)
+                        && matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) =>
+                {
+                    tracing::debug!(cgroup = %dir.display(), "a parent cgroup still in use stays");
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %dir.display(), "cannot remove the pod's cgroup: {e}");
+                }
             }
         }
     }
@@ -257,6 +287,28 @@ mod tests {
         );
         assert!(!root.path().join("memory/kubepods/pod1").exists());
         assert!(!root.path().join("pids/kubepods").exists());
+    }
+
+    #[test]
+    fn parents_made_by_a_parallel_pod_are_shared_and_stay_while_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let hierarchy = root.path().join("pids");
+        std::fs::create_dir(&hierarchy).unwrap();
+        std::fs::write(hierarchy.join("cgroup.procs"), "").unwrap();
+        let mut a = PodCgroup::create_under(root.path(), Path::new("default/a")).unwrap();
+        let mut b = PodCgroup::create_under(root.path(), Path::new("default/b")).unwrap();
+        assert_eq!(a.created.len(), 2, "{:?}", a.created);
+        assert_eq!(b.created, vec![hierarchy.join("default/b")]);
+        // A leaves first: its leaf goes, the parent B still uses stays.
+        a.remove();
+        assert!(!hierarchy.join("default/a").exists());
+        assert!(hierarchy.join("default/b").is_dir());
+        b.remove();
+        assert!(!hierarchy.join("default/b").exists());
+        // A parent removed under a starting pod is made again.
+        std::fs::remove_dir(hierarchy.join("default")).unwrap();
+        let c = PodCgroup::create_under(root.path(), Path::new("default/c")).unwrap();
+        assert!(c.dirs()[0].is_dir());
     }
 
     #[test]
