@@ -261,7 +261,12 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(self.shim_pids(), Vec::<i32>::new(), "shims left running");
-        assert_eq!(self.pod_mounts(), Vec::<String>::new(), "mounts left");
+        assert_eq!(
+            self.pod_mounts(),
+            Vec::<String>::new(),
+            "mounts left; containerd's log:\n{}",
+            self.log()
+        );
         let left = self.pod_dirs();
         assert!(left.is_empty(), "pod directories left: {left:?}");
     }

@@ -202,9 +202,35 @@ fn unescape_mountinfo(bytes: &[u8]) -> PathBuf {
     PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
-/// Whether the shim named by `<bundle>/address` is alive and accepts connections.
+/// How long a connection to the shim's socket must stay open for the shim to count as alive.
+const ALIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the shim named by `<bundle>/address` is alive and serves connections. containerd
+/// runs `delete` as soon as its connection to a shim closes, which for a killed shim can be
+/// while the kernel is still tearing the process down: its listening socket may then take one
+/// more connection, which the kernel resets a moment later (seen in 1 of 8 runs of
+/// `host_shim`'s killed-shim test, whose pod was then never cleaned up). A live shim accepts
+/// and waits for a request, so only a connection still open after [`ALIVE_WAIT`] counts.
 fn shim_answers(bundle: &Path) -> bool {
-    shim_socket(bundle).is_some_and(|path| UnixStream::connect(path).is_ok())
+    let Some(path) = shim_socket(bundle) else {
+        return false;
+    };
+    let Ok(mut stream) = UnixStream::connect(path) else {
+        return false;
+    };
+    if stream.set_read_timeout(Some(ALIVE_WAIT)).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut stream, &mut byte) {
+        // Closed or reset: the listener went with its process.
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 /// Prints the `DeleteResponse` of a container whose shim is gone.
@@ -254,8 +280,21 @@ mod tests {
         )
         .unwrap();
         assert!(!shim_answers(bundle.path()), "nobody listens");
-        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         assert!(shim_answers(bundle.path()));
+        // A dying shim: its socket takes the connection, then goes with the process.
+        drop(listener);
+        std::fs::remove_file(&sock).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let dies = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(listener);
+        });
+        assert!(
+            !shim_answers(bundle.path()),
+            "a socket closed after connect"
+        );
+        dies.join().unwrap();
     }
 
     #[test]
