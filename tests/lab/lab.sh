@@ -2,7 +2,7 @@
 # Runs one command inside the lab: a nested VM under QEMU's software emulator
 # whose kvm-amd gives a /dev/kvm that boots standard guest kernels.
 #
-# usage: tests/lab/lab.sh [--timeout SECS] [--share DIR] [--mem MIB] -- CMD [ARGS...]
+# usage: tests/lab/lab.sh [--timeout SECS] [--share DIR] [--mem MIB] [--stall SECS] -- CMD [ARGS...]
 #        (HULL_LAB_CPUS sets the lab VM's vCPUs, default 1; HULL_LAB_MEM its MiB)
 #
 # Inside, the host's root is visible read-only at the same paths (with a
@@ -10,7 +10,11 @@
 # /run are fresh tmpfs, cgroup2 is mounted, HULL_LAB=1 and the caller's PATH,
 # HOME, HULL_*, RUST_* and CARGO_* variables are set, and the working directory
 # is the caller's. The command's output is printed; the exit status is the
-# command's, 124 when it timed out, 125 when the lab itself failed.
+# command's, 124 when it timed out, 125 when the lab itself failed, 126 when
+# it stalled: with --stall S, a lab VM whose QEMU used no CPU at all for S
+# seconds is stopped (the nested lab has, a few times a day, sat idle for good
+# mid-test; a command that keeps the guest ticking, as tests/lab/queue.sh
+# does, never looks like that).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,13 +22,15 @@ timeout_s="${HULL_LAB_TIMEOUT:-900}"
 mem="${HULL_LAB_MEM:-4096}"
 cpus="${HULL_LAB_CPUS:-1}"
 share=""
+stall_s=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --timeout) timeout_s="$2"; shift 2 ;;
         --share) share="$(realpath "$2")"; shift 2 ;;
         --mem) mem="$2"; shift 2 ;;
+        --stall) stall_s="$2"; shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) break ;;
     esac
 done
@@ -99,12 +105,36 @@ cmdline="console=ttyS0 panic=-1 quiet rdinit=/init LAB_STAGE2=$here/stage2.sh LA
     echo "$status" > "$run/qemu-status"
 } | sed -u -E -e 's/\r$//' -e '/^HULL_LAB_EXIT=/d' \
     -e '/^\[ *[0-9.]+\] (sysrq: Power Off|reboot: Power down)/d' &
+lab_pid=$!
+if [[ -n "$stall_s" ]]; then
+    # QEMU's CPU time (utime + stime) every 10 s; unchanged for stall_s: stalled.
+    (
+        last="" idle=0
+        while sleep 10; do
+            q="$(pgrep -f -- "^$qemu .*$run/" | head -1)"
+            [[ -n "$q" ]] || continue
+            t="$(awk '{print $14 + $15}' "/proc/$q/stat" 2>/dev/null)" || break
+            if [[ "$t" == "$last" ]]; then idle=$((idle + 10)); else idle=0; fi
+            last="$t"
+            if ((idle >= stall_s)); then
+                echo "lab: the lab VM used no CPU for $idle s: it stalled; stopping it" >&2
+                touch "$run/stalled"
+                kill "$q" 2>/dev/null
+                break
+            fi
+        done
+    ) &
+    pids+=($!)
+fi
 set +e
-wait $!
+wait "$lab_pid"
 qrc="$(cat "$run/qemu-status" 2>/dev/null || echo 125)"
 set -e
 if [[ -f "$run/exit" ]]; then
     exit "$(cat "$run/exit")"
+fi
+if [[ -f "$run/stalled" ]]; then
+    exit 126
 fi
 if [[ $qrc -eq 124 || $qrc -eq 137 ]]; then
     echo "lab: timed out after ${timeout_s}s (the command or a guest boot hung); raise with --timeout" >&2

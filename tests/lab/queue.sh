@@ -3,7 +3,9 @@
 # the queue is empty: each worker claims the next job by renaming its file
 # (atomic on the host, so no job runs twice), runs it, and prints its time.
 # A job is one file in QUEUE/todo holding "TEST-BINARY ARGS..."; jobs run in
-# the order of their names (scripts/test.sh puts the longest first).
+# the order of their names (scripts/test.sh puts the longest first). A job
+# done moves to QUEUE/done; one still named WORKER-NAME-JOB was cut short
+# (its lab VM stalled: scripts/test.sh puts it back in QUEUE/todo).
 #
 # usage: tests/lab/queue.sh QUEUE WORKER-NAME
 # HULL_LAB_JOB_TIMEOUT (default 1800 s) bounds one job: past it, what runs is
@@ -57,5 +59,6 @@ while :; do
     status=$?
     [[ $status == 0 ]] || rc=1
     echo "--- $job took $(($(date +%s) - started)) s (status $status)"
+    mkdir -p "$q/done" && mv "$q/$me-$job" "$q/done/$me-$job"
 done
 exit $rc
