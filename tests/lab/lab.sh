@@ -111,7 +111,7 @@ if [[ -n "$stall_s" ]]; then
     (
         last="" idle=0
         while sleep 10; do
-            q="$(pgrep -f -- "^$qemu .*$run/" | head -1)"
+            q="$(pgrep -f -- "^$qemu .*$run/" | head -1 || true)"
             [[ -n "$q" ]] || continue
             t="$(awk '{print $14 + $15}' "/proc/$q/stat" 2>/dev/null)" || break
             if [[ "$t" == "$last" ]]; then idle=$((idle + 10)); else idle=0; fi
