@@ -168,9 +168,9 @@ impl Containerd {
         let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
         assert_eq!(killed, 0, "kill containerd {pid}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{pid}/stat")).exists()
-            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.contains(") Z "))
+        // Gone, or a zombie its new parent has not reaped yet.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
         {
             assert!(Instant::now() < deadline, "containerd outlived SIGKILL");
             std::thread::sleep(Duration::from_millis(100));
@@ -273,6 +273,15 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Sends `signal` to task `id`, waits for it to stop, deletes the task and the container;
+    /// every step must succeed.
+    fn stop_and_remove(&self, id: &str, signal: &str) {
+        self.ctr_ok(&["task", "kill", "-s", signal, id]);
+        self.wait_status(id, "STOPPED", 120);
+        self.ctr_ok(&["task", "delete", id]);
+        self.ctr_ok(&["containers", "rm", id]);
     }
 
     /// Removes task and container `id`, whatever state they are in. Each step is bounded by
@@ -551,10 +560,7 @@ fn lab_task_operations_and_events_in_order() {
     assert_eq!(ctrd.task_status("ops"), "PAUSED");
     ctrd.ctr_ok(&["task", "resume", "ops"]);
     assert_eq!(ctrd.task_status("ops"), "RUNNING");
-    ctrd.ctr_ok(&["task", "kill", "-s", "TERM", "ops"]);
-    ctrd.wait_status("ops", "STOPPED", 120);
-    ctrd.ctr_ok(&["task", "delete", "ops"]);
-    ctrd.ctr_ok(&["containers", "rm", "ops"]);
+    ctrd.stop_and_remove("ops", "TERM");
     assert_clean(ctrd, "the task operations");
     let _ = events.kill();
     let _ = events.wait();

@@ -48,14 +48,6 @@ fn census(pods: &[&str]) -> Census {
     }
 }
 
-/// Kills, waits for, deletes and removes pod `id`.
-fn end(ctrd: &Containerd, id: &str) {
-    ctrd.ctr_ok(&["task", "kill", "-s", "KILL", id]);
-    ctrd.wait_status(id, "STOPPED", 120);
-    ctrd.ctr_ok(&["task", "delete", id]);
-    ctrd.ctr_ok(&["containers", "rm", id]);
-}
-
 fn exec_echo(ctrd: &Containerd, id: &str) {
     let out = ctrd.ctr_ok(&["task", "exec", "--exec-id", "echo", id, "echo", id]);
     assert_eq!(out.trim(), id, "exec in {id}");
@@ -81,7 +73,7 @@ fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
         let started = Instant::now();
         ctrd.run_detached("par-alone", &[], &["sleep", "100000"]);
         let took = started.elapsed().as_secs_f64();
-        end(ctrd, "par-alone");
+        ctrd.stop_and_remove("par-alone", "KILL");
         took
     };
     assert_clean(ctrd, "the first pod");
@@ -102,7 +94,7 @@ fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
         ]);
         ctrd.ctr_ok(&["task", "start", "-d", id]);
         exec_echo(ctrd, id);
-        end(ctrd, id);
+        ctrd.stop_and_remove(id, "KILL");
         per_cycle.push(started.elapsed().as_secs_f64());
     }
     assert_clean(ctrd, "the churn cycles");
@@ -136,7 +128,7 @@ fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
         exec_echo(ctrd, id);
     }
     for (id, _, _) in &starts {
-        end(ctrd, id);
+        ctrd.stop_and_remove(id, "KILL");
     }
     assert_clean(ctrd, "the parallel pods");
 

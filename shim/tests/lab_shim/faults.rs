@@ -54,9 +54,6 @@ fn lab_containerd_crash_keeps_the_pod_and_a_guest_panic_ends_its_task() {
 
     // The survivor's pod is untouched by its neighbour's panic and ends normally.
     assert_eq!(ctrd.task_status("survivor"), "RUNNING");
-    ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "survivor"]);
-    ctrd.wait_status("survivor", "STOPPED", 120);
-    ctrd.ctr_ok(&["task", "delete", "survivor"]);
-    ctrd.ctr_ok(&["containers", "rm", "survivor"]);
+    ctrd.stop_and_remove("survivor", "KILL");
     assert_clean(ctrd, "a containerd crash and a guest panic");
 }
