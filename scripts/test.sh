@@ -48,6 +48,8 @@ if [[ $tier == lab || $tier == all ]]; then
     # Static tools the lab tests bring into containers: the file-system stress
     # cases (fs_conformance) and the vsock attacker (hostile_guest).
     cargo build --quiet -p hull-fscheck -p hull-hostile --release --target x86_64-unknown-linux-musl
+    # The iptables image of lab_shim's netfilter test, built (cached) here: the lab VMs import it.
+    tests/images/iptables.sh >/dev/null
     # Lab test targets are named lab or lab_*; their tests are #[ignore = "lab: ..."].
     bins=$(cargo test --workspace --no-run --message-format=json 2>/dev/null \
         | jq -r 'select(.reason=="compiler-artifact" and .executable!=null and (.target.kind|index("test")) and (.target.name|test("^lab(_|$)"))) | .executable' \
