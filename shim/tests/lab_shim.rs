@@ -30,6 +30,8 @@ mod hostile_guest;
 mod hostile_host;
 #[path = "lab_shim/hostile_share.rs"]
 mod hostile_share;
+#[path = "lab_shim/netfilter.rs"]
+mod netfilter;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-hull-v2");
 const HULL: &str = "io.containerd.hull.v2";
