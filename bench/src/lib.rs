@@ -8,6 +8,8 @@ pub mod ctr;
 pub mod inside;
 pub mod isolation;
 pub mod model;
+pub mod net;
+pub mod netreport;
 pub mod probe_data;
 pub mod procs;
 pub mod report;

@@ -25,6 +25,12 @@ pub struct RunData {
     /// (written by bench/run.sh to `whole-command.txt`, read by `render`).
     #[serde(default)]
     pub whole_command: Option<String>,
+    /// The pod network benchmark (bench/run.sh's second step: `network.json`, read by `render`).
+    #[serde(default)]
+    pub network: Option<crate::net::NetData>,
+    /// Why there is no `network` (bench/run.sh's `network-note.txt`).
+    #[serde(default)]
+    pub network_note: Option<String>,
 }
 
 /// Where it ran.

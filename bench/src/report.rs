@@ -291,6 +291,10 @@ pub fn markdown(data: &RunData) -> String {
             }
         }
     }
+    s.push_str(&crate::netreport::section(
+        data.network.as_ref(),
+        data.network_note.as_deref(),
+    ));
     s.push_str(
         "\n## Isolation\n\nEach cell is what `hull-bench-probe` printed inside a container of that runtime (the privileged \
          rows: `ctr run --privileged`), judged against what the driver read on the host. An answer from a kernel \
@@ -349,7 +353,7 @@ pub fn csv(data: &RunData) -> String {
     s
 }
 
-/// The two plots: (file name, SVG text).
+/// The plots: (file name, SVG text): start latency, memory, and the pod network's when measured.
 pub fn plots(data: &RunData) -> Vec<(&'static str, String)> {
     let series: Vec<svg::Series> = data
         .runtimes
@@ -383,7 +387,7 @@ pub fn plots(data: &RunData) -> Vec<(&'static str, String)> {
     } else {
         ""
     };
-    vec![
+    let mut plots = vec![
         (
             "start-latency.svg",
             svg::start_latency(
@@ -396,7 +400,11 @@ pub fn plots(data: &RunData) -> Vec<(&'static str, String)> {
             "memory-per-pod.svg",
             svg::memory(&format!("Host memory per idle pod{where_}"), &bars),
         ),
-    ]
+    ];
+    if let Some(net) = &data.network {
+        plots.extend(crate::netreport::plots(net, data.env.place == "lab"));
+    }
+    plots
 }
 
 #[cfg(test)]

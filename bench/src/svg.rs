@@ -1,4 +1,5 @@
-//! Hand-written SVG plots: start latency distribution and memory per pod.
+//! Hand-written SVG plots: start latency distribution, memory per pod, and
+//! grouped bars (the pod network figures).
 
 use crate::stats::summarize;
 
@@ -268,6 +269,84 @@ pub fn memory(title: &str, bars: &[Bar]) -> String {
     out
 }
 
+/// Grouped vertical bars: one group per `groups` label, one bar per series
+/// (a runtime) in each, its value printed on top; `None` leaves a gap marked "no data".
+pub fn grouped_bars(
+    title: &str,
+    unit: &str,
+    groups: &[&str],
+    series: &[(String, Vec<Option<f64>>)],
+) -> String {
+    let mut out = String::new();
+    header(title, &mut out);
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten().copied())
+        .fold(0.0, f64::max);
+    let (top, step) = nice_axis(max);
+    let plot_h = H - TOP - BOTTOM;
+    let y = |v: f64| TOP + plot_h * (1.0 - v / top);
+    let mut v = 0.0;
+    while v <= top + step / 2.0 {
+        out.push_str(&format!(
+            "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>\n",
+            W - RIGHT,
+            LEFT - 6.0,
+            y(v) + 4.0,
+            y = y(v)
+        ));
+        v += step;
+    }
+    out.push_str(&format!(
+        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{}</text>\n",
+        TOP + plot_h / 2.0,
+        TOP + plot_h / 2.0,
+        escape(unit)
+    ));
+    let group_w = (W - LEFT - RIGHT) / groups.len().max(1) as f64;
+    let bar_w = group_w * 0.7 / series.len().max(1) as f64;
+    for (g, label) in groups.iter().enumerate() {
+        let gx = LEFT + group_w * g as f64 + group_w * 0.15;
+        out.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\n",
+            LEFT + group_w * (g as f64 + 0.5),
+            H - BOTTOM + 20.0,
+            escape(label)
+        ));
+        for (i, (_, values)) in series.iter().enumerate() {
+            let x = gx + bar_w * i as f64;
+            let cx = x + bar_w / 2.0;
+            match values.get(g).copied().flatten() {
+                Some(val) => {
+                    out.push_str(&format!(
+                        "<rect class=\"bar\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{val:.1} {}</title></rect>\n",
+                        y(val),
+                        bar_w * 0.9,
+                        y(0.0) - y(val),
+                        COLORS[i % COLORS.len()],
+                        escape(unit)
+                    ));
+                    text_lines(&mut out, cx, y(val) - 4.0, "black", &[format!("{val:.1}")]);
+                }
+                None => text_lines(&mut out, cx, y(0.0) - 4.0, "#b00", &["no data".into()]),
+            }
+        }
+    }
+    for (i, (name, _)) in series.iter().enumerate() {
+        let x = LEFT + 120.0 * i as f64;
+        out.push_str(&format!(
+            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            H - 40.0,
+            COLORS[i % COLORS.len()],
+            x + 14.0,
+            H - 31.0,
+            escape(name)
+        ));
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +418,22 @@ mod tests {
         assert_eq!(svg.matches("class=\"overhead\"").count(), 2);
         assert_eq!(svg.matches("class=\"guest\"").count(), 1);
         assert!(svg.contains("60.0 MiB") && svg.contains("no data: not installed"));
+    }
+
+    #[test]
+    fn grouped_bars_draw_a_bar_per_value_and_mark_gaps() {
+        let svg = grouped_bars(
+            "net",
+            "Mbit/s",
+            &["node to pod", "pod to node"],
+            &[
+                ("runc".into(), vec![Some(800.0), Some(700.0)]),
+                ("hull".into(), vec![Some(200.0), None]),
+            ],
+        );
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("class=\"bar\"").count(), 3);
+        assert!(svg.contains(">800.0<") && svg.contains("no data"));
+        assert!(svg.contains(">runc<") && svg.contains(">node to pod<"));
     }
 }

@@ -5,6 +5,8 @@
 //!                                                    cost figures + isolation probes as one
 //!                                                    JSON line, then a stdout blast
 //!        hull-bench-probe isolation [--privileged]   isolation probes only (no syscall scan)
+//!        hull-bench-probe serve-net [--port N]       the pod network benchmark's TCP server
+//!                                                    (discard, source, echo; see hull_bench::net)
 //!        hull-bench-probe crash                      write 'c' to /proc/sysrq-trigger: panics
 //!                                                    the kernel under the container (only ever
 //!                                                    run by the driver for Hull, on request)
@@ -56,6 +58,11 @@ fn main() -> Result<()> {
                 unsafe { libc::pause() };
             }
         }
+        Some("serve-net") => {
+            let port = number(&args, "--port", hull_bench::net::PORT.into())?;
+            let port = u16::try_from(port).with_context(|| format!("--port {port}"))?;
+            hull_bench::net::serve(port).context("serve-net")
+        }
         Some("all") => {
             let plan = work::Plan {
                 loop_time: Duration::from_millis(number(&args, "--loop-ms", 1000)?.into()),
@@ -82,6 +89,8 @@ fn main() -> Result<()> {
             std::fs::write("/proc/sysrq-trigger", "c").context("write /proc/sysrq-trigger")?;
             bail!("the kernel did not crash")
         }
-        _ => bail!("usage: hull-bench-probe serve|all|isolation|crash (see the source's header)"),
+        _ => bail!(
+            "usage: hull-bench-probe serve|serve-net|all|isolation|crash (see the source's header)"
+        ),
     }
 }
