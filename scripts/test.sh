@@ -63,6 +63,8 @@ if [[ $tier == lab || $tier == all ]]; then
     if [[ "${HULL_LAB_FULL:-}" != 1 ]]; then
         skip+=(--skip lab_cri_pod_start_time)
         echo "skipped: lab_cri lab_cri_pod_start_time_runc_and_hull (three pods per handler: ~15 lab minutes; HULL_LAB_FULL=1 runs it)"
+        skip+=(--skip lab_cri_bench_pod_network)
+        echo "skipped: lab_cri net_bench::lab_cri_bench_pod_network_runc_and_hull (a benchmark: make bench runs it; HULL_LAB_FULL=1 runs it)"
         # The runc runs of the CRI scenarios and of the file-system coherence
         # steps are controls of the tests themselves (~1/3 of the lab tier's time).
         if [[ -z "${HULL_CRI_HANDLERS:-}" ]]; then

@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 use hull_cri_tests::net::{http_get, netns_plumbing, netns_with, root_taps};
 use hull_cri_tests::*;
 
+/// `make bench`'s pod network benchmark (runc and Hull, pod↔node TCP).
+#[path = "lab_cri/net_bench.rs"]
+mod net_bench;
+
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
 /// (comma-separated) narrows a run while iterating on one.
 fn handlers() -> Vec<String> {
