@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make bench`: the isolation benchmark, Hull vs runc (and crun), through one
-# private containerd. Builds what it needs, then runs the driver inside the lab
-# (a nested VM with a /dev/kvm that boots standard guests) unless this host's
-# KVM can boot guests itself. Results land in bench/results/<UTC time>/
-# (report.md, data.json, data.csv, start-latency.svg, memory-per-pod.svg, log.txt).
+# private containerd, then the pod network benchmark (pod<->node TCP, runc and
+# Hull pods through CRI: lab_cri's net_bench test; HULL_BENCH_NET=0 skips it).
+# Builds what it needs, then runs both inside the lab (a nested VM with a
+# /dev/kvm that boots standard guests) unless this host's KVM can boot guests
+# itself. Results land in bench/results/<UTC time>/ (report.md, data.json,
+# data.csv, network.json, the plots, log.txt, network-log.txt).
 #
 # usage: bench/run.sh [OUT_DIR]        HULL_BENCH_* variables: see bench/README.md
 set -euo pipefail
@@ -20,7 +22,24 @@ if [[ -n "${HULL_BENCH_INSIDE:-}" ]]; then
     [[ -n "${HULL_BENCH_KERNEL:-}" ]] && args+=(--kernel "$HULL_BENCH_KERNEL")
     [[ -n "${HULL_BENCH_INITRD:-}" ]] && args+=(--initrd "$HULL_BENCH_INITRD")
     [[ -n "${HULL_BENCH_VIRTIOFSD:-}" ]] && args+=(--virtiofsd "$HULL_BENCH_VIRTIOFSD")
-    exec "$root/target/release/hull-bench" "${args[@]}"
+    rc=0
+    "$root/target/release/hull-bench" "${args[@]}" || rc=$?
+    # The pod network benchmark: its own private containerd with the CRI
+    # plugin and a CNI bridge; it writes network.json, `render` reads it.
+    if [[ -n "${HULL_BENCH_NET_BIN:-}" ]]; then
+        echo "bench: pod network benchmark (log: $out/network-log.txt)" >&2
+        net_rc=0
+        HULL_NET_BENCH_OUT="$out/network.json" "$HULL_BENCH_NET_BIN" --ignored --exact \
+            net_bench::lab_cri_bench_pod_network_runc_and_hull --test-threads=1 --nocapture \
+            > "$out/network-log.txt" 2>&1 || net_rc=$?
+        grep '^NET_BENCH' "$out/network-log.txt" >&2 || true
+        if [[ ! -f "$out/network.json" ]]; then
+            echo "the network benchmark wrote no figures (exit $net_rc): see network-log.txt" > "$out/network-note.txt"
+        elif [[ $net_rc -ne 0 ]]; then
+            echo "bench: the network benchmark reported failures (exit $net_rc): see $out/network-log.txt" >&2
+        fi
+    fi
+    exit "$rc"
 fi
 
 started=$(date +%s)
@@ -43,11 +62,21 @@ if initrd="$(rootfs/build.sh 2>/dev/null)"; then
 else
     echo "bench: building the guest image failed (make image); Hull will be reported as not available" >&2
 fi
+if [[ "${HULL_BENCH_NET:-1}" != 0 ]]; then
+    echo "bench: building the CRI test binary (release) for the pod network benchmark" >&2
+    HULL_BENCH_NET_BIN="$(cargo test -q --release -p hull-cri-tests --test lab_cri --no-run --message-format=json \
+        | jq -r 'select(.reason=="compiler-artifact" and .executable!=null) | .executable' | tail -1)"
+    [[ -x "$HULL_BENCH_NET_BIN" ]] || die "building the lab_cri test binary failed"
+    export HULL_BENCH_NET_BIN
+    # The test imports the same bench image (its probe serves TCP in the pods).
+    export HULL_BENCH_PROBE="$root/target/$musl/release/hull-bench-probe"
+fi
 for v in "$HOME/.cargo/bin/virtiofsd" /usr/local/bin/virtiofsd /usr/libexec/virtiofsd; do
     [[ -x "$v" ]] && { export HULL_BENCH_VIRTIOFSD="$v"; break; }
 done
 
 mkdir -p "$out"
+[[ "${HULL_BENCH_NET:-1}" == 0 ]] && echo "skipped: HULL_BENCH_NET=0" > "$out/network-note.txt"
 export HULL_BENCH_INSIDE=1
 set +e
 if kvm="$(scripts/kvm-check.sh)"; then
@@ -58,7 +87,8 @@ if kvm="$(scripts/kvm-check.sh)"; then
 else
     echo "bench: $kvm" >&2
     echo "bench: running inside the lab; results go to $out" >&2
-    tests/lab/lab.sh --timeout "${HULL_BENCH_LAB_TIMEOUT:-1500}" --share "$out" -- "$root/bench/run.sh" "$out"
+    lab_timeout=2400; [[ "${HULL_BENCH_NET:-1}" == 0 ]] && lab_timeout=1500
+    tests/lab/lab.sh --timeout "${HULL_BENCH_LAB_TIMEOUT:-$lab_timeout}" --share "$out" -- "$root/bench/run.sh" "$out"
     rc=$?
     where="in the lab, including its boot and power-off"
 fi
