@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Hull for containerd: release binaries on containerd's PATH (with the
-# operator tools hull-check and hull-monitor), the guest
+# operator tools hull-check and hull-monitor), the system user hull-vmm, the guest
 # kernel and image under $PREFIX/share/hull, and /etc/hull/config.toml pointing
 # at them (kept when an administrator has edited it). Prints the containerd CRI
 # snippet for the runtime class `hull` with --print-cri. Run by `make install`.
@@ -17,6 +17,13 @@ for bin in hull-vmm containerd-shim-hull-v2 hull-check hull-monitor; do
 done
 install -D -m 0644 "$(kernel-config/build.sh)/vmlinux" "$prefix/share/hull/vmlinux"
 install -D -m 0644 "$(rootfs/build.sh)" "$prefix/share/hull/initramfs.cpio"
+
+# The unprivileged user each pod's hull-vmm drops to inside its jail (`vmm_user`).
+if ! id -u hull-vmm >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin hull-vmm
+    say "created the system user hull-vmm (hull-vmm runs as it in its jail)"
+fi
 
 virtiofsd="$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")"
 [[ -x "$virtiofsd" ]] || { say "no virtiofsd; run 'make setup' first"; exit 1; }

@@ -48,6 +48,12 @@ pub enum ConfigError {
     },
     #[error("{field}: {path:?} must be an absolute path without `..`")]
     BadPath { field: &'static str, path: PathBuf },
+    #[error(
+        "vmm_user: no user {user:?} on this node for the jailed hull-vmm to run as: create it \
+         (useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {user}; \
+         make install does) or set vmm_uid and vmm_gid in the config (0 keeps root)"
+    )]
+    VmmUser { user: String },
     #[error("annotation {key}={value:?}: {reason}")]
     Annotation {
         key: String,
@@ -95,10 +101,14 @@ pub struct Config {
     /// Jail each pod's hull-vmm once its VM is built: own mount, IPC and UTS namespaces, its
     /// root a tmpfs holding only the pod directory's files (see the README).
     pub vmm_jail: bool,
-    /// uid hull-vmm drops to inside its jail (0: it stays root, without the jail's uid drop).
-    pub vmm_uid: u32,
-    /// gid hull-vmm drops to inside its jail; the pod directory is made traversable by it.
-    pub vmm_gid: u32,
+    /// The user (and its primary group) hull-vmm drops to inside its jail, looked up when a
+    /// pod starts, unless `vmm_uid`/`vmm_gid` name ids.
+    pub vmm_user: String,
+    /// uid hull-vmm drops to inside its jail, instead of `vmm_user`'s (0: it stays root).
+    pub vmm_uid: Option<u32>,
+    /// gid hull-vmm drops to inside its jail, instead of `vmm_user`'s; the pod directory is
+    /// made traversable by it.
+    pub vmm_gid: Option<u32>,
 }
 
 impl Default for Config {
@@ -121,13 +131,32 @@ impl Default for Config {
             allow_path_annotations: false,
             allow_debug_annotation: false,
             vmm_jail: true,
-            vmm_uid: 0,
-            vmm_gid: 0,
+            vmm_user: DEFAULT_VMM_USER.into(),
+            vmm_uid: None,
+            vmm_gid: None,
         }
     }
 }
 
+/// The unprivileged user hull-vmm runs as by default (`make setup` / `make install` create it).
+pub const DEFAULT_VMM_USER: &str = "hull-vmm";
+
 impl Config {
+    /// The uid and gid hull-vmm drops to in its jail: `vmm_uid`/`vmm_gid` when either is set
+    /// (the other then 0), else `vmm_user`'s uid and primary group from the user database.
+    pub fn vmm_ids(&self) -> Result<(u32, u32), ConfigError> {
+        if self.vmm_uid.is_some() || self.vmm_gid.is_some() {
+            return Ok((self.vmm_uid.unwrap_or(0), self.vmm_gid.unwrap_or(0)));
+        }
+        let missing = || ConfigError::VmmUser {
+            user: self.vmm_user.clone(),
+        };
+        match nix::unistd::User::from_name(&self.vmm_user) {
+            Ok(Some(user)) => Ok((user.uid.as_raw(), user.gid.as_raw())),
+            _ => Err(missing()),
+        }
+    }
+
     /// Loads the configuration: `explicit` (containerd's `ConfigPath`) first, then
     /// `$HULL_CONFIG`, then [`DEFAULT_CONFIG_PATH`]. Only the default file may be absent.
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
@@ -350,9 +379,19 @@ mod tests {
         assert_eq!(c.kernel, PathBuf::from("/k"));
         assert_eq!(c.initrd, Config::default().initrd);
         let d = Config::default();
-        assert_eq!((d.vmm_jail, d.vmm_uid, d.vmm_gid), (true, 0, 0));
+        assert_eq!((d.vmm_jail, d.vmm_user.as_str()), (true, DEFAULT_VMM_USER));
         let c = Config::parse("vmm_uid = 997\nvmm_gid = 996\nvmm_jail = true\n").unwrap();
-        assert_eq!((c.vmm_jail, c.vmm_uid, c.vmm_gid), (true, 997, 996));
+        assert_eq!((c.vmm_jail, c.vmm_ids().unwrap()), (true, (997, 996)));
+        let root = Config::parse("vmm_uid = 0\n").unwrap();
+        assert_eq!(root.vmm_ids().unwrap(), (0, 0));
+        let nobody = Config::parse("vmm_user = \"hull-no-such-user\"\n").unwrap();
+        let err = nobody.vmm_ids().unwrap_err().to_string();
+        assert!(
+            err.contains("\"hull-no-such-user\"") && err.contains("useradd"),
+            "{err}"
+        );
+        let by_name = Config::parse("vmm_user = \"root\"\n").unwrap();
+        assert_eq!(by_name.vmm_ids().unwrap(), (0, 0));
     }
 
     #[test]

@@ -496,7 +496,29 @@ pub fn hull(explicit: Option<&Path>) -> Vec<Finding> {
         ));
     }
     out.push(run_dir(&config.run_dir));
+    out.push(vmm_user(&config));
     out
+}
+
+/// Who each pod's hull-vmm runs as inside its jail.
+fn vmm_user(config: &Config) -> Finding {
+    if !config.vmm_jail {
+        return Finding::warn(
+            "vmm jail: off (vmm_jail = false): hull-vmm runs as root in the host's namespaces",
+            "remove vmm_jail = false from the config",
+        );
+    }
+    match config.vmm_ids() {
+        Ok((0, _)) => Finding::warn(
+            "vmm user: hull-vmm stays root in its jail (vmm_uid = 0)",
+            "drop vmm_uid/vmm_gid from the config to run it as the user hull-vmm",
+        ),
+        Ok((uid, gid)) => Finding::ok(format!("vmm user: hull-vmm runs as uid {uid}, gid {gid}")),
+        Err(e) => Finding::fail(
+            format!("vmm user: {}", error_chain(&e)),
+            "run scripts/install.sh (make install), which creates the user",
+        ),
+    }
 }
 
 /// A guest file exists and starts with one of the expected magics.

@@ -1,7 +1,7 @@
 //! Confinement of the hull-vmm process that comes before the seccomp filters: no_new_privs,
-//! resource limits (open files, written file size, processes) and the jail (namespaces, a
-//! pivoted root holding only the pod's socket directory, an unprivileged uid), from the VM
-//! configuration.
+//! resource limits (open files, written file size, processes) and the jail (a PID namespace
+//! of its own, mount, IPC, UTS and network namespaces, a pivoted root holding only the pod's
+//! socket directory, an unprivileged uid), from the VM configuration.
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
@@ -92,14 +92,141 @@ fn bind(src: &Path, target: &Path, read_only: bool) -> Result<(), Error> {
     mount(None, target, None, flags, None)
 }
 
-/// Enters the jail: new mount, IPC and UTS namespaces; the root pivoted to a fresh read-only
+/// The name the process outside the VMM's PID namespace shows (`/proc/<pid>/comm`).
+pub const HOLDER_NAME: &str = "hull-vmm-jail";
+
+/// The holder's pidfd in the VMM of [`enter_pid_namespace`] (-1: none), kept to re-arm the
+/// parent-death signal after the uid drop, which clears it.
+static HOLDER_PIDFD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Arms the parent-death signal (SIGKILL) again after a credential change cleared it, and
+/// exits if the holder died in between.
+fn rearm_parent_death() {
+    let fd = HOLDER_PIDFD.swap(-1, std::sync::atomic::Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    let mut alive = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: prctl with integer arguments; poll on one valid pollfd without waiting; close of
+    // the pidfd this process owns.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+            || libc::poll(&mut alive, 1, 0) != 0
+        {
+            libc::_exit(crate::exit::EXIT_VMM_ERROR);
+        }
+        libc::close(fd);
+    }
+}
+
+/// Puts the rest of this process in a PID namespace of its own: unshare, then fork. The child
+/// (PID 1 of the new namespace, where it sees no other process and no other pod's VMM) returns
+/// and becomes the VMM; it dies with SIGKILL if the parent dies. The parent stays outside as
+/// [`HOLDER_NAME`], the process its spawner (the shim) knows: it passes SIGTERM, SIGINT and
+/// SIGHUP on to the VMM and ends as the VMM ends (same exit code, or killed by the same
+/// signal), so the spawner sees one process. Call first thing, while single-threaded and
+/// before KVM is opened (a VM belongs to the process that made it).
+pub fn enter_pid_namespace() -> Result<(), Error> {
+    const FORWARD: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    // SAFETY: plain sigset manipulation on local values.
+    let (mut set, mut old) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: `set` and `old` are valid sigsets owned by this frame.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in FORWARD.iter().chain(&[libc::SIGCHLD]) {
+            libc::sigaddset(&mut set, *sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+    }
+    // SAFETY: unshare with flags only; only children are born in the new namespace.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWPID) };
+    check("unshare of the PID namespace", rc.into())?;
+    // The child checks the parent is alive through a pidfd: it cannot name the parent by pid
+    // from inside the new namespace (getppid() is 0 there).
+    // SAFETY: getpid has no preconditions; pidfd_open with our own pid and no flags.
+    let parent = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    check("pidfd_open of hull-vmm", parent)?;
+    // SAFETY: the process is single-threaded here (the caller's contract), so the child is a
+    // full copy; it only returns into main.
+    let pid = unsafe { libc::fork() };
+    check("fork into the PID namespace", pid.into())?;
+    if pid == 0 {
+        let mut alive = libc::pollfd {
+            fd: parent as libc::c_int,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: prctl with integer arguments; poll on one valid pollfd without waiting (a
+        // pidfd polls readable once its process has exited: then the death signal was missed);
+        // close of the pidfd this child owns; sigprocmask with a valid saved set.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+                || libc::poll(&mut alive, 1, 0) != 0
+            {
+                libc::_exit(crate::exit::EXIT_VMM_ERROR);
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        HOLDER_PIDFD.store(parent as libc::c_int, std::sync::atomic::Ordering::Relaxed);
+        return Ok(());
+    }
+    // SAFETY: the holder's own copy of the pidfd, not needed by it.
+    unsafe { libc::close(parent as libc::c_int) };
+    hold(pid, &set)
+}
+
+/// The holder's life: forward the signals in `set` to `child` until it ends, then end alike.
+fn hold(child: libc::pid_t, set: &libc::sigset_t) -> ! {
+    // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"hull-vmm-jail".as_ptr(), 0, 0, 0) };
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    loop {
+        // SAFETY: `set` is a valid sigset; no siginfo is asked for.
+        let sig = unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) };
+        if sig > 0 && sig != libc::SIGCHLD {
+            // SAFETY: signalling our own child, which cannot be reaped behind our back.
+            unsafe { libc::kill(child, sig) };
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: `status` is a valid out pointer; `child` is our child.
+        let rc = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+        if rc != child {
+            continue;
+        }
+        if libc::WIFEXITED(status) {
+            // SAFETY: leaving the holder; nothing of it needs unwinding.
+            unsafe { libc::_exit(libc::WEXITSTATUS(status)) };
+        }
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: dying of the VMM's signal: default action, unblocked, raised at ourselves.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut one = std::mem::zeroed();
+            libc::sigemptyset(&mut one);
+            libc::sigaddset(&mut one, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig);
+        }
+    }
+}
+
+/// Enters the jail: new mount, IPC, UTS and network namespaces; the root pivoted to a fresh read-only
 /// tmpfs holding `jail.dir` at its own path (a non-recursive bind: its files and sockets,
 /// each subdirectory covered by an empty read-only tmpfs) and this process's own /proc entry
 /// at /proc/self; then the drop to `jail.gid`/`jail.uid` (every thread: glibc broadcasts
 /// it), which also clears every capability. Call with every file the VMM needs open (after
 /// the build) and before the vCPU threads start, so they are born inside.
 pub fn enter(jail: &JailConfig) -> Result<(), Error> {
-    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    // A network namespace of its own: hull-vmm's only network is the tap descriptors it was
+    // handed (and Unix sockets by path); nothing in it can open another interface.
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
     // SAFETY: unshare with flags only; it affects the calling (main) thread.
     check("unshare", unsafe { libc::unshare(flags) }.into())?;
     let root = Path::new("/");
@@ -171,7 +298,9 @@ pub fn enter(jail: &JailConfig) -> Result<(), Error> {
     // SAFETY: `host` is valid for its length.
     let rc = unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) };
     check("sethostname", rc.into())?;
-    drop_ids(jail.uid, jail.gid)
+    drop_ids(jail.uid, jail.gid)?;
+    rearm_parent_death();
+    Ok(())
 }
 
 /// Sets every uid and gid of the process (all threads) to `uid`/`gid` and clears the

@@ -45,6 +45,13 @@ fn main() {
     };
     init_logs(cfg.debug);
     tracing::debug!(config = ?cfg, "hull-vmm debug logging on");
+    // A jailed VMM gets a PID namespace of its own first: it must fork before KVM is opened.
+    if cfg.jail.is_some() {
+        if let Err(e) = hull_vmm::jail::enter_pid_namespace() {
+            eprintln!("hull-vmm: {}", chain(&e));
+            std::process::exit(hull_vmm::exit::EXIT_VMM_ERROR);
+        }
+    }
     let vmm = match builder::build(&cfg) {
         Ok(vmm) => vmm,
         Err(e) => {

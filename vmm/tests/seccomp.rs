@@ -101,7 +101,8 @@ fn a_forbidden_syscall_kills_the_vmm_with_sigsys() {
 }
 
 /// The jail with the tiny image: a VMM given `jail` in its config runs as the unprivileged
-/// uid/gid in its own mount, IPC and UTS namespaces, sees only its socket directory (the
+/// uid/gid, PID 1 of its own PID namespace under a holder process, in its own mount, IPC, UTS
+/// and network namespaces, sees only its socket directory (the
 /// subdirectories hidden), and still answers on its control socket (stats read
 /// /proc/self inside the jail) and removes nothing it cannot.
 #[test]
@@ -136,13 +137,22 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
         std::fs::read(dir.join("console")).unwrap_or_default() == [hull_vmm::test_image::MARKER]
             || child.try_wait().unwrap().is_some()
     });
-    let pid = child.id();
+    // The spawned process holds the VMM's PID namespace; the VMM is its one child.
+    let holder = child.id();
+    let holder_comm = std::fs::read_to_string(format!("/proc/{holder}/comm")).unwrap_or_default();
+    let children = std::fs::read_to_string(format!("/proc/{holder}/task/{holder}/children"))
+        .unwrap_or_default();
+    let pid: u32 = children.trim().parse().unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let ns = |p: &str, name: &str| std::fs::read_link(format!("/proc/{p}/ns/{name}")).ok();
-    let own_ns: Vec<bool> = ["mnt", "ipc", "uts"]
+    let own_ns: Vec<bool> = ["mnt", "ipc", "uts", "net", "pid"]
         .iter()
         .map(|n| ns(&pid.to_string(), n) != ns("self", n))
         .collect();
+    let ns_pid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .map(|l| l.split_whitespace().last().unwrap_or("").to_string());
     // What the VMM sees of the directory, through its own root.
     let seen = std::fs::read_dir(format!("/proc/{pid}/root{}/shared", dir.display()))
         .map(|d| d.count())
@@ -153,10 +163,28 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
         BufReader::new(&s).read_line(&mut line).unwrap();
         line
     });
+    // SIGKILL of the holder (what the shim does last) takes the VMM with it.
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid != 0 && Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let vmm_left = pid != 0 && Path::new(&format!("/proc/{pid}")).exists();
     std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        holder_comm.trim(),
+        hull_vmm::jail::HOLDER_NAME,
+        "{children}"
+    );
+    assert!(pid != 0, "no VMM under the holder: {children:?}\n{stderr}");
+    assert_eq!(
+        ns_pid.as_deref(),
+        Some("1"),
+        "the VMM is PID 1 of its namespace"
+    );
+    assert!(!vmm_left, "the VMM outlived its holder");
     assert!(
         status.contains(&format!("\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")),
         "{status}\n{stderr}"
@@ -164,7 +192,11 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
     assert!(status.contains(&format!("\nGid:\t{gid}\t{gid}\t{gid}\t{gid}\n")));
     assert!(status.contains("\nCapEff:\t0000000000000000\n"), "{status}");
     assert!(status.contains("\nSeccomp:\t2\n") && status.contains("\nNoNewPrivs:\t1\n"));
-    assert_eq!(own_ns, [true, true, true], "own mnt, ipc, uts namespaces");
+    assert_eq!(
+        own_ns,
+        [true, true, true, true, true],
+        "own mnt, ipc, uts, net, pid namespaces"
+    );
     assert_eq!(seen, Some(0), "the subdirectory is hidden in the jail");
     let stats = stats.expect("control socket unreachable");
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();

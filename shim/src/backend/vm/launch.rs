@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -120,8 +121,9 @@ pub fn vm_config(req: &SandboxRequest, sockets: &Sockets) -> Result<VmConfig, Vm
                 .parent()
                 .unwrap_or(&req.state_dir)
                 .to_path_buf(),
-            uid: config.vmm_uid,
-            gid: config.vmm_gid,
+            // Explicit ids here; `vmm_user`'s are looked up when the sandbox is created.
+            uid: config.vmm_uid.unwrap_or(0),
+            gid: config.vmm_gid.unwrap_or(0),
         }),
         ..VmConfig::new(config.kernel.clone())
     };
@@ -239,14 +241,37 @@ pub fn start_vmm(
     let program = &req.config.hull_vmm;
     let mut command = Command::new(program);
     let inherit = inherit.to_vec();
+    // The child joins the pod's cgroup before exec: a jailed hull-vmm forks into its PID
+    // namespace at once, and the VMM it forks must be born inside (guest RAM is charged
+    // where it is first touched). `record` moves the process again and reports failures.
+    let procs: Vec<std::ffi::CString> =
+        super::cgroup::PodCgroup::create(req.cgroups_path.as_deref())
+            .map(|c| {
+                c.dirs()
+                    .iter()
+                    .filter_map(|d| {
+                        std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_vec())
+                            .ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
     // SAFETY: the hook runs in the child between fork and exec and calls only
-    // fcntl(2), which is async-signal-safe, on descriptors the shim holds open.
+    // fcntl(2), open(2), write(2) and close(2), which are async-signal-safe, on
+    // descriptors the shim holds open and on paths prepared before the fork.
     unsafe {
         command.pre_exec(move || {
             for &fd in &inherit {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+            }
+            for path in &procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
                 }
             }
             Ok(())
@@ -280,7 +305,19 @@ pub fn start_vmm(
         Some(ready_tx),
     );
     match ready_rx.recv_timeout(timeout) {
-        Ok(()) => Ok(child),
+        Ok(()) => {
+            // A jailed hull-vmm runs as the child of the process spawned here (which holds
+            // its PID namespace): record it too, for cleanup and the pod's figures.
+            let pid = child.id();
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for vmm in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+                if let Err(e) = host_pids::record(&req.state_dir, vmm) {
+                    tracing::warn!(pid = vmm, "record host pid: {e}");
+                }
+            }
+            Ok(child)
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             let status = match child.wait() {
                 Ok(s) => s.to_string(),
@@ -401,8 +438,8 @@ mod tests {
         assert_eq!((jail.uid, jail.gid), (0, 0));
         assert!(cfg.seccomp, "the shim never turns the filters off");
         let config = Config {
-            vmm_uid: 4000,
-            vmm_gid: 4001,
+            vmm_uid: Some(4000),
+            vmm_gid: Some(4001),
             ..Config::default()
         };
         let jail = vm_config(&request(config), &sockets).unwrap().jail.unwrap();

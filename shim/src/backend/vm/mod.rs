@@ -351,6 +351,12 @@ impl Backend for VmBackend {
         // Checked before anything starts: a bad size fails the create at once.
         let mut vm_config = launch::vm_config(req, &sockets)
             .map_err(|e| BackendError::Invalid(hull_protocol::error::chain(&e)))?;
+        if let Some(jail) = vm_config.jail.as_mut() {
+            (jail.uid, jail.gid) = req
+                .config
+                .vmm_ids()
+                .map_err(|e| BackendError::Invalid(hull_protocol::error::chain(&e)))?;
+        }
         let network = network::for_sandbox(req)?;
         let booted = match &network {
             Some(net) => {
