@@ -7,12 +7,15 @@ use super::*;
 
 /// What the host holds that a pod could leak: containerd's descriptors, cgroups named after a
 /// pod of this test (a parent such as `/default`, which several pods share, may stay as it does
-/// under runc), mounts.
+/// under runc), mounts, user-space processes (kernel threads come and go on their own), the
+/// entries of the shim's run directory (the `/run/hull` of these tests).
 #[derive(Debug, PartialEq)]
 struct Census {
     containerd_fds: usize,
     pod_cgroups: Vec<String>,
     mounts: usize,
+    processes: usize,
+    run_dir_entries: Vec<String>,
 }
 
 fn census(pods: &[&str]) -> Census {
@@ -45,6 +48,17 @@ fn census(pods: &[&str]) -> Census {
             .unwrap()
             .lines()
             .count(),
+        processes: std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty()))
+            .count(),
+        run_dir_entries: {
+            let mut entries = Vec::new();
+            dirs(&Path::new(BASE).join("pods"), &mut entries);
+            entries.iter().map(|d| d.display().to_string()).collect()
+        },
     }
 }
 
@@ -57,7 +71,7 @@ fn exec_echo(ctrd: &Containerd, id: &str) {
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
     let full = std::env::var("HULL_LAB_FULL").is_ok_and(|v| v == "1");
-    let (cycles, parallel) = if full { (200, 10) } else { (3, 3) };
+    let (cycles, parallel) = if full { (200, 10) } else { (2, 3) };
     let (ctrd, _one) = containerd();
     let names: Vec<String> = (0..cycles)
         .map(|i| format!("churn{i}"))
