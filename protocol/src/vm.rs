@@ -46,6 +46,9 @@ pub const MIN_MTU: u16 = 68;
 /// MTU of a network device whose configuration names none.
 pub const DEFAULT_MTU: u16 = 1500;
 
+/// `/proc/<pid>/comm` of the process that holds a jailed hull-vmm's PID namespace (the one
+/// its spawner started); the VMM is its one child.
+pub const VMM_HOLDER_NAME: &str = "hull-vmm-jail";
 /// Open files hull-vmm may hold when the configuration names no limit: the vsock muxer's 128
 /// connections, the control socket's clients, the devices' descriptors and headroom.
 pub const DEFAULT_VMM_NOFILE: u64 = 1024;

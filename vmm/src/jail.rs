@@ -93,34 +93,40 @@ fn bind(src: &Path, target: &Path, read_only: bool) -> Result<(), Error> {
 }
 
 /// The name the process outside the VMM's PID namespace shows (`/proc/<pid>/comm`).
-pub const HOLDER_NAME: &str = "hull-vmm-jail";
+pub const HOLDER_NAME: &str = hull_protocol::vm::VMM_HOLDER_NAME;
 
 /// The holder's pidfd in the VMM of [`enter_pid_namespace`] (-1: none), kept to re-arm the
 /// parent-death signal after the uid drop, which clears it.
 static HOLDER_PIDFD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// Arms the parent-death signal (SIGKILL) again after a credential change cleared it, and
-/// exits if the holder died in between.
-fn rearm_parent_death() {
-    let fd = HOLDER_PIDFD.swap(-1, std::sync::atomic::Ordering::Relaxed);
-    if fd < 0 {
-        return;
-    }
+/// Sets the parent-death signal to SIGKILL and exits if the holder behind `pidfd` already
+/// died (a pidfd polls readable once its process has exited: the signal was then missed).
+fn arm_parent_death(pidfd: libc::c_int) {
     let mut alive = libc::pollfd {
-        fd,
+        fd: pidfd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: prctl with integer arguments; poll on one valid pollfd without waiting; close of
-    // the pidfd this process owns.
+    // SAFETY: prctl with integer arguments; poll on one valid pollfd without waiting.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
             || libc::poll(&mut alive, 1, 0) != 0
         {
             libc::_exit(crate::exit::EXIT_VMM_ERROR);
         }
-        libc::close(fd);
     }
+}
+
+/// Arms the parent-death signal again after a credential change cleared it, then lets the
+/// holder's pidfd go.
+fn rearm_parent_death() {
+    let fd = HOLDER_PIDFD.swap(-1, std::sync::atomic::Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    arm_parent_death(fd);
+    // SAFETY: closing the pidfd this process owns.
+    unsafe { libc::close(fd) };
 }
 
 /// Puts the rest of this process in a PID namespace of its own: unshare, then fork. The child
@@ -155,22 +161,9 @@ pub fn enter_pid_namespace() -> Result<(), Error> {
     let pid = unsafe { libc::fork() };
     check("fork into the PID namespace", pid.into())?;
     if pid == 0 {
-        let mut alive = libc::pollfd {
-            fd: parent as libc::c_int,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: prctl with integer arguments; poll on one valid pollfd without waiting (a
-        // pidfd polls readable once its process has exited: then the death signal was missed);
-        // close of the pidfd this child owns; sigprocmask with a valid saved set.
-        unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
-                || libc::poll(&mut alive, 1, 0) != 0
-            {
-                libc::_exit(crate::exit::EXIT_VMM_ERROR);
-            }
-            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        }
+        arm_parent_death(parent as libc::c_int);
+        // SAFETY: sigprocmask with the valid set saved above.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
         HOLDER_PIDFD.store(parent as libc::c_int, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
     }

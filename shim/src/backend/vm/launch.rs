@@ -161,10 +161,6 @@ fn write_vm_config(cfg: &VmConfig, path: &Path) -> Result<(), LaunchError> {
     })
 }
 
-/// The name (`/proc/<pid>/comm`) of the process holding a jailed hull-vmm's PID namespace
-/// (hull-vmm's `jail::HOLDER_NAME`); the VMM is its one child.
-const VMM_HOLDER_NAME: &str = "hull-vmm-jail";
-
 /// Starts virtiofsd on the pod share and waits for its socket.
 pub fn start_virtiofsd(
     req: &SandboxRequest,
@@ -314,7 +310,7 @@ pub fn start_vmm(
             // its PID namespace): record it too, for cleanup and the pod's figures.
             let pid = child.id();
             let holder = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == VMM_HOLDER_NAME);
+                .is_ok_and(|c| c.trim() == hull_protocol::vm::VMM_HOLDER_NAME);
             let children = holder
                 .then(|| std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok())
                 .flatten()
