@@ -75,7 +75,7 @@ if [[ $tier == lab || $tier == all ]]; then
         # steps are controls of the tests themselves (~1/3 of the lab tier's time).
         if [[ -z "${HULL_CRI_HANDLERS:-}" ]]; then
             export HULL_CRI_HANDLERS=hull
-            echo "skipped: lab_cri's runc runs of its scenarios but the pod network one (the control; HULL_LAB_FULL=1 runs them)"
+            echo "skipped: lab_cri's runc runs of its scenarios (the control; HULL_LAB_FULL=1 runs them)"
         fi
     fi
     # The lab tier's jobs go into a queue that its workers share: two lab VMs

@@ -23,19 +23,14 @@ use hull_cri_tests::*;
 /// `make bench`'s pod network benchmark (runc and Hull, pod↔node TCP).
 #[path = "lab_cri/net_bench.rs"]
 mod net_bench;
+/// Pod sizing, host accounting and the measured per-pod overhead.
+#[path = "lab_cri/resources.rs"]
+mod resources;
 
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
 /// (comma-separated) narrows a run while iterating on one.
 fn handlers() -> Vec<String> {
     match std::env::var("HULL_CRI_HANDLERS") {
-        Ok(list) if !list.is_empty() => list.split(',').map(str::to_string).collect(),
-        _ => vec!["runc".into(), "hull".into()],
-    }
-}
-/// The handlers of the pod network scenario: both, whatever `HULL_CRI_HANDLERS` says (the
-/// test command keeps runc's run of it as the reference), unless `HULL_CRI_NET_HANDLERS`.
-fn net_handlers() -> Vec<String> {
-    match std::env::var("HULL_CRI_NET_HANDLERS") {
         Ok(list) if !list.is_empty() => list.split(',').map(str::to_string).collect(),
         _ => vec!["runc".into(), "hull".into()],
     }
@@ -642,111 +637,6 @@ fn lab_cri_pod_ready_exec_shared_namespaces_volume_logs_stats_and_grace() {
 
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
-fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
-    let (mut cri, base) = cri();
-    let mut r = Report::default();
-    for handler in &handlers() {
-        let handler = handler.as_str();
-        let name = format!("sized-{handler}");
-        let (parent, cgroup_dir) = pod_cgroup(&name);
-        let logs = base.join("logs").join(&name);
-        std::fs::create_dir_all(&logs).unwrap();
-        let pod_config = pod_config(&name, &logs, &parent, true, Some(resources(2, 1024)));
-        let app = container_config(
-            "app",
-            IMAGE,
-            &["sleep", "100000"],
-            &[],
-            true,
-            Some(resources(1, 512)),
-        );
-        let mut pod_id = None;
-        let Some((pod, a, _)) = r.result(
-            handler,
-            "start the pod",
-            start_pod(&mut cri, &pod_config, &app, handler, &mut pod_id),
-        ) else {
-            teardown(&mut cri, &mut r, handler, pod_id.as_deref(), &cgroup_dir);
-            continue;
-        };
-        let nproc = exec(&mut cri, &mut r, handler, &a, &["nproc"]).stdout;
-        let meminfo = exec(
-            &mut cri,
-            &mut r,
-            handler,
-            &a,
-            &["head", "-1", "/proc/meminfo"],
-        )
-        .stdout;
-        let mem_kib: u64 = meminfo
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        println!("[{handler}] nproc {} MemTotal {mem_kib} KiB", nproc.trim());
-        // shareProcessNamespace: the app sees the pause process.
-        let ps = exec(&mut cri, &mut r, handler, &a, &["ps", "-o", "args"]).stdout;
-        r.check(
-            handler,
-            ps.contains("sleep 2147483647"),
-            format!("the app sees the pause process: {ps:?}"),
-        );
-        if handler == "hull" {
-            r.check(
-                handler,
-                nproc.trim() == "2",
-                format!("nproc is the pod's 2 CPUs: {nproc:?}"),
-            );
-            let (lo, hi) = (1024 * 1024 * 9 / 10, (1024 + BASE_MEMORY_MIB) * 1024);
-            r.check(
-                handler,
-                (lo..=hi).contains(&mem_kib),
-                format!(
-                    "MemTotal {mem_kib} KiB is the pod's 1 GiB plus the base (within {lo}..={hi})"
-                ),
-            );
-            let vm = pod_processes(&["hull-vmm", "virtiofsd"]);
-            let in_pod = vm
-                .iter()
-                .filter(|p| {
-                    std::fs::read_to_string(format!("/proc/{p}/cgroup"))
-                        .unwrap_or_default()
-                        .contains(&format!("{parent}/"))
-                })
-                .count();
-            r.check(
-                handler,
-                vm.len() == 2 && in_pod == 2,
-                format!(
-                    "hull-vmm and virtiofsd ({vm:?}) are in the pod's cgroup {parent}: {in_pod}"
-                ),
-            );
-            // A container limit above the VM's memory cannot be honoured.
-            let big = container_config(
-                "big",
-                IMAGE,
-                &["sleep", "100000"],
-                &[],
-                true,
-                Some(resources(1, 4096)),
-            );
-            let err = cri
-                .create_container(&pod, &big, &pod_config)
-                .and_then(|id| cri.start_container(&id));
-            r.check(
-                handler,
-                err.as_ref()
-                    .is_err_and(|e| e.to_string().contains("does not fit")),
-                format!("a 4 GiB container limit in a 1 GiB pod is refused: {err:?}"),
-            );
-        }
-        teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
-    }
-    r.finish(&shim_log());
-}
-
-#[test]
-#[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
 fn lab_cri_pod_start_time_runc_and_hull() {
     // Pods per handler (`HULL_CRI_START_RUNS`, default 3; a lab pod takes minutes).
     let runs: usize = std::env::var("HULL_CRI_START_RUNS")
@@ -798,7 +688,7 @@ fn lab_cri_pod_start_time_runc_and_hull() {
 fn lab_cri_pod_network_cni_ip_mtu_node_and_pod_traffic_dns_and_teardown() {
     let (mut cri, base) = cri();
     let mut r = Report::default();
-    for handler in &net_handlers() {
+    for handler in &handlers() {
         let handler = handler.as_str();
         let name = format!("net-{handler}");
         let (parent, cgroup_dir) = pod_cgroup(&name);
@@ -975,7 +865,7 @@ fn lab_cri_pod_network_cni_ip_mtu_node_and_pod_traffic_dns_and_teardown() {
     }
     let log = std::fs::read_to_string(Path::new(BASE).join("containerd/containerd.log"))
         .unwrap_or_default();
-    if net_handlers().iter().any(|h| h == "hull") {
+    if handlers().iter().any(|h| h == "hull") {
         r.check(
             "hull",
             log.contains("pod network removed") && !log.contains("pod network teardown"),

@@ -71,7 +71,7 @@ fn exec_echo(ctrd: &Containerd, id: &str) {
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
     let full = std::env::var("HULL_LAB_FULL").is_ok_and(|v| v == "1");
-    let (cycles, parallel) = if full { (200, 10) } else { (2, 3) };
+    let (cycles, parallel) = if full { (200, 10) } else { (1, 3) };
     let (ctrd, _one) = containerd();
     let names: Vec<String> = (0..cycles)
         .map(|i| format!("churn{i}"))
