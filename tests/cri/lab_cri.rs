@@ -23,6 +23,9 @@ use hull_cri_tests::*;
 /// `make bench`'s pod network benchmark (runc and Hull, pod↔node TCP).
 #[path = "lab_cri/net_bench.rs"]
 mod net_bench;
+/// UpdateContainerResources: the container's cgroup changes as asked.
+#[path = "lab_cri/update.rs"]
+mod update;
 
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
 /// (comma-separated) narrows a run while iterating on one.
