@@ -38,6 +38,8 @@ pub enum CgroupError {
     FreezeTimeout(PathBuf, &'static str),
     #[error("invalid unified cgroup key {0:?}")]
     BadKey(String),
+    #[error("{0:?} holds no value")]
+    Unreadable(PathBuf),
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -117,13 +119,25 @@ impl Cgroup {
         }
     }
 
-    /// Writes the spec's limits (cgroup v1 style fields converted to v2, and
-    /// `unified` as is).
-    pub fn apply(&self, res: &LinuxResources) -> Result<(), CgroupError> {
-        for (file, value) in limits(res)? {
-            write(&self.path.join(&file), &value)?;
+    /// Writes the limits `res` sets (cgroup v1 style fields converted to v2,
+    /// and `unified` as is); what it leaves out stays as it is, so the same
+    /// call serves CreateContainer and UpdateContainer (as `runc update`).
+    /// Not atomic: a failed write leaves the earlier ones in place. Returns
+    /// the files written, in order.
+    pub fn apply(&self, res: &LinuxResources) -> Result<Vec<String>, CgroupError> {
+        let current_quota = || {
+            let cpu_max = self.path.join("cpu.max");
+            let text = read(&cpu_max)?;
+            text.split_whitespace()
+                .next()
+                .map(str::to_owned)
+                .ok_or(CgroupError::Unreadable(cpu_max))
+        };
+        let limits = limits(res, current_quota)?;
+        for (file, value) in &limits {
+            write(&self.path.join(file), value)?;
         }
-        Ok(())
+        Ok(limits.into_iter().map(|(file, _)| file).collect())
     }
 
     pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
@@ -276,14 +290,18 @@ fn parse_io_stat(text: &str) -> Vec<agent::IoEntry> {
 
 /// cgroup v1 `cpu.shares` (2..262144) to v2 `cpu.weight` (1..10000), as runc does.
 fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 100;
-    }
     1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
 }
 
-/// The (file, value) pairs the spec's resources turn into.
-fn limits(res: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
+/// The (file, value) pairs the spec's resources turn into. A zero memory
+/// limit, CPU shares, CPU quota or period, or pids limit means "not set", as
+/// in runc; a CPU period without a quota keeps the quota in force
+/// (`current_quota`, the first field of `cpu.max`), a quota without a period
+/// keeps the period.
+fn limits(
+    res: &LinuxResources,
+    current_quota: impl FnOnce() -> Result<String, CgroupError>,
+) -> Result<Vec<(String, String)>, CgroupError> {
     let mut out = Vec::new();
     let mut set = |k: &str, v: String| out.push((k.to_owned(), v));
     let max_or = |v: i64| {
@@ -294,7 +312,7 @@ fn limits(res: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
         }
     };
     if let Some(mem) = res.memory() {
-        if let Some(limit) = mem.limit() {
+        if let Some(limit) = mem.limit().filter(|l| *l != 0) {
             set("memory.max", max_or(limit));
             if let Some(swap) = mem.swap() {
                 // v1 swap is memory+swap; v2 counts swap alone.
@@ -311,18 +329,23 @@ fn limits(res: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
         }
     }
     if let Some(cpu) = res.cpu() {
-        if let Some(shares) = cpu.shares() {
+        if let Some(shares) = cpu.shares().filter(|s| *s != 0) {
             set("cpu.weight", shares_to_weight(shares).to_string());
         }
-        if cpu.quota().is_some() || cpu.period().is_some() {
-            let quota = cpu
-                .quota()
-                .filter(|q| *q > 0)
-                .map_or("max".into(), |q| q.to_string());
-            set(
-                "cpu.max",
-                format!("{quota} {}", cpu.period().unwrap_or(100_000)),
-            );
+        // cpu.max is "QUOTA [PERIOD]": the kernel keeps the period when only
+        // the quota is written, so only a lone period needs the quota read.
+        let period = cpu.period().filter(|p| *p != 0);
+        let quota = match (cpu.quota().filter(|q| *q != 0), period) {
+            (None, None) => None,
+            (Some(q), _) if q > 0 => Some(q.to_string()),
+            (Some(_), _) => Some("max".to_owned()),
+            (None, Some(_)) => Some(current_quota()?),
+        };
+        if let Some(quota) = quota {
+            match period {
+                Some(period) => set("cpu.max", format!("{quota} {period}")),
+                None => set("cpu.max", quota),
+            }
         }
         if let Some(cpus) = cpu.cpus() {
             set("cpuset.cpus", cpus.clone());
@@ -331,7 +354,7 @@ fn limits(res: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
             set("cpuset.mems", mems.clone());
         }
     }
-    if let Some(pids) = res.pids() {
+    if let Some(pids) = res.pids().as_ref().filter(|p| p.limit() != 0) {
         set(
             "pids.max",
             if pids.limit() > 0 {
@@ -381,6 +404,11 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    /// For resources that set a CPU quota or no CPU period: nothing to read.
+    fn no_read() -> Result<String, CgroupError> {
+        panic!("cpu.max read although the request sets the quota")
+    }
+
     #[test]
     fn spec_resources_become_v2_files() {
         let res = resources(
@@ -388,7 +416,7 @@ mod tests {
                 "cpu":{"shares":1024,"quota":50000,"period":100000},
                 "pids":{"limit":32}}"#,
         );
-        let got: HashMap<_, _> = limits(&res).unwrap().into_iter().collect();
+        let got: HashMap<_, _> = limits(&res, no_read).unwrap().into_iter().collect();
         assert_eq!(got["memory.max"], "67108864");
         assert_eq!(got["memory.swap.max"], "67108864");
         assert_eq!(got["cpu.weight"], "39");
@@ -399,10 +427,10 @@ mod tests {
     #[test]
     fn unified_keys_cannot_escape() {
         let res = resources(r#"{"unified":{"../../etc/passwd":"x"}}"#);
-        assert!(matches!(limits(&res), Err(CgroupError::BadKey(_))));
+        assert!(matches!(limits(&res, no_read), Err(CgroupError::BadKey(_))));
         let res = resources(r#"{"unified":{"memory.high":"1000000"}}"#);
         assert_eq!(
-            limits(&res).unwrap(),
+            limits(&res, no_read).unwrap(),
             vec![("memory.high".into(), "1000000".into())]
         );
     }

@@ -9,6 +9,7 @@ use hull_protocol::agent_ttrpc;
 use hull_protocol::error::chain;
 use ttrpc::{Code, TtrpcContext};
 
+use crate::cgroup::CgroupError;
 use crate::container::{self, ContainerError};
 use crate::sandbox::{Sandbox, SandboxError};
 
@@ -30,7 +31,11 @@ fn container_code(e: &ContainerError) -> Code {
     match e {
         E::NotFound(_) | E::ProcessNotFound { .. } => Code::NOT_FOUND,
         E::Exists(_) => Code::ALREADY_EXISTS,
-        E::InvalidId(_) | E::Spec(_) | E::Invalid(_) | E::Path(_) => Code::INVALID_ARGUMENT,
+        E::InvalidId(_)
+        | E::Spec(_)
+        | E::Invalid(_)
+        | E::Path(_)
+        | E::Cgroup(CgroupError::BadKey(_)) => Code::INVALID_ARGUMENT,
         E::AlreadyStarted(_) | E::NoTerminal => Code::FAILED_PRECONDITION,
         _ => Code::INTERNAL,
     }
@@ -200,6 +205,16 @@ impl agent_ttrpc::Agent for Service {
         Ok(Empty::new())
     }
 
+    fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let c = self.container(&req.container_id)?;
+        container::do_update(&c, &req.oci_resources_json).map_err(container_err)?;
+        Ok(Empty::new())
+    }
+
     fn oom_event(&self, _: &TtrpcContext, req: OomEventRequest) -> ttrpc::Result<OomEventResponse> {
         let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms.into()));
         let mut resp = OomEventResponse::new();
@@ -261,6 +276,8 @@ mod tests {
             code_of(container_err(ContainerError::NoTerminal)).0,
             Code::FAILED_PRECONDITION
         );
+        let bad_key = ContainerError::Cgroup(CgroupError::BadKey("../x".into()));
+        assert_eq!(code_of(container_err(bad_key)).0, Code::INVALID_ARGUMENT);
         // A container error inside a sandbox error keeps its kind.
         let e = SandboxError::Container(ContainerError::NotFound("c2".into()));
         assert_eq!(code_of(sandbox_err(e)).0, Code::NOT_FOUND);

@@ -26,6 +26,9 @@ mod net_bench;
 /// Pod sizing, host accounting and the measured per-pod overhead.
 #[path = "lab_cri/resources.rs"]
 mod resources;
+/// UpdateContainerResources: the container's cgroup changes as asked.
+#[path = "lab_cri/update.rs"]
+mod update;
 
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
 /// (comma-separated) narrows a run while iterating on one.

@@ -7,6 +7,7 @@ mod signal;
 mod spawn;
 mod start;
 mod tty;
+mod update;
 mod wait;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ pub use remove::do_remove;
 pub use signal::do_signal;
 pub use start::do_start;
 pub use tty::{do_close_stdin, do_resize};
+pub use update::do_update;
 pub use wait::do_wait;
 
 use crate::cgroup::{Cgroup, CgroupError};

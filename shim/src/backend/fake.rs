@@ -19,7 +19,7 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::pty::openpty;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::Process as OciProcess;
+use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 
 use super::{
     host_pids, Backend, BackendError, ContainerRequest, ContainerStats, ExecRequest,
@@ -46,6 +46,9 @@ struct State {
     share_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     procs: HashMap<Key, FakeProcess>,
+    /// Memory limits set by `update`, by container, reported by `stats`
+    /// (the fake enforces none).
+    memory_limits: HashMap<String, u64>,
     destroyed: bool,
 }
 
@@ -419,10 +422,30 @@ impl Backend for FakeBackend {
     }
 
     fn stats(&self, container_id: &str) -> Result<ContainerStats> {
+        let state = self.lock();
         Ok(ContainerStats {
-            pids: Self::live_pids(&self.lock(), container_id).len() as u64,
+            pids: Self::live_pids(&state, container_id).len() as u64,
+            memory_limit_bytes: state.memory_limits.get(container_id).copied().unwrap_or(0),
             ..ContainerStats::default()
         })
+    }
+
+    fn update(&self, container_id: &str, resources: &LinuxResources) -> Result<()> {
+        let mut state = self.lock();
+        if !state.procs.contains_key(&key(container_id, None)) {
+            return Err(not_found(container_id, None));
+        }
+        let limit = resources.memory().as_ref().and_then(|m| m.limit());
+        if let Some(limit) = limit.filter(|l| *l != 0) {
+            let limit = u64::try_from(limit).unwrap_or(0);
+            state.memory_limits.insert(container_id.to_string(), limit);
+        }
+        tracing::info!(
+            container = container_id,
+            ?limit,
+            "resources updated (not enforced by the fake)"
+        );
+        Ok(())
     }
 
     fn pause(&self, container_id: &str) -> Result<()> {
@@ -443,6 +466,7 @@ impl Backend for FakeBackend {
         let mut state = self.lock();
         Self::signal_pids(&Self::live_pids(&state, container_id), Signal::SIGKILL)?;
         state.procs.retain(|(cid, _), _| cid != container_id);
+        state.memory_limits.remove(container_id);
         Ok(())
     }
 

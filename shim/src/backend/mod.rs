@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use crate::config::Config;
 
@@ -174,6 +174,9 @@ pub trait Backend: Send + Sync {
     fn pause(&self, container_id: &str) -> Result<()>;
     /// Thaws every process of the container.
     fn resume(&self, container_id: &str) -> Result<()>;
+    /// Applies new resource limits to the container (its cgroup in the guest);
+    /// what `resources` leaves out stays as it is.
+    fn update(&self, container_id: &str, resources: &LinuxResources) -> Result<()>;
     /// Removes a container whose processes have exited (or were never started).
     fn remove_container(&self, container_id: &str) -> Result<()>;
     /// Blocks until a container hits its memory limit and returns its id;

@@ -5,7 +5,7 @@
 use containerd_shim::protos::events::task::{TaskExecAdded, TaskExit, TaskPaused, TaskResumed};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
-use oci_spec::runtime::Process as OciProcess;
+use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 
 use hull_protocol::ids::IdKind;
 
@@ -218,6 +218,25 @@ impl Pod {
                 },
             );
         }
+        Ok(())
+    }
+
+    /// Applies new resource limits to a created, running or paused container
+    /// (task Update); a finished one is NOT_FOUND, which containerd's CRI
+    /// plugin takes for "the task exited already".
+    pub fn update(&self, container_id: &str, resources: &LinuxResources) -> Result<()> {
+        let backend = {
+            let state = self.lock();
+            if container(&state, container_id)?.init.status == Status::Stopped {
+                // "running container <id> not found"
+                return Err(TaskError::NotFound(format!(
+                    "running container {container_id}"
+                )));
+            }
+            backend_of(&state)?
+        };
+        backend.update(container_id, resources)?;
+        tracing::info!(container = %container_id, "resources updated");
         Ok(())
     }
 

@@ -25,6 +25,7 @@ mod tests {
 
     use containerd_shim::protos::protobuf::well_known_types::any::Any;
     use containerd_shim::ExitSignal;
+    use oci_spec::runtime::LinuxResources;
 
     use super::error::TaskError;
     use super::events::{tests::Recorder, Events};
@@ -54,6 +55,8 @@ mod tests {
         sandboxes: u32,
         /// Calls by this name block until `hang` is cleared, like a hung agent.
         hang: Vec<&'static str>,
+        /// (container, memory limit) of each `update`.
+        updates: Vec<(String, Option<i64>)>,
     }
 
     impl Scripted {
@@ -128,6 +131,15 @@ mod tests {
             Ok(())
         }
         fn resume(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn update(&self, c: &str, resources: &LinuxResources) -> Result<()> {
+            let limit = resources.memory().as_ref().and_then(|m| m.limit());
+            self.state
+                .lock()
+                .unwrap()
+                .updates
+                .push((c.to_string(), limit));
             Ok(())
         }
         fn remove_container(&self, _: &str) -> Result<()> {
@@ -408,6 +420,36 @@ mod tests {
             "a pause finishing after the exit does not revive the process"
         );
         assert_eq!(f.pod.delete("c1", None).unwrap().0, shim);
+    }
+
+    #[test]
+    fn update_reaches_the_backend_until_the_container_finished() {
+        let f = Fixture::new();
+        let res: LinuxResources = serde_json::from_str(r#"{"memory":{"limit":1048576}}"#).unwrap();
+        assert!(matches!(
+            f.pod.update("nope", &res),
+            Err(TaskError::NotFound(_))
+        ));
+        f.pod.create(f.request("c1", "pod")).unwrap();
+        f.pod.update("c1", &res).unwrap();
+        f.pod.start("c1", None).unwrap();
+        f.pod.update("c1", &res).unwrap();
+        f.pod.kill("c1", None, 9, false).unwrap();
+        f.pod.wait("c1", None).unwrap();
+        let err = f.pod.update("c1", &res).unwrap_err();
+        assert!(
+            matches!(err, TaskError::NotFound(ref m) if m == "running container c1"),
+            "{err}"
+        );
+        assert_eq!(
+            f.backend.state.lock().unwrap().updates,
+            [
+                ("c1".to_string(), Some(1 << 20)),
+                ("c1".to_string(), Some(1 << 20))
+            ],
+            "created and running: applied; finished: refused before the backend"
+        );
+        f.pod.delete("c1", None).unwrap();
     }
 
     #[test]

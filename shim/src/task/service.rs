@@ -15,6 +15,7 @@ use containerd_shim::protos::shim::shim::{CheckpointTaskRequest, UpdateTaskReque
 use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{Task, TtrpcResult};
+use oci_spec::runtime::LinuxResources;
 
 use super::error::TaskError;
 use super::pod::{CreateRequest, Pod};
@@ -50,6 +51,30 @@ fn to_ttrpc(err: TaskError) -> ttrpc::Error {
     let msg = hull_protocol::error::chain(&err);
     tracing::warn!("request failed: {msg}");
     status(code, msg)
+}
+
+/// The type URL containerd's typeurl gives runtime-spec `LinuxResources`
+/// (registered by containerd; the value is the JSON of the Go struct).
+const LINUX_RESOURCES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// The OCI resources of a task Update.
+fn linux_resources(any: Option<&Any>) -> Result<LinuxResources, TaskError> {
+    let any = any.ok_or_else(|| {
+        TaskError::InvalidArgument("update: the request carries no resources".into())
+    })?;
+    if any.type_url != LINUX_RESOURCES_TYPE_URL {
+        return Err(TaskError::InvalidArgument(format!(
+            "update: resources of type {:?}, Hull takes only {LINUX_RESOURCES_TYPE_URL:?} \
+             (OCI LinuxResources as JSON)",
+            any.type_url
+        )));
+    }
+    serde_json::from_slice(&any.value).map_err(|e| {
+        TaskError::InvalidArgument(format!(
+            "update: resources are not OCI LinuxResources JSON: {e}"
+        ))
+    })
 }
 
 fn exec_id(id: &str) -> Option<&str> {
@@ -263,11 +288,10 @@ impl Task for Service {
         ))
     }
 
-    fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "update is not supported by Hull",
-        ))
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let resources = linux_resources(req.resources.as_ref()).map_err(to_ttrpc)?;
+        self.pod.update(&req.id, &resources).map_err(to_ttrpc)?;
+        Ok(Empty::new())
     }
 }
 
@@ -312,6 +336,47 @@ mod tests {
             (BackendError::Invalid("a b".into()), Code::INVALID_ARGUMENT),
         ] {
             assert_eq!(code(TaskError::Backend(err)), want);
+        }
+    }
+
+    #[test]
+    fn update_resources_are_decoded_or_refused_clearly() {
+        let any = |url: &str, value: &[u8]| Any {
+            type_url: url.into(),
+            value: value.to_vec(),
+            ..Default::default()
+        };
+        let good = any(
+            LINUX_RESOURCES_TYPE_URL,
+            br#"{"memory":{"limit":268435456},"cpu":{"quota":50000,"period":100000}}"#,
+        );
+        let res = linux_resources(Some(&good)).unwrap();
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(268_435_456));
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
+        for (bad, says) in [
+            (None, "carries no resources"),
+            (
+                Some(any(
+                    "types.containerd.io/opencontainers/runtime-spec/1/Spec",
+                    b"{}",
+                )),
+                "Hull takes only",
+            ),
+            (
+                Some(any(LINUX_RESOURCES_TYPE_URL, b"\x0a\x02")),
+                "not OCI LinuxResources JSON",
+            ),
+            (
+                Some(any(
+                    LINUX_RESOURCES_TYPE_URL,
+                    br#"{"memory":{"limit":"big"}}"#,
+                )),
+                "not OCI LinuxResources JSON",
+            ),
+        ] {
+            let err = linux_resources(bad.as_ref()).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+            assert_eq!(code(err), Code::INVALID_ARGUMENT);
         }
     }
 

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::AgentClient;
 use hull_protocol::vm::GUEST_SHARE_DIR as GUEST_SHARE;
+use oci_spec::runtime::LinuxResources;
 
 use super::{
     host_pids, Backend, BackendError, ContainerRequest, ContainerStats, ExecRequest,
@@ -574,6 +575,20 @@ impl Backend for VmBackend {
             .resume_container(vm.prompt(), &req)
             .map(|_| ())
             .map_err(agent::map("ResumeContainer"))
+    }
+
+    fn update(&self, container_id: &str, resources: &LinuxResources) -> Result<()> {
+        let vm = self.vm()?;
+        sizing::check_resources_limit(container_id, Some(resources), vm.memory_mib)
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let mut req = UpdateContainerRequest::new();
+        req.container_id = container_id.into();
+        req.oci_resources_json = serde_json::to_vec(resources)
+            .map_err(|e| BackendError::Invalid(format!("OCI resources: {e}")))?;
+        vm.client
+            .update_container(vm.prompt(), &req)
+            .map(drop)
+            .map_err(agent::map("UpdateContainer"))
     }
 
     fn remove_container(&self, container_id: &str) -> Result<()> {

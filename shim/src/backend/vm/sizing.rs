@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 
 use crate::config::{Config, ANNOTATION_PREFIX};
 
@@ -138,10 +138,17 @@ pub fn pod_size(
 /// Refuses a container whose memory limit is above its VM's memory: the
 /// limit could never be reached, the guest would run out first.
 pub fn check_container_limit(container: &str, spec: &Spec, vm_mib: u32) -> Result<(), SizingError> {
-    let limit = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    check_resources_limit(container, resources, vm_mib)
+}
+
+/// The same check for a container's new resources (task Update).
+pub fn check_resources_limit(
+    container: &str,
+    resources: Option<&LinuxResources>,
+    vm_mib: u32,
+) -> Result<(), SizingError> {
+    let limit = resources
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
         .unwrap_or(0);
@@ -308,6 +315,20 @@ mod tests {
             err.contains(
                 "container c: memory limit 4096 MiB does not fit in the pod's VM of 1152 MiB"
             ),
+            "{err}"
+        );
+        // An update's resources get the same check and the same message.
+        let res = |limit| {
+            let spec = with_limit(limit);
+            spec.linux().as_ref().unwrap().resources().clone()
+        };
+        assert!(check_resources_limit("c", None, 512).is_ok());
+        assert!(check_resources_limit("c", res(Some(256 << 20)).as_ref(), 512).is_ok());
+        let err = check_resources_limit("c", res(Some(4096 << 20)).as_ref(), 1152)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not fit in the pod's VM of 1152 MiB"),
             "{err}"
         );
     }
