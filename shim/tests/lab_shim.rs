@@ -417,20 +417,27 @@ fn assert_clean(ctrd: &Containerd, after: &str) {
 fn lab_ctr_run_kernel_exit_status_stdin_stdout_and_tty() {
     let release = guest_release();
     let (ctrd, _one) = containerd();
-    let (runc, runc_took) = ctrd.run(RUNC, "true-runc", &["true"], None);
-    assert!(runc.status.success(), "runc reference run");
+    let full = std::env::var("HULL_LAB_FULL").is_ok_and(|v| v == "1");
 
-    // One run checks the guest kernel and the exit status (each Hull start costs ~40 s here).
-    let (out, first_took) = ctrd.run(HULL, "uname", &["sh", "-c", "uname -r; exit 7"], None);
-    let ok = out.status.code() == Some(7) && text(&out.stdout).trim() == release;
+    // One run checks the guest kernel, stdin passed through intact and the exit
+    // status (each Hull start costs ~40 s here).
+    let line = b"a line for the microVM \xe2\x9c\x93 with bytes: \t!\n";
+    let (out, first_took) = ctrd.run(
+        HULL,
+        "uname",
+        &["sh", "-c", "uname -r; cat; exit 7"],
+        Some(line),
+    );
+    let expected = [format!("{release}\n").as_bytes(), line].concat();
+    let ok = out.status.code() == Some(7) && out.stdout == expected;
     if !ok {
         println!("shim log:\n{}", ctrd.shim_log());
         assert_clean(ctrd, "a failed run");
     }
     assert!(
         ok,
-        "uname -r in the microVM should print {release} and the container's exit status 7 \
-         should be ctr's: {:?}, {}",
+        "uname -r in the microVM should print {release}, stdin should come back intact and \
+         the container's exit status 7 should be ctr's: {:?}, {}",
         out.status.code(),
         text(&out.stdout)
     );
@@ -440,18 +447,9 @@ fn lab_ctr_run_kernel_exit_status_stdin_stdout_and_tty() {
         "the guest kernel must not be the host's"
     );
 
-    let line = b"a line for the microVM \xe2\x9c\x93 with bytes: \t!\n";
-    let (out, _) = ctrd.run(HULL, "stdin", &["cat"], Some(line));
-    assert!(out.status.success());
-    assert_eq!(out.stdout, line, "stdin comes back intact");
-
     // A known stream, length and content checked on the host: 16 MiB in the
     // test command, 100 MiB with HULL_LAB_FULL=1 (about 4 lab minutes).
-    let mib: usize = if std::env::var("HULL_LAB_FULL").is_ok_and(|v| v == "1") {
-        100
-    } else {
-        16
-    };
+    let mib: usize = if full { 100 } else { 16 };
     let size = mib << 20;
     let (out, took) = ctrd.run(
         HULL,
@@ -502,15 +500,24 @@ fn lab_ctr_run_kernel_exit_status_stdin_stdout_and_tty() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
 
-    let (hull, hull_took) = ctrd.run(HULL, "true-hull", &["true"], None);
-    assert!(hull.status.success());
-    println!(
-        "TIMING ctr run --rm true: hull {:.1} s, runc {:.1} s, ratio {:.2} (first hull run {:.1} s)",
-        hull_took.as_secs_f64(),
-        runc_took.as_secs_f64(),
-        hull_took.as_secs_f64() / runc_took.as_secs_f64(),
-        first_took.as_secs_f64()
-    );
+    // The start-time comparison with runc is a figure, not a check: in the full run only.
+    if full {
+        let (runc, runc_took) = ctrd.run(RUNC, "true-runc", &["true"], None);
+        assert!(runc.status.success(), "runc reference run");
+        let (hull, hull_took) = ctrd.run(HULL, "true-hull", &["true"], None);
+        assert!(hull.status.success());
+        println!(
+            "TIMING ctr run --rm true: hull {:.1} s, runc {:.1} s, ratio {:.2} (first hull run {:.1} s)",
+            hull_took.as_secs_f64(),
+            runc_took.as_secs_f64(),
+            hull_took.as_secs_f64() / runc_took.as_secs_f64(),
+            first_took.as_secs_f64()
+        );
+    } else {
+        println!(
+            "skipped: the ctr run --rm true timing against runc (a figure; HULL_LAB_FULL=1 runs it)"
+        );
+    }
     assert_clean(ctrd, "the runs");
 }
 
