@@ -447,9 +447,9 @@ fn lab_ctr_run_kernel_exit_status_stdin_stdout_and_tty() {
         "the guest kernel must not be the host's"
     );
 
-    // A known stream, length and content checked on the host: 16 MiB in the
+    // A known stream, length and content checked on the host: 8 MiB in the
     // test command, 100 MiB with HULL_LAB_FULL=1 (about 4 lab minutes).
-    let mib: usize = if full { 100 } else { 16 };
+    let mib: usize = if full { 100 } else { 8 };
     let size = mib << 20;
     let (out, took) = ctrd.run(
         HULL,
