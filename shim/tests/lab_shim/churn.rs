@@ -1,7 +1,8 @@
 //! Churn and parallel load (issue 15): pods created, started, exec'd into, killed and deleted
 //! over and over, then pods started at once; afterwards nothing of them is left and containerd
 //! holds no more descriptors than before. The test command runs small counts; `HULL_LAB_FULL=1`
-//! runs 200 cycles and 10 pods at once.
+//! runs 200 cycles and 10 pods at once; `HULL_CHURN_CYCLES` and `HULL_CHURN_PARALLEL` set
+//! either count.
 
 use super::*;
 
@@ -72,6 +73,17 @@ fn exec_echo(ctrd: &Containerd, id: &str) {
 fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
     let full = std::env::var("HULL_LAB_FULL").is_ok_and(|v| v == "1");
     let (cycles, parallel) = if full { (200, 10) } else { (1, 3) };
+    // HULL_CHURN_CYCLES / HULL_CHURN_PARALLEL set either count for one campaign.
+    let count = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (cycles, parallel) = (
+        count("HULL_CHURN_CYCLES", cycles),
+        count("HULL_CHURN_PARALLEL", parallel).max(1),
+    );
     let (ctrd, _one) = containerd();
     let names: Vec<String> = (0..cycles)
         .map(|i| format!("churn{i}"))
