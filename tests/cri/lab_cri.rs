@@ -23,6 +23,9 @@ use hull_cri_tests::*;
 /// `make bench`'s pod network benchmark (runc and Hull, pod↔node TCP).
 #[path = "lab_cri/net_bench.rs"]
 mod net_bench;
+/// CRI Exec and Attach: the streaming calls (runc and Hull).
+#[path = "lab_cri/streaming.rs"]
+mod streaming;
 
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
 /// (comma-separated) narrows a run while iterating on one.
