@@ -3,8 +3,9 @@
 //! streaming server the way kubelet's clients use it (a WebSocket with the
 //! `v4.channel.k8s.io` subprotocol, `hull_cri_tests::stream`): an exec fed on
 //! stdin with output on both streams and an exit code, an exec with a
-//! terminal (stdin through the pty, a resize), and an attach to a container's
-//! stdin and stdout whose output also reaches the container's CRI log.
+//! terminal (stdin through the pty, a resize), an attach to a container's
+//! stdin and stdout whose output also reaches the container's CRI log, and an
+//! attach to a `stdin_once` container, whose stdin closes when it detaches.
 
 use hull_cri_tests::stream::{Output, Stream, StreamError};
 
@@ -186,6 +187,7 @@ fn lab_cri_exec_and_attach_streams() {
                 ),
             );
         }
+        stdin_once(&mut cri, &mut r, handler, &pod, &pod_config, &logs);
         teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
         println!(
             "[{handler}] streaming scenario: {:.1} s",
@@ -193,4 +195,89 @@ fn lab_cri_exec_and_attach_streams() {
         );
     }
     r.finish(&shim_log());
+}
+
+/// Step 4: `stdin_once` (as `kubectl run -i`): once the attached client
+/// detaches, containerd closes the container's stdin (CloseIO), the
+/// container reads its end and exits 0, its last line in the CRI log.
+fn stdin_once(
+    cri: &mut Cri,
+    r: &mut Report,
+    handler: &str,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    logs: &Path,
+) {
+    let mut once = container_config(
+        "once",
+        IMAGE,
+        &[
+            "sh",
+            "-c",
+            "while read l; do echo \"echo:$l\"; done; echo stdin-closed",
+        ],
+        &[],
+        false,
+        None,
+    );
+    once.stdin = true;
+    once.stdin_once = true;
+    let Some(id) = r
+        .result(
+            handler,
+            "CreateContainer once",
+            cri.create_container(pod, &once, pod_config),
+        )
+        .filter(|id| {
+            r.result(handler, "StartContainer once", cri.start_container(id))
+                .is_some()
+        })
+    else {
+        return;
+    };
+    let step = Instant::now();
+    if r.result(
+        handler,
+        "Attach (stdin_once)",
+        attach_echo(cri, &id, handler),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut st = None;
+    while Instant::now() < deadline {
+        st = r.result(handler, "ContainerStatus once", cri.container_status(&id));
+        if st
+            .as_ref()
+            .is_none_or(|s| s.state == ContainerState::ContainerExited as i32)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let want = ("stdout".to_string(), "stdin-closed".to_string());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        let log = std::fs::read_to_string(logs.join("once.log")).unwrap_or_default();
+        lines = log_lines(&log);
+        if lines.contains(&want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    r.check(
+        handler,
+        st.as_ref()
+            .is_some_and(|s| s.state == ContainerState::ContainerExited as i32 && s.exit_code == 0)
+            && lines.contains(&("stdout".into(), "stdin-closed".into())),
+        format!(
+            "Attach (stdin_once): detaching closed the container's stdin, it exited 0 \
+             with \"stdin-closed\" in its log: state/exit {:?}, log {lines:?} ({:.1} s)",
+            st.map(|s| (s.state, s.exit_code)),
+            step.elapsed().as_secs_f64()
+        ),
+    );
 }
