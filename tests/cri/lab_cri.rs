@@ -29,6 +29,9 @@ mod resources;
 /// UpdateContainerResources: the container's cgroup changes as asked.
 #[path = "lab_cri/update.rs"]
 mod update;
+/// CRI Exec and Attach: the streaming calls (runc and Hull).
+#[path = "lab_cri/streaming.rs"]
+mod streaming;
 
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
 /// (comma-separated) narrows a run while iterating on one.

@@ -5,6 +5,7 @@
 //! lab test `lab_cri` drives pods with it for the `runc` and `hull` handlers.
 
 pub mod net;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -217,6 +218,33 @@ impl Cri {
             stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
             exit_code: r.exit_code,
         })
+    }
+
+    /// `Exec` of `cmd` in container `id` (stdout always; stderr unless `tty`): the
+    /// streaming URL, for [`stream::Stream::connect`].
+    pub fn exec(&mut self, id: &str, cmd: &[&str], stdin: bool, tty: bool) -> Result<String> {
+        let req = ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        };
+        Ok(call!(self, runtime.exec(req))?.url)
+    }
+
+    /// `Attach` to container `id`'s stdio (stdout always; stderr unless `tty`): the
+    /// streaming URL, for [`stream::Stream::connect`].
+    pub fn attach(&mut self, id: &str, stdin: bool, tty: bool) -> Result<String> {
+        let req = AttachRequest {
+            container_id: id.into(),
+            stdin,
+            tty,
+            stdout: true,
+            stderr: !tty,
+        };
+        Ok(call!(self, runtime.attach(req))?.url)
     }
 
     pub fn container_stats(&mut self, id: &str) -> Result<ContainerStats> {
