@@ -23,15 +23,15 @@ use hull_cri_tests::*;
 /// `make bench`'s pod network benchmark (runc and Hull, pod↔node TCP).
 #[path = "lab_cri/net_bench.rs"]
 mod net_bench;
-/// Pod sizing, host accounting and the measured per-pod overhead.
+/// Pod sizing, host accounting, the measured per-pod overhead, a crashed container restarted.
 #[path = "lab_cri/resources.rs"]
 mod resources;
-/// UpdateContainerResources: the container's cgroup changes as asked.
-#[path = "lab_cri/update.rs"]
-mod update;
 /// CRI Exec and Attach: the streaming calls (runc and Hull).
 #[path = "lab_cri/streaming.rs"]
 mod streaming;
+/// UpdateContainerResources: the container's cgroup changes as asked.
+#[path = "lab_cri/update.rs"]
+mod update;
 
 /// The runtime handlers every scenario runs for; `HULL_CRI_HANDLERS=hull`
 /// (comma-separated) narrows a run while iterating on one.

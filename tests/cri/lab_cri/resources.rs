@@ -1,7 +1,8 @@
 //! CRI pod sizing and host accounting: the VM's vCPUs and memory come from the pod's
 //! resources, hull-vmm and virtiofsd sit in the pod's host cgroup, a container limit the VM
-//! cannot hold is refused; and the per-pod overhead that the RuntimeClass's
-//! `overhead.podFixed` stands for, measured on an idle pod (printed as `FIGURES overhead`).
+//! cannot hold is refused; the per-pod overhead that the RuntimeClass's
+//! `overhead.podFixed` stands for, measured on an idle pod (printed as `FIGURES overhead`);
+//! and a crashed container restarted in the same pod the way kubelet does it.
 
 use super::*;
 
@@ -108,6 +109,77 @@ fn measure_overhead(r: &mut Report, cri: &mut Cri, handler: &str, app: &str, cgr
     println!("{line}");
 }
 
+/// A crashed container restarted as kubelet restarts it: the dead one stays (kubelet keeps it
+/// for its logs until garbage collection) and a CreateContainer of the same name with the next
+/// attempt runs in the same pod, next to the app.
+fn crash_and_restart(
+    r: &mut Report,
+    cri: &mut Cri,
+    handler: &str,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+) {
+    let crash = container_config(
+        "crash",
+        IMAGE,
+        &["sh", "-c", "echo bye; exit 3"],
+        &[],
+        false,
+        None,
+    );
+    let Some(first) = r.result(
+        handler,
+        "CreateContainer of a container that crashes",
+        cri.create_container(pod, &crash, pod_config),
+    ) else {
+        return;
+    };
+    r.result(
+        handler,
+        "StartContainer (crashes)",
+        cri.start_container(&first),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut status = cri.container_status(&first).ok();
+    while Instant::now() < deadline
+        && status
+            .as_ref()
+            .is_none_or(|s| s.state != ContainerState::ContainerExited as i32)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+        status = cri.container_status(&first).ok();
+    }
+    let exit = status.as_ref().map(|s| (s.state, s.exit_code));
+    r.check(
+        handler,
+        exit == Some((ContainerState::ContainerExited as i32, 3)),
+        format!("the crashed container is EXITED with code 3: (state, code) {exit:?}"),
+    );
+    let mut again = container_config("crash", IMAGE, &["sleep", "100000"], &[], false, None);
+    if let Some(meta) = again.metadata.as_mut() {
+        meta.attempt = 1;
+    }
+    again.log_path = "crash_1.log".into();
+    let Some(second) = r.result(
+        handler,
+        "CreateContainer attempt 1 after the crash",
+        cri.create_container(pod, &again, pod_config),
+    ) else {
+        return;
+    };
+    r.result(
+        handler,
+        "StartContainer attempt 1",
+        cri.start_container(&second),
+    );
+    let out = exec(cri, r, handler, &second, &["echo", "restarted"]);
+    r.check(
+        handler,
+        second != first && out.stdout.trim() == "restarted",
+        format!("attempt 1 ({second}) runs in the pod after the crash of {first}: {out:?}"),
+    );
+}
+
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
 fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
@@ -160,6 +232,7 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
             format!("the app sees the pause process: {ps:?}"),
         );
         measure_overhead(&mut r, &mut cri, handler, &a, &cgroup_dir);
+        crash_and_restart(&mut r, &mut cri, handler, &pod, &pod_config);
         if handler == "hull" {
             r.check(
                 handler,

@@ -35,7 +35,9 @@ use network::PodNetwork;
 use spec::{guest_spec, sandbox_netns, PodNamespaces};
 pub use spec::{sandbox_network, SandboxNetwork};
 
-/// How long virtiofsd may take to create its socket.
+/// How long virtiofsd may take to create its socket at least; longer when
+/// `agent_timeout_secs` is (10 pods starting at once in the nested lab took
+/// more than 60 s; a virtiofsd that exits is noticed at once either way).
 const FS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the guest may take to boot to the agent's ready marker (the lab is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -259,13 +261,14 @@ impl VmBackend {
         // The pod's host cgroup first: launch moves each process into it.
         let mut cgroup =
             cgroup::PodCgroup::create(req.cgroups_path.as_deref()).map_err(sandbox_err)?;
-        let mut virtiofsd = match launch::start_virtiofsd(req, &sockets, FS_TIMEOUT, &log_limit) {
-            Ok(virtiofsd) => virtiofsd,
-            Err(e) => {
-                cgroup.remove();
-                return Err(sandbox_err(e));
-            }
-        };
+        let mut virtiofsd =
+            match launch::start_virtiofsd(req, &sockets, FS_TIMEOUT.max(timeout), &log_limit) {
+                Ok(virtiofsd) => virtiofsd,
+                Err(e) => {
+                    cgroup.remove();
+                    return Err(sandbox_err(e));
+                }
+            };
         let taps = network.map(PodNetwork::tap_fds).unwrap_or_default();
         let started = launch::start_vmm(req, &sockets, vm_config, &taps, BOOT_TIMEOUT, &log_limit);
         let mut vmm = match started {
