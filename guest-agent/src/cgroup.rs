@@ -283,7 +283,7 @@ fn shares_to_weight(shares: u64) -> u64 {
 }
 
 /// The (file, value) pairs the spec's resources turn into.
-fn limits(res: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
+pub fn limits(res: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
     let mut out = Vec::new();
     let mut set = |k: &str, v: String| out.push((k.to_owned(), v));
     let max_or = |v: i64| {
