@@ -38,10 +38,10 @@ if [[ $tier == unit || $tier == all ]]; then
     # devices, the agent's parsing of requests and specs, the shim's parsing of the
     # agent's replies and the guest's output (HULL_FUZZ_SECS per target; longer
     # campaigns: vmm/fuzz/run.sh 3600, guest-agent/fuzz/run.sh, shim/fuzz/run.sh).
-    step "fuzz: hull-vmm, agent and shim targets, ${HULL_FUZZ_SECS:-15} s each"
+    step "fuzz: hull-vmm, agent and shim targets, ${HULL_FUZZ_SECS:-10} s each"
     : >"$logs/fuzz.log"
     for fuzz in vmm/fuzz guest-agent/fuzz shim/fuzz; do
-        "$fuzz/run.sh" "${HULL_FUZZ_SECS:-15}" 2>&1 | tee -a "$logs/fuzz.log" || failed=1
+        "$fuzz/run.sh" "${HULL_FUZZ_SECS:-10}" 2>&1 | tee -a "$logs/fuzz.log" || failed=1
     done
 fi
 
