@@ -38,7 +38,8 @@ command -v cargo >/dev/null || { say "no cargo on PATH; install Rust with rustup
 # it (cargo rebuilds what changed; a missing cache is rebuilt from scratch).
 # A checkout that already has a target directory of its own keeps it.
 cache="${HULL_CACHE:-/var/cache/hull}"
-for pair in target:cargo-target vmm/fuzz/target:cargo-target-fuzz; do
+for pair in target:cargo-target vmm/fuzz/target:cargo-target-fuzz \
+    shim/fuzz/target:cargo-target-fuzz-shim guest-agent/fuzz/target:cargo-target-fuzz-agent; do
     dir="${pair%%:*}" store="$cache/${pair#*:}"
     if [[ ! -e "$dir" && ! -L "$dir" ]]; then
         mkdir -p "$store" && ln -s "$store" "$dir"

@@ -34,10 +34,15 @@ if [[ $tier == unit || $tier == all ]]; then
     set +e; cargo test -p containerd-shim-hull-v2 --features fake-backend --test host_shim 2>&1 | tee -a "$logs/unit.log"; rc=${PIPESTATUS[0]}; set -e
     read -r unit_p unit_f unit_i < <(count "$logs/unit.log")
     [[ $rc == 0 ]] || failed=1
-    # Every hull-vmm fuzz target from its committed seeds, for a bounded time
-    # (HULL_FUZZ_SECS per target; longer campaigns: vmm/fuzz/run.sh 3600).
-    step "fuzz: hull-vmm targets, ${HULL_FUZZ_SECS:-20} s each"
-    vmm/fuzz/run.sh "${HULL_FUZZ_SECS:-20}" 2>&1 | tee "$logs/fuzz.log" || failed=1
+    # Every fuzz target from its committed seeds, for a bounded time: hull-vmm's
+    # devices, the agent's parsing of requests and specs, the shim's parsing of the
+    # agent's replies and the guest's output (HULL_FUZZ_SECS per target; longer
+    # campaigns: vmm/fuzz/run.sh 3600, guest-agent/fuzz/run.sh, shim/fuzz/run.sh).
+    step "fuzz: hull-vmm, agent and shim targets, ${HULL_FUZZ_SECS:-10} s each"
+    : >"$logs/fuzz.log"
+    for fuzz in vmm/fuzz guest-agent/fuzz shim/fuzz; do
+        "$fuzz/run.sh" "${HULL_FUZZ_SECS:-10}" 2>&1 | tee -a "$logs/fuzz.log" || failed=1
+    done
 fi
 
 if [[ $tier == lab || $tier == all ]]; then

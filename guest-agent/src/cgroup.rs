@@ -298,7 +298,7 @@ fn shares_to_weight(shares: u64) -> u64 {
 /// in runc; a CPU period without a quota keeps the quota in force
 /// (`current_quota`, the first field of `cpu.max`), a quota without a period
 /// keeps the period.
-fn limits(
+pub fn limits(
     res: &LinuxResources,
     current_quota: impl FnOnce() -> Result<String, CgroupError>,
 ) -> Result<Vec<(String, String)>, CgroupError> {

@@ -59,7 +59,7 @@ type WantedRoute = (Option<(IpAddr, u8)>, Option<IpAddr>);
 
 /// One interface, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Wanted {
+pub(crate) struct Wanted {
     name: String,
     mac: [u8; 6],
     mtu: u32,
@@ -151,7 +151,7 @@ fn wanted(i: &NetInterface) -> Result<Wanted> {
 }
 
 /// Checks the whole request before anything changes.
-fn check(req: &PodNetwork) -> Result<Vec<Wanted>> {
+pub(crate) fn check(req: &PodNetwork) -> Result<Vec<Wanted>> {
     if req.interfaces.len() > MAX_INTERFACES {
         return Err(invalid(format!(
             "{} interfaces, at most {MAX_INTERFACES}",

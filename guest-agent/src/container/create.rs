@@ -117,7 +117,7 @@ fn check_namespace_paths(
 }
 
 /// What can be refused before touching the system.
-fn check_spec(spec: &Spec) -> Result<(), ContainerError> {
+pub fn check_spec(spec: &Spec) -> Result<(), ContainerError> {
     let linux = spec.linux().clone().unwrap_or_default();
     for ns in linux.namespaces().clone().unwrap_or_default() {
         namespace_flag(ns.typ()).map_err(|e| ContainerError::Invalid(e.to_string()))?;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-pub use create::do_create;
+pub use create::{check_spec, do_create};
 pub use exec::do_exec;
 pub use remove::do_remove;
 pub use signal::do_signal;

@@ -14,7 +14,9 @@ mod process;
 mod rootfs;
 mod seccomp;
 
+pub use mount_opts::MountOpts;
 pub use namespaces::{check_joinable, flag as namespace_flag, id_at, ids_of, NsId};
+pub use seccomp::compile as compile_seccomp;
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -115,4 +115,42 @@ mod tests {
         let e = map("WaitProcess")(closed);
         assert!(matches!(e, BackendError::Agent(_)), "{e}");
     }
+
+    /// Found by the `agent_replies` fuzz target: a reply frame claiming 4 GiB,
+    /// then a hang-up. ttrpc discards the body 4 KiB at a time without stopping
+    /// at end of stream, so this costs about a million empty reads; the call
+    /// must still end with an error, not hang (a few seconds in a debug build).
+    #[test]
+    fn an_oversized_reply_then_a_hang_up_ends_the_call() {
+        use hull_protocol::agent::StatsRequest;
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let mut header = [0u8; 10];
+            theirs.read_exact(&mut header).unwrap();
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+            let mut body = vec![0u8; len as usize];
+            theirs.read_exact(&mut body).unwrap();
+            // Length u32::MAX, stream 1, a response, no flags; then the hang-up.
+            theirs
+                .write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 2, 0])
+                .unwrap();
+        });
+        let client = AgentClient::new(ttrpc::Client::new(ours.into_raw_fd()).unwrap());
+        let started = std::time::Instant::now();
+        // ttrpc answers the call with its own INVALID_ARGUMENT ("message length
+        // 4294967295 exceed maximum ..."), which names the cause in the shim's error.
+        let err = client
+            .stats(blocking(), &StatsRequest::new())
+            .map_err(map("Stats"))
+            .expect_err("no reply came");
+        assert!(err.to_string().contains("4294967295"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        agent.join().unwrap();
+    }
 }

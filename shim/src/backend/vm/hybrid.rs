@@ -6,10 +6,12 @@
 //! only the connection that first presents the secret token the shim gave the
 //! agent; the others are closed unread past the token's length.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use containerd_shim_hull_v2::guest::read_connect_answer;
 
 /// Errors of the hybrid vsock handshake and listeners.
 #[derive(Debug, thiserror::Error)]
@@ -129,12 +131,8 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, H
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(err)?;
-    // Byte by byte: nothing past the answer line may be consumed from the stream.
-    let mut answer = Vec::new();
-    let mut reader = BufReader::with_capacity(1, &stream);
-    reader.read_until(b'\n', &mut answer).map_err(err)?;
-    let answer = String::from_utf8_lossy(&answer).trim_end().to_string();
-    if !answer.starts_with("OK ") {
+    let (answer, accepted) = read_connect_answer(&stream).map_err(err)?;
+    if !accepted {
         return Err(HybridError::Refused { port, answer });
     }
     stream.set_read_timeout(None).map_err(err)?;

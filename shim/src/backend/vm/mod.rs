@@ -8,7 +8,6 @@ mod hybrid;
 mod launch;
 mod netlink;
 pub mod network;
-mod oom;
 pub mod sizing;
 mod spec;
 mod streams;
@@ -21,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use containerd_shim_hull_v2::guest::oom;
 use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::AgentClient;
 use hull_protocol::vm::GUEST_SHARE_DIR as GUEST_SHARE;
