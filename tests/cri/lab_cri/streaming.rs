@@ -15,6 +15,19 @@ use super::*;
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `Exec` and the upgrade of its URL.
+/// The lines of the CRI log file `path` once they hold `want` (containerd writes the log a
+/// moment after the stream), or as they are after 30 s.
+fn wait_for_log_line(path: &Path, want: &(String, String)) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines = log_lines(&std::fs::read_to_string(path).unwrap_or_default());
+        if lines.contains(want) || Instant::now() >= deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn exec_stream(
     cri: &mut Cri,
     id: &str,
@@ -161,16 +174,7 @@ fn lab_cri_exec_and_attach_streams() {
                 ),
             );
             let want = ("stdout".to_string(), format!("echo:{line}"));
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut lines = Vec::new();
-            while Instant::now() < deadline {
-                let log = std::fs::read_to_string(logs.join("echo.log")).unwrap_or_default();
-                lines = log_lines(&log);
-                if lines.contains(&want) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
+            let lines = wait_for_log_line(&logs.join("echo.log"), &want);
             r.check(
                 handler,
                 lines.contains(&want),
@@ -258,16 +262,7 @@ fn stdin_once(
         std::thread::sleep(Duration::from_millis(500));
     }
     let want = ("stdout".to_string(), "stdin-closed".to_string());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while Instant::now() < deadline {
-        let log = std::fs::read_to_string(logs.join("once.log")).unwrap_or_default();
-        lines = log_lines(&log);
-        if lines.contains(&want) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let lines = wait_for_log_line(&logs.join("once.log"), &want);
     r.check(
         handler,
         st.as_ref()
