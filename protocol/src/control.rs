@@ -90,8 +90,82 @@ pub struct CpuStats {
     pub system_s: f64,
 }
 
+/// The kind of a virtio device. A kind this side does not know (a newer
+/// hull-vmm's) parses as [`DeviceKind::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    Vsock,
+    Block,
+    Fs,
+    Net,
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl DeviceKind {
+    /// The short name used in metric labels (`vsock`, `blk`, `fs`, `net`).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            DeviceKind::Vsock => "vsock",
+            DeviceKind::Block => "blk",
+            DeviceKind::Fs => "fs",
+            DeviceKind::Net => "net",
+            DeviceKind::Unknown => "unknown",
+        }
+    }
+
+    /// The name of queue `index` in the virtio spec's order for this kind, or
+    /// None for an index the kind does not have.
+    pub fn queue_name(self, index: usize) -> Option<&'static str> {
+        let names: &[&'static str] = match self {
+            DeviceKind::Vsock => &["rx", "tx", "event"],
+            DeviceKind::Block => &["request"],
+            DeviceKind::Fs => &["hiprio", "request"],
+            DeviceKind::Net => &["rx", "tx"],
+            DeviceKind::Unknown => &[],
+        };
+        names.get(index).copied()
+    }
+}
+
+/// Payload bytes a device moved, as hull-vmm counts them: `rx` towards the
+/// guest (network receive, disk read, vsock host-to-guest), `tx` from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceBytes {
+    pub rx: u64,
+    pub tx: u64,
+}
+
+/// The counters of one virtio device. hull-vmm's own device code writes them;
+/// nothing the guest writes into its memory is read back as a figure.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceStats {
+    pub kind: DeviceKind,
+    /// The device's place among those of its kind (0: vda, eth0, the first share).
+    pub index: u32,
+    /// Guest notifications (queue kicks) per queue, in the kind's queue order;
+    /// empty when hull-vmm does not see them (virtio-fs: virtiofsd reads its kicks).
+    #[serde(default)]
+    pub queue_notifications: Vec<u64>,
+    /// Used-ring interrupts raised to the guest.
+    #[serde(default)]
+    pub interrupts: u64,
+    /// Bytes moved; None when another process moves them (virtio-fs: virtiofsd).
+    #[serde(default)]
+    pub bytes: Option<DeviceBytes>,
+}
+
+impl DeviceStats {
+    /// The `device` label: kind and index, e.g. `vsock0`, `blk1`.
+    pub fn label(&self) -> String {
+        format!("{}{}", self.kind.short_name(), self.index)
+    }
+}
+
 /// The figures of one VM, as hull-vmm counts them.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct VmStats {
     pub vcpus: u8,
     pub paused: bool,
@@ -102,6 +176,9 @@ pub struct VmStats {
     /// Exits from KVM_RUN handled, summed over all vCPUs (I/O, MMIO, interrupts).
     #[serde(default)]
     pub vcpu_exits: u64,
+    /// Each virtio device's counters, in attach order (absent from older hull-vmm).
+    #[serde(default)]
+    pub devices: Vec<DeviceStats>,
 }
 
 /// How the VM ended, for `wait-exit`.
@@ -206,7 +283,7 @@ mod tests {
             vcpu_exits: 7,
             ..VmStats::default()
         };
-        let line = Answer::stats(stats).to_line();
+        let line = Answer::stats(stats.clone()).to_line();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["v"], 1);
         assert_eq!(v["ok"], true);
@@ -215,7 +292,50 @@ mod tests {
         assert!(v.get("error").is_none());
         let back: Answer = serde_json::from_str(&line).unwrap();
         assert_eq!(back.stats, Some(stats));
+        assert_eq!(v["stats"]["devices"], serde_json::json!([]));
         let err: Answer = serde_json::from_str(&Answer::error("no").to_line()).unwrap();
         assert_eq!((err.ok, err.error.as_deref()), (false, Some("no")));
+    }
+
+    #[test]
+    fn device_counters_are_additive_both_ways() {
+        // An older hull-vmm's answer (no devices) parses with an empty list.
+        let old = r#"{"v":1,"ok":true,"stats":{"vcpus":1,"paused":false,"uptime_s":1.0,
+            "memory":{"guest_mib":64,"vmm_rss_kib":1},"cpu":{"user_s":0.0,"system_s":0.0}}}"#;
+        let old: Answer = serde_json::from_str(old).unwrap();
+        assert!(old.stats.unwrap().devices.is_empty());
+        // A newer one's unknown device kind and extra fields do not break this side.
+        let new = r#"{"v":1,"ok":true,"stats":{"vcpus":1,"paused":false,"uptime_s":1.0,
+            "memory":{"guest_mib":64,"vmm_rss_kib":1},"cpu":{"user_s":0.0,"system_s":0.0},
+            "devices":[{"kind":"vsock","index":0,"queue_notifications":[3,4,0],
+            "interrupts":5,"bytes":{"rx":10,"tx":20}},
+            {"kind":"gpu","index":0,"interrupts":1,"future":true}]}}"#;
+        let devices = serde_json::from_str::<Answer>(new)
+            .unwrap()
+            .stats
+            .unwrap()
+            .devices;
+        assert_eq!(devices[0].kind, DeviceKind::Vsock);
+        assert_eq!(devices[0].label(), "vsock0");
+        assert_eq!(devices[0].queue_notifications, [3, 4, 0]);
+        assert_eq!(devices[0].bytes, Some(DeviceBytes { rx: 10, tx: 20 }));
+        assert_eq!(devices[1].kind, DeviceKind::Unknown);
+        assert_eq!(devices[1].bytes, None);
+        // And what this side writes, it reads back.
+        let stats = VmStats {
+            devices: devices.clone(),
+            ..VmStats::default()
+        };
+        let back: Answer = serde_json::from_str(&Answer::stats(stats.clone()).to_line()).unwrap();
+        assert_eq!(back.stats, Some(stats));
+    }
+
+    #[test]
+    fn queue_names_follow_the_spec_order() {
+        assert_eq!(DeviceKind::Vsock.queue_name(2), Some("event"));
+        assert_eq!(DeviceKind::Fs.queue_name(0), Some("hiprio"));
+        assert_eq!(DeviceKind::Net.queue_name(1), Some("tx"));
+        assert_eq!(DeviceKind::Block.queue_name(1), None);
+        assert_eq!(DeviceKind::Unknown.queue_name(0), None);
     }
 }

@@ -347,12 +347,24 @@ pub fn attach_control(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> 
     let Some(path) = &cfg.control else {
         return Ok(());
     };
+    let counters = parts
+        .devices
+        .iter()
+        .map(|d| {
+            d.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .common()
+                .counters()
+                .clone()
+        })
+        .collect();
     let server = ControlServer::new(
         path,
         parts.control.clone(),
         parts.exit.clone(),
         cfg.memory_mib,
         cfg.vcpus,
+        counters,
     )?;
     parts.cleanup.push(path.clone());
     parts.control_server = Some(Arc::new(Mutex::new(server)));

@@ -1,6 +1,7 @@
 //! The control socket server: a Unix socket speaking the versioned JSON lines
 //! of [`hull_protocol::control`] (stats, pause, resume, shutdown, wait-exit),
-//! which the shim reads VM figures from.
+//! which the shim and hull-monitor read VM figures from, the virtio devices'
+//! counters included.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -10,9 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hull_protocol::control::{Answer, Command, CpuStats, MemoryStats, Request, VmExit, VmStats};
+use hull_protocol::control::{
+    Answer, Command, CpuStats, DeviceKind, DeviceStats, MemoryStats, Request, VmExit, VmStats,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::devices::virtio::counters::DeviceCounters;
 use crate::event_loop::EventHandler;
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::vcpu::RunControl;
@@ -75,17 +79,20 @@ pub struct ControlServer {
     exit: Arc<ExitNotifier>,
     guest_mib: u64,
     vcpus: u8,
+    devices: Vec<Arc<DeviceCounters>>,
     started: Instant,
 }
 
 impl ControlServer {
-    /// Listens on `path` (which must not exist).
+    /// Listens on `path` (which must not exist); `devices` are the virtio devices' counters in
+    /// attach order.
     pub fn new(
         path: &Path,
         run: Arc<RunControl>,
         exit: Arc<ExitNotifier>,
         guest_mib: u64,
         vcpus: u8,
+        devices: Vec<Arc<DeviceCounters>>,
     ) -> Result<Self, Error> {
         let name = path.display().to_string();
         let listener = UnixListener::bind(path).map_err(|e| Error::Listen(name.clone(), e))?;
@@ -114,6 +121,7 @@ impl ControlServer {
             exit,
             guest_mib,
             vcpus,
+            devices,
             started: Instant::now(),
         })
     }
@@ -136,7 +144,22 @@ impl ControlServer {
             },
             cpu: CpuStats { user_s, system_s },
             vcpu_exits: self.run.exits(),
+            devices: self.device_stats(),
         }
+    }
+
+    /// Each device's counters, numbered within its kind in attach order.
+    fn device_stats(&self) -> Vec<DeviceStats> {
+        let mut seen: Vec<DeviceKind> = Vec::new();
+        self.devices
+            .iter()
+            .map(|c| {
+                let kind = c.kind();
+                let index = seen.iter().filter(|k| **k == kind).count() as u32;
+                seen.push(kind);
+                c.snapshot(index)
+            })
+            .collect()
     }
 
     /// Answers a request; None for `wait-exit` (answered at exit).
@@ -274,6 +297,8 @@ impl EventHandler for ControlServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::counters::Seen;
+    use crate::devices::virtio::DeviceType;
     use serde_json::Value;
     use std::io::{BufRead, BufReader};
 
@@ -283,7 +308,13 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let run = Arc::new(RunControl::default());
         let exit = Arc::new(ExitNotifier::new().unwrap());
-        let mut server = ControlServer::new(&path, run.clone(), exit.clone(), 128, 2).unwrap();
+        let vsock = Arc::new(DeviceCounters::new(DeviceType::Vsock, 3, Seen::Everything));
+        let fs = || Arc::new(DeviceCounters::new(DeviceType::Fs, 2, Seen::InterruptsOnly));
+        vsock.notified(1, 2);
+        vsock.add_rx_bytes(9);
+        let devices = vec![fs(), vsock.clone(), fs()];
+        let mut server =
+            ControlServer::new(&path, run.clone(), exit.clone(), 128, 2, devices).unwrap();
         let client = UnixStream::connect(&path).unwrap();
         let waiter = UnixStream::connect(&path).unwrap();
         let mut c = &client;
@@ -313,6 +344,17 @@ mod tests {
         assert_eq!(answers[1]["ok"], true);
         assert!(run.is_paused());
         assert_eq!(answers[0]["stats"]["vcpu_exits"], 0, "no vCPU ran");
+        let devices = &answers[0]["stats"]["devices"];
+        let labels: Vec<_> = (0..3)
+            .map(|i| format!("{}{}", devices[i]["kind"], devices[i]["index"]))
+            .collect();
+        assert_eq!(labels, ["\"fs\"0", "\"vsock\"0", "\"fs\"1"]);
+        assert_eq!(
+            devices[1]["queue_notifications"],
+            serde_json::json!([0, 2, 0])
+        );
+        assert_eq!(devices[1]["bytes"]["rx"], 9);
+        assert_eq!(devices[0]["bytes"], Value::Null);
         assert_eq!(answers[2]["ok"], false);
         // The waiter hears about the exit.
         for _ in 0..5 {

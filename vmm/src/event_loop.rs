@@ -152,10 +152,7 @@ impl EventLoop {
                     }
                     Some(Source::Queue(dev, idx)) => {
                         let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(evt) = d.common().queue_events().get(*idx) {
-                            // Non-blocking: an empty counter just means a spurious wakeup.
-                            let _ = evt.read();
-                        }
+                        d.common().take_notifications(*idx);
                         d.process_queue(*idx);
                     }
                     Some(Source::Backend(dev, fd)) => {

@@ -3,8 +3,8 @@
 //! bundle): one typed call that returns the VM's figures.
 //!
 //! Every pod VM serves the socket at `<run_dir>/<namespace>/<pod>/control.sock`
-//! ([`crate::vm::pod_files::CONTROL`]). hull-vmm does not count per-device
-//! queue figures yet, so [`VmStats`] has none.
+//! ([`crate::vm::pod_files::CONTROL`]); its answer carries the per-device
+//! counters ([`super::DeviceStats`]) as well.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -112,7 +112,7 @@ mod tests {
             },
             ..VmStats::default()
         };
-        let server = serve_once(&path, Answer::stats(stats).to_line() + "\n");
+        let server = serve_once(&path, Answer::stats(stats.clone()).to_line() + "\n");
         assert_eq!(vm_stats(&path, Duration::from_secs(5)).unwrap(), stats);
         let request = server.join().unwrap();
         assert_eq!(Request::parse(request.trim()), Ok(Command::Stats));

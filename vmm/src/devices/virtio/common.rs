@@ -1,12 +1,13 @@
 //! The state every virtio device shares: its type, the features it offers and the driver
-//! acked, its queue notification eventfds, and whether it runs (with the driver's queues,
-//! guest memory and interrupt) or waits for the driver. Devices keep only what is theirs.
+//! acked, its queue notification eventfds, its counters, and whether it runs (with the driver's
+//! queues, guest memory and interrupt) or waits for the driver. Devices keep only what is theirs.
 
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::counters::{DeviceCounters, Seen};
 use super::{ActivateError, Interrupt, INT_VRING, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMem;
 
@@ -81,6 +82,7 @@ pub struct VirtioCommon {
     acked: u64,
     queue_sizes: Vec<u16>,
     queue_events: Vec<EventFd>,
+    counters: Arc<DeviceCounters>,
     state: DeviceState,
 }
 
@@ -122,8 +124,29 @@ impl VirtioCommon {
             acked: 0,
             queue_sizes: queue_sizes.to_vec(),
             queue_events,
+            counters: Arc::new(DeviceCounters::new(
+                device_type,
+                queue_sizes.len(),
+                Seen::Everything,
+            )),
             state: DeviceState::Inactive,
         })
+    }
+
+    /// The same device, its queues served by another process (vhost-user): hull-vmm counts
+    /// only the interrupts it raises for it.
+    pub fn served_externally(mut self) -> Self {
+        self.counters = Arc::new(DeviceCounters::new(
+            self.device_type,
+            self.queue_sizes.len(),
+            Seen::InterruptsOnly,
+        ));
+        self
+    }
+
+    /// The device's counters, shared with the control socket.
+    pub fn counters(&self) -> &Arc<DeviceCounters> {
+        &self.counters
     }
 
     /// The device type.
@@ -182,10 +205,19 @@ impl VirtioCommon {
     /// work for later (its per-event budget ran out).
     pub fn rearm(&self, index: usize) {
         if let Some(evt) = self.queue_events.get(index) {
-            if let Err(e) = evt.write(1) {
-                tracing::warn!(device = %self.device_type, error = %e,
-                    "cannot re-arm a virtio queue event");
+            match evt.write(1) {
+                Ok(()) => self.counters.rearmed(index),
+                Err(e) => tracing::warn!(device = %self.device_type, error = %e,
+                    "cannot re-arm a virtio queue event"),
             }
+        }
+    }
+
+    /// Reads queue `index`'s notification event (non-blocking: an empty counter is a spurious
+    /// wakeup) and counts the guest's kicks it held.
+    pub fn take_notifications(&self, index: usize) {
+        if let Some(Ok(n)) = self.queue_events.get(index).map(EventFd::read) {
+            self.counters.notified(index, n);
         }
     }
 
@@ -242,6 +274,7 @@ impl VirtioCommon {
     pub fn signal_used(&self) {
         if let Some(a) = self.active() {
             a.interrupt.trigger(INT_VRING);
+            self.counters.interrupted();
         }
     }
 }
@@ -333,6 +366,7 @@ mod tests {
         );
         c.signal_used();
         assert_eq!(irq.status(), INT_VRING);
+        assert_eq!(c.counters().snapshot(0).interrupts, 1);
     }
 
     #[test]
@@ -346,6 +380,11 @@ mod tests {
         assert_eq!(c.acked(), 0);
         c.signal_used();
         assert_eq!(irq.status(), 0, "an inactive device raises nothing");
+        assert_eq!(
+            c.counters().snapshot(0).interrupts,
+            0,
+            "nor counts anything"
+        );
         let (mem, queues, irq) = parts(2);
         c.activate(mem, queues, irq).unwrap();
         assert!(c.is_activated(), "a reset device can start again");
@@ -360,5 +399,23 @@ mod tests {
         c.rearm(9);
         assert_eq!(c.queue_events()[1].read().unwrap(), 1);
         assert!(c.queue_events()[0].read().is_err(), "only the asked queue");
+    }
+
+    #[test]
+    fn guest_kicks_are_counted_and_the_devices_own_rearms_are_not() {
+        let c = common();
+        c.queue_events()[0].write(3).unwrap();
+        c.take_notifications(0);
+        c.take_notifications(0);
+        c.rearm(1);
+        c.queue_events()[1].write(2).unwrap();
+        c.take_notifications(1);
+        c.take_notifications(7);
+        assert_eq!(c.counters().snapshot(0).queue_notifications, [3, 2]);
+        let external = common().served_externally();
+        external.queue_events()[0].write(1).unwrap();
+        external.take_notifications(0);
+        let s = external.counters().snapshot(0);
+        assert!(s.queue_notifications.is_empty() && s.bytes.is_none());
     }
 }

@@ -14,6 +14,7 @@ use crate::memory::GuestMem;
 
 pub mod block;
 pub mod common;
+pub mod counters;
 pub mod fs;
 pub mod mmio;
 pub mod net;
@@ -46,6 +47,10 @@ pub enum ActivateError {
 /// A device's interrupt: the ISR status bits plus the irqfd that raises the GSI.
 pub struct Interrupt {
     status: AtomicU32,
+    /// Bits that read as pending whatever the driver acknowledged: those of a
+    /// backend that raises the line through the irqfd itself (vhost-user),
+    /// which cannot set `status`.
+    always: AtomicU32,
     evt: EventFd,
 }
 
@@ -54,6 +59,7 @@ impl Interrupt {
     pub fn new(evt: EventFd) -> Self {
         Interrupt {
             status: AtomicU32::new(0),
+            always: AtomicU32::new(0),
             evt,
         }
     }
@@ -68,12 +74,22 @@ impl Interrupt {
 
     /// The pending status bits.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        self.status.load(Ordering::SeqCst) | self.always.load(Ordering::SeqCst)
     }
 
-    /// Clears the acknowledged bits.
+    /// Clears the acknowledged bits (never those of [`Interrupt::set_always`]).
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Makes `bits` read as pending until set again (0 ends it).
+    pub fn set_always(&self, bits: u32) {
+        self.always.store(bits, Ordering::SeqCst);
+    }
+
+    /// The irqfd, for a backend that raises the line itself.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.evt
     }
 }
 
@@ -177,5 +193,10 @@ mod tests {
         i.ack(INT_VRING);
         assert_eq!(i.status(), INT_CONFIG);
         assert_eq!(evt.read().unwrap(), 2);
+        i.set_always(INT_VRING);
+        i.ack(u32::MAX);
+        assert_eq!(i.status(), INT_VRING, "an acknowledgement leaves it");
+        i.set_always(0);
+        assert_eq!(i.status(), 0);
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use virtio_queue::{QueueT, Reader, Writer};
 
+use crate::devices::virtio::counters::DeviceCounters;
 use crate::devices::virtio::{read_config_bytes, DeviceType, VirtioCommon, VirtioDevice};
 use crate::memory::GuestMem;
 
@@ -89,6 +90,7 @@ impl Block {
     /// kicks its own queue event so the event loop comes back after serving everything else
     /// that is ready. Returns how many requests were completed.
     pub fn process_requests(&mut self) -> usize {
+        let counters = self.common.counters().clone();
         let Some(a) = self.common.active_mut() else {
             return 0;
         };
@@ -99,7 +101,7 @@ impl Block {
                 break;
             };
             let head = chain.head_index();
-            let len = self.disk.serve(&a.mem, chain).unwrap_or(0);
+            let len = self.disk.serve(&a.mem, chain, &counters).unwrap_or(0);
             if queue.add_used(&a.mem, head, len).is_err() {
                 tracing::warn!("virtio-blk: cannot return a request");
             }
@@ -161,7 +163,12 @@ impl Disk {
 
     /// Serves one request; returns the bytes written to guest memory, or None when the chain
     /// has no room for a status byte.
-    fn serve<M>(&self, mem: &GuestMem, chain: virtio_queue::DescriptorChain<M>) -> Option<u32>
+    fn serve<M>(
+        &self,
+        mem: &GuestMem,
+        chain: virtio_queue::DescriptorChain<M>,
+        counters: &DeviceCounters,
+    ) -> Option<u32>
     where
         M: std::ops::Deref + Clone,
         M::Target: vm_memory::GuestMemory + Sized,
@@ -186,7 +193,16 @@ impl Disk {
             let mut s = [0u8; 8];
             s.copy_from_slice(&hdr[8..16]);
             let sector = u64::from_le_bytes(s);
-            self.execute(kind, sector, &mut reader, &mut data, data_len)
+            let out_len = reader.available_bytes();
+            let status = self.execute(kind, sector, &mut reader, &mut data, data_len);
+            if status == S_OK {
+                match kind {
+                    T_IN => counters.add_rx_bytes(data_len as u64),
+                    T_OUT => counters.add_tx_bytes(out_len as u64),
+                    _ => {}
+                }
+            }
+            status
         };
         let written = if status == S_OK {
             data.bytes_written()

@@ -107,6 +107,14 @@ fn read_write_flush_id() {
     r.q.add_chain(&[(HDR, 16, false), (STATUS, 1, true)]);
     r.dev.process_requests();
     assert_eq!(status(&mem), S_UNSUPP);
+
+    // One sector each way; the flush, the id and the refused request move no disk bytes.
+    let s = r.dev.common().counters().snapshot(0);
+    assert_eq!(
+        s.bytes,
+        Some(hull_protocol::control::DeviceBytes { rx: 512, tx: 512 })
+    );
+    assert_eq!(s.interrupts, 5);
 }
 
 #[test]
@@ -118,6 +126,12 @@ fn read_only_disk_refuses_writes() {
     r.dev.process_requests();
     assert_eq!(status(&mem), S_IOERR);
     assert_eq!(&std::fs::read(&r.path).unwrap()[..5], b"hello");
+    let bytes = r.dev.common().counters().snapshot(0).bytes.unwrap();
+    assert_eq!(
+        (bytes.rx, bytes.tx),
+        (0, 0),
+        "a refused write moved nothing"
+    );
 }
 
 #[test]

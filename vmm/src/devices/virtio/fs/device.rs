@@ -2,10 +2,11 @@
 //! itself runs in virtiofsd, over vhost-user: the guest's queue notifications (KVM ioeventfds)
 //! go straight to virtiofsd as its kick eventfds, so the event loop does not poll them.
 //!
-//! Interrupts: virtiofsd signals one "call" eventfd for both queues; the event loop polls it and
-//! raises the device interrupt through [`VirtioCommon::signal_used`], which also sets the
-//! InterruptStatus bit the virtio-mmio driver reads. (Handing virtiofsd the irqfd itself would
-//! skip that bit, and the MMIO driver ignores an interrupt without it.)
+//! Interrupts: virtiofsd raises the device's interrupt line itself: its "call" eventfd for both
+//! queues is the device's KVM irqfd, so a completed request reaches the guest without a trip
+//! through the event loop. The virtio-mmio driver handles an interrupt only when InterruptStatus
+//! shows the used-ring bit, which virtiofsd cannot set: while the queues run, the bit reads as
+//! always pending (the driver then checks both rings, finding nothing new at worst).
 //!
 //! Driver reset: the rings are stopped (GET_VRING_BASE) and, when virtiofsd offers RESET_DEVICE
 //! (1.x does), its device state is reset so the driver can start the device again; otherwise
@@ -19,11 +20,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use vhost::vhost_user::Frontend;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::vhost_user::{self, Negotiated, StartParams, CONFIG_LEN, NUM_QUEUES, QUEUE_SIZE};
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, DeviceType, VirtioCommon, VirtioDevice,
+    read_config_bytes, ActivateError, DeviceType, VirtioCommon, VirtioDevice, INT_VRING,
 };
 
 /// Errors creating the device.
@@ -68,7 +68,6 @@ pub struct Fs {
     frontend: Frontend,
     negotiated: Negotiated,
     config: [u8; CONFIG_LEN],
-    call: EventFd,
     backend: Backend,
 }
 
@@ -116,13 +115,13 @@ impl Fs {
         let features = vhost_user::guest_features(negotiated.features);
         Ok(Fs {
             common: VirtioCommon::new(DeviceType::Fs, features, &[QUEUE_SIZE; NUM_QUEUES])
-                .map_err(Error::EventFd)?,
+                .map_err(Error::EventFd)?
+                .served_externally(),
             tag: tag.to_string(),
             socket: socket.to_path_buf(),
             frontend,
             negotiated,
             config: vhost_user::config_space(tag),
-            call: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
             backend: Backend::Usable,
         })
     }
@@ -130,11 +129,6 @@ impl Fs {
     /// Whether virtiofsd went away (or failed to start the queues).
     pub fn is_broken(&self) -> bool {
         matches!(self.backend, Backend::Broken)
-    }
-
-    /// The eventfd virtiofsd signals when it used buffers.
-    pub fn call_event(&self) -> &EventFd {
-        &self.call
     }
 
     fn broken(&mut self, why: &str) {
@@ -172,11 +166,12 @@ impl VirtioDevice for Fs {
             queues: &active.queues,
             backend_features: self.negotiated.features,
             acked: self.common.acked(),
-            call: &self.call,
+            call: active.interrupt.irqfd(),
             kicks: self.common.queue_events(),
         };
         match vhost_user::start(self.frontend.clone(), &params) {
             Ok(()) => {
+                active.interrupt.set_always(INT_VRING);
                 tracing::info!(tag = %self.tag, "virtio-fs: virtiofsd serves the queues");
                 Ok(())
             }
@@ -191,6 +186,9 @@ impl VirtioDevice for Fs {
         }
     }
     fn on_reset(&mut self) -> bool {
+        if let Some(active) = self.common.active() {
+            active.interrupt.set_always(0);
+        }
         if !matches!(self.backend, Backend::Usable) {
             return false;
         }
@@ -213,16 +211,11 @@ impl VirtioDevice for Fs {
         if self.is_broken() {
             return Vec::new();
         }
-        vec![self.call.as_raw_fd(), self.frontend.as_raw_fd()]
+        vec![self.frontend.as_raw_fd()]
     }
     fn process_queue(&mut self, _index: usize) {}
     fn process_backend(&mut self, fd: RawFd) {
-        if fd == self.call.as_raw_fd() {
-            // Non-blocking: an empty counter is a spurious wakeup.
-            if self.call.read().is_ok() {
-                self.common.signal_used();
-            }
-        } else if fd == self.frontend.as_raw_fd()
+        if fd == self.frontend.as_raw_fd()
             && !self.is_broken()
             && peer_gone(self.frontend.as_raw_fd())
         {

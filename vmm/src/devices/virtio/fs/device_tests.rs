@@ -11,6 +11,7 @@ use crate::memory;
 use crate::memory::GuestMem;
 use std::sync::Arc;
 use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 fn device(
     b: Behaviour,
@@ -59,28 +60,45 @@ fn transport_view() {
     assert_eq!(u32::from_le_bytes(queues), 1);
     assert_eq!(fs.common().queue_events().len(), NUM_QUEUES);
     assert!(!fs.polls_queue_events(), "virtiofsd reads the kicks");
-    assert_eq!(fs.backend_fds().len(), 2);
+    assert_eq!(
+        fs.backend_fds().len(),
+        1,
+        "the socket; virtiofsd raises the line itself"
+    );
     drop(fs);
     backend.join().unwrap();
 }
 
 #[test]
-fn call_event_raises_the_vring_interrupt() {
+fn virtiofsd_raises_the_line_and_the_vring_bit_reads_as_pending() {
     let (mut fs, backend) = device(Behaviour::default());
     let (result, irq, _mem) = activate(&mut fs);
     result.unwrap();
-    let call = fs.call_event().as_raw_fd();
-    // Before anything is signalled: a spurious wakeup raises nothing.
-    fs.process_backend(call);
-    assert_eq!(irq.status(), 0);
-    fs.call_event().write(1).unwrap();
-    fs.process_backend(call);
+    // virtiofsd got the irqfd as its call eventfd: the event loop polls only the socket.
+    assert_eq!(fs.backend_fds(), vec![fs.frontend.as_raw_fd()]);
     assert_eq!(irq.status(), INT_VRING);
+    irq.ack(u32::MAX);
+    assert_eq!(
+        irq.status(),
+        INT_VRING,
+        "the driver's acknowledgement keeps it"
+    );
+    // virtiofsd's kicks, bytes and interrupts never pass through hull-vmm.
+    let s = fs.common().counters().snapshot(0);
+    assert_eq!(s.interrupts, 0);
+    assert!(s.queue_notifications.is_empty() && s.bytes.is_none());
     // The socket is idle while the backend lives.
     fs.process_backend(fs.frontend.as_raw_fd());
     assert!(!fs.is_broken());
+    assert!(fs.reset());
+    assert_eq!(irq.status(), 0, "a reset device raises nothing");
     drop(fs);
-    backend.join().unwrap();
+    let log = codes(&backend.join().unwrap());
+    let calls = log
+        .iter()
+        .filter(|&&c| c == FrontendReq::SET_VRING_CALL as u32)
+        .count();
+    assert_eq!(calls, NUM_QUEUES);
 }
 
 #[test]
@@ -91,8 +109,6 @@ fn reset_restarts_the_backend_when_it_can_reset() {
     assert!(fs.reset());
     let (again, irq, _mem) = activate(&mut fs);
     again.unwrap();
-    fs.call_event().write(1).unwrap();
-    fs.process_backend(fs.call_event().as_raw_fd());
     assert_eq!(irq.status(), INT_VRING);
     drop(fs);
     let log = codes(&backend.join().unwrap());

@@ -188,6 +188,7 @@ impl Net {
     /// chains were taken.
     pub fn process_tx(&mut self) -> usize {
         let acked = self.common.acked();
+        let counters = self.common.counters().clone();
         let Some(a) = self.common.active_mut() else {
             return 0;
         };
@@ -199,9 +200,12 @@ impl Net {
             taken += 1;
             let head = chain.head_index();
             let sent = read_tx_frame(&a.mem, chain, &mut self.tx_buf, acked)
-                .map(|len| self.tap.write(&self.tx_buf[..len]));
+                .map(|len| self.tap.write(&self.tx_buf[..len]).map(|_| len));
             match sent {
-                Some(Ok(_)) => self.stats.tx_frames += 1,
+                Some(Ok(len)) => {
+                    self.stats.tx_frames += 1;
+                    counters.add_tx_bytes((len - VNET_HDR_LEN) as u64);
+                }
                 Some(Err(e)) => {
                     self.stats.tx_dropped += 1;
                     tracing::debug!(tap = %self.tap.name(), error = %e, "virtio-net: tap write failed");
@@ -226,6 +230,7 @@ impl Net {
     /// until the guest posts buffers. Returns how many frames were delivered or dropped.
     pub fn process_rx(&mut self) -> usize {
         let mrg = self.common.has_acked(F_MRG_RXBUF);
+        let counters = self.common.counters().clone();
         let Some(a) = self.common.active_mut() else {
             return 0;
         };
@@ -262,6 +267,7 @@ impl Net {
                         self.stats.rx_dropped += 1;
                     } else {
                         self.stats.rx_frames += 1;
+                        counters.add_rx_bytes((self.rx_len - VNET_HDR_LEN) as u64);
                     }
                     used |= returned;
                     self.rx_len = 0;

@@ -105,10 +105,13 @@ fn tx_frames_reach_the_tap_header_and_all() {
     // Header and payload split across two descriptors.
     r.tx.add_chain(&[(BUF, 12, false), (BUF + 12, 100, false)]);
     assert_eq!(r.dev.process_tx(), 1);
-    assert_eq!(recv_all(&r.peer), vec![frame]);
+    assert_eq!(recv_all(&r.peer), vec![frame.clone()]);
     assert_eq!(r.tx.used_idx(), 1);
     assert_eq!(r.tx.used_elem(0).1, 0);
     assert_eq!(r.dev.stats().tx_frames, 1);
+    let s = r.dev.common().counters().snapshot(0);
+    assert_eq!(s.bytes.unwrap().tx as usize, frame.len() - VNET_HDR_LEN);
+    assert_eq!(s.interrupts, 1);
 }
 
 #[test]
@@ -157,6 +160,11 @@ fn hostile_tx_chains_are_dropped_and_returned() {
     r.tx.add_chain(&[(BUF, BUF_LEN as u32, false)]);
     r.dev.process_tx();
     assert_eq!(recv_all(&r.peer)[0].len(), BUF_LEN);
+    let bytes = r.dev.common().counters().snapshot(0).bytes.unwrap();
+    assert_eq!(
+        bytes.tx, MAX_FRAME_LEN as u64,
+        "dropped frames count no bytes"
+    );
 }
 
 #[test]
@@ -210,6 +218,11 @@ fn rx_frame_fills_one_chain() {
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
     assert_eq!(got[12..], frame[12..]);
     assert_eq!(r.dev.stats().rx_frames, 1);
+    let bytes = r.dev.common().counters().snapshot(0).bytes.unwrap();
+    assert_eq!(
+        (bytes.rx as usize, bytes.tx),
+        (frame.len() - VNET_HDR_LEN, 0)
+    );
 }
 
 #[test]

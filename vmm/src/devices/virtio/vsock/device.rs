@@ -61,6 +61,7 @@ impl Vsock {
     /// Takes the packets the guest queued on TX, at most `budget` chains (each one taken
     /// counts down `budget`). Returns how many chains were used.
     pub fn process_tx(&mut self, budget: &mut usize) -> usize {
+        let counters = self.common.counters().clone();
         let Some(a) = self.common.active_mut() else {
             return 0;
         };
@@ -72,6 +73,7 @@ impl Vsock {
             *budget -= 1;
             let head = chain.head_index();
             if let Some(pkt) = read_packet(&a.mem, chain) {
+                counters.add_tx_bytes(pkt.data.len() as u64);
                 self.muxer.handle_guest_packet(pkt);
             }
             if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
@@ -85,6 +87,7 @@ impl Vsock {
     /// Fills guest RX buffers with whatever the muxer has, at most `budget` chains. Returns
     /// how many chains were used.
     pub fn process_rx(&mut self, budget: &mut usize) -> usize {
+        let counters = self.common.counters().clone();
         let Some(a) = self.common.active_mut() else {
             return 0;
         };
@@ -123,7 +126,12 @@ impl Vsock {
                 "vsock: rx"
             );
             let ok = writer.write_all(&hdr.bytes()).is_ok() && writer.write_all(&pkt.data).is_ok();
-            let len = if ok { writer.bytes_written() as u32 } else { 0 };
+            let len = if ok {
+                counters.add_rx_bytes(pkt.data.len() as u64);
+                writer.bytes_written() as u32
+            } else {
+                0
+            };
             let _ = a.queues[RX].add_used(&a.mem, head, len);
         }
         used

@@ -114,6 +114,24 @@ fn host_handshake_through_the_queues() {
     host.read_exact(&mut got).unwrap();
     assert_eq!(&got[..14], format!("OK {}\n", req.src_port).as_bytes());
     assert_eq!(&got[14..], b"hello");
+
+    // The host answers; the counters saw the guest's payload, then the host's.
+    host.write_all(b"abc").unwrap();
+    r.rx.add_chain(&[(BUF + 0x4000, HDR_LEN as u32 + 64, true)]);
+    for _ in 0..50 {
+        r.dev.process_backend(r.dev.muxer().poll_fd());
+        if r.rx.used_idx() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let s = r.dev.common().counters().snapshot(0);
+    assert_eq!(
+        s.bytes,
+        Some(hull_protocol::control::DeviceBytes { rx: 3, tx: 5 })
+    );
+    assert!(s.interrupts >= 3, "{s:?}");
+    assert_eq!(s.queue_notifications, [0, 0, 0], "process_queue is no kick");
 }
 
 #[test]
