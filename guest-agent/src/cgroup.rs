@@ -178,19 +178,27 @@ impl Cgroup {
         Ok(())
     }
 
+    /// SIGKILLs every process of the cgroup at once through `cgroup.kill`,
+    /// which also catches what forks meanwhile (a list of pids read first
+    /// misses a child forked after the read, and that child then holds the
+    /// container's stdout open); one pid at a time where the file is missing.
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        let kill = self.path.join("cgroup.kill");
+        if kill.exists() {
+            write(&kill, "1")
+        } else {
+            self.signal_all(libc::SIGKILL)
+        }
+    }
+
     /// Kills everything inside and removes the cgroup, waiting up to `timeout`.
     pub fn destroy(&self, timeout: Duration) -> Result<(), CgroupError> {
         if !self.path.exists() {
             return Ok(());
         }
-        let kill = self.path.join("cgroup.kill");
         let deadline = Instant::now() + timeout;
         loop {
-            if kill.exists() {
-                write(&kill, "1")?;
-            } else {
-                self.signal_all(libc::SIGKILL)?;
-            }
+            self.kill_all()?;
             match std::fs::remove_dir(&self.path) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -387,7 +395,11 @@ pub fn limits(
         let mut keys: Vec<_> = unified.iter().collect();
         keys.sort();
         for (k, v) in keys {
-            if k.contains('/') || k.starts_with('.') || !k.contains('.') {
+            // A controller's file only: never a path, and never the core
+            // `cgroup.*` files (procs, kill, freeze, subtree_control), which
+            // would move, kill or freeze processes instead of limiting them.
+            if k.contains('/') || k.starts_with('.') || !k.contains('.') || k.starts_with("cgroup.")
+            {
                 return Err(CgroupError::BadKey(k.clone()));
             }
             set(k, v.clone());
@@ -428,11 +440,35 @@ mod tests {
     fn unified_keys_cannot_escape() {
         let res = resources(r#"{"unified":{"../../etc/passwd":"x"}}"#);
         assert!(matches!(limits(&res, no_read), Err(CgroupError::BadKey(_))));
+        for core in ["cgroup.procs", "cgroup.kill", "cgroup.subtree_control"] {
+            let res = resources(&format!(r#"{{"unified":{{"{core}":"1"}}}}"#));
+            assert!(
+                matches!(limits(&res, no_read), Err(CgroupError::BadKey(_))),
+                "{core} accepted"
+            );
+        }
         let res = resources(r#"{"unified":{"memory.high":"1000000"}}"#);
         assert_eq!(
             limits(&res, no_read).unwrap(),
             vec![("memory.high".into(), "1000000".into())]
         );
+    }
+
+    #[test]
+    fn kill_all_writes_cgroup_kill_where_the_kernel_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cgroup = Cgroup {
+            path: dir.path().into(),
+        };
+        std::fs::write(dir.path().join("cgroup.kill"), "").unwrap();
+        cgroup.kill_all().unwrap();
+        let written = std::fs::read_to_string(dir.path().join("cgroup.kill")).unwrap();
+        assert_eq!(written, "1");
+        // Without it: the pids one by one (none here), and no cgroup.kill made up.
+        std::fs::remove_file(dir.path().join("cgroup.kill")).unwrap();
+        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        cgroup.kill_all().unwrap();
+        assert!(!dir.path().join("cgroup.kill").exists());
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod cgroup;
 mod channel;
 pub mod checks;
 mod container;
+mod guest_stats;
 mod init;
 mod logging;
 mod netlink;

@@ -232,6 +232,18 @@ impl agent_ttrpc::Agent for Service {
             .map_err(container_err)?;
         Ok(Empty::new())
     }
+
+    fn guest_stats(
+        &self,
+        _: &TtrpcContext,
+        _: GuestStatsRequest,
+    ) -> ttrpc::Result<GuestStatsResponse> {
+        crate::guest_stats::do_guest_stats().map_err(|e| {
+            let text = chain(&e);
+            tracing::warn!(error = %text, "guest stats failed");
+            status(Code::INTERNAL, text)
+        })
+    }
 }
 
 #[cfg(test)]

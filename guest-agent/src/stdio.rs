@@ -112,6 +112,15 @@ fn connect_endpoint(ep: &StreamEndpoint) -> Result<Option<OwnedFd>, StdioError> 
     }
 }
 
+/// How long a dial to the host may wait for the host's answer. The kernel's
+/// default is 2 s: with ten VMs booting at once on a loaded host, hull-vmm
+/// answered later than that and a container's stdio failed with "timed out".
+const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (linux/vm_sockets.h; the `timeval` form,
+/// which is the only one on 64-bit), at level `AF_VSOCK`.
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+
 /// Connects to `port` on the host (CID 2) over vsock.
 pub(crate) fn dial_vsock(port: u32) -> nix::Result<OwnedFd> {
     let fd = socket(
@@ -120,6 +129,22 @@ pub(crate) fn dial_vsock(port: u32) -> nix::Result<OwnedFd> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    let timeout = libc::timeval {
+        tv_sec: DIAL_TIMEOUT.as_secs() as _,
+        tv_usec: 0,
+    };
+    // SAFETY: `fd` is an open socket; the option value points at a live
+    // `timeval` whose size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    nix::errno::Errno::result(rc)?;
     connect(
         fd.as_raw_fd(),
         &VsockAddr::new(hull_protocol::HOST_CID, port),

@@ -13,7 +13,9 @@ pub fn do_signal(
 ) -> Result<(), ContainerError> {
     let sig = Signal::try_from(signal as i32)
         .map_err(|_| ContainerError::Invalid(format!("unknown signal {signal}")))?;
-    if all {
+    if all && sig == Signal::SIGKILL {
+        container.cgroup.kill_all()?;
+    } else if all {
         container.cgroup.signal_all(sig as i32)?;
     } else {
         let process = container.process(exec_id)?;
