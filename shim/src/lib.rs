@@ -5,4 +5,5 @@
 //! lives in `main.rs`.
 
 pub mod config;
+pub mod dial;
 pub mod guest;

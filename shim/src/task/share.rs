@@ -1,6 +1,8 @@
 //! The pod share on the host, laid out so the guest cannot steer the shim:
 //! `<pod>/share-root` is a host-only directory that only the shim writes;
-//! virtiofsd serves `<pod>/shared`, a read-only, nosuid, nodev bind of it, so
+//! virtiofsd serves `<pod>/shared`, a read-only, nosuid, nodev bind of it
+//! (shared propagation: virtiofsd's own mount namespace receives what is
+//! mounted below it later), so
 //! the guest can create, rename or replace nothing in the share's own levels
 //! (`.volumes`, `.volumes/<container>`, the mount points). Container roots and
 //! volumes are separate mounts below `shared`. Every path is walked beneath the
@@ -51,6 +53,12 @@ pub enum ShareError {
     #[error("mount {source_path} at {target}")]
     Mount {
         source_path: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("make the mount at {target} shared (mount propagation)")]
+    Propagation {
         target: PathBuf,
         #[source]
         source: io::Error,
@@ -328,6 +336,25 @@ fn bind_to_fd(
     })
 }
 
+/// Gives the mount whose root `mount` is (an `O_PATH` fd) shared propagation.
+fn make_shared(mount: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: mount_attr is plain integers; all-zero is valid and then filled in.
+    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+    attr.propagation = libc::MS_SHARED;
+    // SAFETY: mount_setattr reads `attr` of the given size and an empty path, both
+    // alive for the call, and acts on the mount of the fd we own.
+    unit_result(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    })
+}
+
 /// The kind of mount point to make in the share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -345,7 +372,7 @@ pub struct PodShare {
 impl PodShare {
     /// Lays out the share in the (new, host-only) state directory `dir`:
     /// `share-root/.volumes`, and `shared` as a read-only, nosuid, nodev,
-    /// noexec bind of `share-root`.
+    /// noexec bind of `share-root`, with shared propagation.
     pub fn create(dir: &Path) -> Result<Self> {
         let share = Self::open(dir)?;
         for rel in [SHARE_ROOT, SHARED] {
@@ -369,6 +396,14 @@ impl PodShare {
         )
         .map_err(|source| ShareError::Mount {
             source_path: dir.join(SHARE_ROOT),
+            target: dir.join(SHARED),
+            source,
+        })?;
+        // Shared propagation: virtiofsd serves from its own mount namespace, a slave of this
+        // mount's peer group, so the container roots and volumes bound here later (and their
+        // unmounts) reach it. A failure leaves the mount for the caller's `remove`.
+        let served = share.open_rel(SHARED, libc::O_PATH | libc::O_DIRECTORY)?;
+        make_shared(served.as_fd()).map_err(|source| ShareError::Propagation {
             target: dir.join(SHARED),
             source,
         })?;
@@ -708,6 +743,54 @@ mod tests {
             std::fs::read_dir(tmp.path().join("run")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn mounts_below_the_served_share_reach_a_slave_namespace_and_leave_it() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let share = pod(tmp.path(), "p");
+        let served = share.served();
+        // What virtiofsd's namespace sandbox makes: a mount namespace, slave of the host's.
+        let mut slave = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "slave", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        let in_slave = |path: &Path| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", slave.id()))
+                    .unwrap_or_default();
+                // unshare has made its namespace once the served share shows up as a slave.
+                if info.contains(&format!(" {} ", served.display())) && info.contains("master:") {
+                    let point = format!(" {} ", path.display());
+                    return info.lines().any(|l| l.contains(&point));
+                }
+                assert!(std::time::Instant::now() < deadline, "no slave namespace");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        assert!(!in_slave(&served.join("c1")));
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        share.make_dirs(Path::new("c1")).unwrap();
+        share
+            .bind(&src, Path::new("c1"), BindFlags::default())
+            .unwrap();
+        let seen = in_slave(&served.join("c1"));
+        assert!(share.unmount(Path::new("c1")).unwrap());
+        let still = in_slave(&served.join("c1"));
+        let _ = slave.kill();
+        let _ = slave.wait();
+        assert!(
+            seen,
+            "a container root bound later reaches the slave namespace"
+        );
+        assert!(!still, "and its unmount too");
+        share.remove_entry(Path::new("c1"), Kind::Dir).unwrap();
+        share.remove().unwrap();
+        remove_pod_dir(share.dir.as_path());
+        assert!(mounts_below(tmp.path()).is_empty());
     }
 
     #[test]

@@ -6,25 +6,16 @@
 //! only the connection that first presents the secret token the shim gave the
 //! agent; the others are closed unread past the token's length.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use containerd_shim_hull_v2::guest::read_connect_answer;
-
 /// Errors of the hybrid vsock handshake and listeners.
 #[derive(Debug, thiserror::Error)]
 pub enum HybridError {
-    #[error("connect to guest port {port} through {uds}")]
-    Connect {
-        port: u32,
-        uds: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("guest port {port}: the VMM answered {answer:?} instead of `OK <n>`")]
-    Refused { port: u32, answer: String },
+    #[error(transparent)]
+    Dial(#[from] containerd_shim_hull_v2::dial::DialError),
     #[error("listen on {path} for the guest")]
     Listen {
         path: PathBuf,
@@ -121,22 +112,7 @@ pub fn new_token() -> Result<Vec<u8>, HybridError> {
 /// Connects to guest `port` through the VMM's hybrid socket `uds`; the stream
 /// carries the guest connection's bytes after the handshake.
 pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, HybridError> {
-    let err = |source| HybridError::Connect {
-        port,
-        uds: uds.to_path_buf(),
-        source,
-    };
-    let mut stream = UnixStream::connect(uds).map_err(err)?;
-    stream.set_read_timeout(Some(timeout)).map_err(err)?;
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(err)?;
-    let (answer, accepted) = read_connect_answer(&stream).map_err(err)?;
-    if !accepted {
-        return Err(HybridError::Refused { port, answer });
-    }
-    stream.set_read_timeout(None).map_err(err)?;
-    Ok(stream)
+    Ok(containerd_shim_hull_v2::dial::connect(uds, port, timeout)?)
 }
 
 /// The host end of one guest-to-host port: a Unix listener at `<uds>_P`, its
@@ -240,6 +216,7 @@ impl Drop for PortListener {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::io::Write;
 
     #[test]
     fn connect_sends_the_port_and_leaves_guest_bytes_unread() {
@@ -270,7 +247,16 @@ mod tests {
             s.write_all(b"NO\n").unwrap();
         });
         let err = connect(&uds, 7, Duration::from_secs(5)).unwrap_err();
-        assert!(matches!(err, HybridError::Refused { port: 7, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                HybridError::Dial(containerd_shim_hull_v2::dial::DialError::Refused {
+                    port: 7,
+                    ..
+                })
+            ),
+            "{err}"
+        );
 
         let port = PortListener::bind(&uds, 5000).unwrap();
         let path = dir.path().join("v.sock_5000");

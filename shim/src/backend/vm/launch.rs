@@ -18,6 +18,7 @@ use hull_protocol::vm::{
 };
 
 use super::console::{log_output, RateLimit};
+use super::supervise;
 use crate::backend::host_pids;
 use crate::backend::SandboxRequest;
 
@@ -161,7 +162,99 @@ fn write_vm_config(cfg: &VmConfig, path: &Path) -> Result<(), LaunchError> {
     })
 }
 
-/// Starts virtiofsd on the pod share and waits for its socket.
+/// virtiofsd's capabilities: its default set without CAP_MKNOD (a guest cannot make
+/// device nodes on the host) nor CAP_SETFCAP (nor plant file capabilities). What stays is
+/// what the share needs, the guest's root acting on image files of many host uids:
+/// CAP_CHOWN (chown), CAP_DAC_OVERRIDE (root reads and writes files whatever their mode),
+/// CAP_FOWNER (chmod, utimes, xattrs of files root does not own), CAP_FSETID (setgid bits
+/// kept on files of other groups; virtiofsd drops it per write to clear suid bits),
+/// CAP_SETUID and CAP_SETGID (virtiofsd creates files as the guest's caller through its
+/// fsuid and fsgid), and CAP_DAC_READ_SEARCH, which stays in virtiofsd's set although only
+/// file handles need it. File handles stay off (virtiofsd's default): each inode the guest
+/// caches holds an O_PATH fd (virtiofsd raises its RLIMIT_NOFILE). With
+/// `--inode-file-handles=prefer`, the CI run of 2026-12-01 ran the share's pjdfstest cases
+/// ~1.75x slower against runc than before (the irqfd change landed in the same run: not
+/// separated). virtiofsd empties the bounding set.
+const MODCAPS: &str = "--modcaps=-mknod:-setfcap";
+
+/// The pod cgroup's `cgroup.procs` files, for a child to join before exec (what
+/// it forks at once is born inside). Prepared before the fork.
+fn cgroup_procs(req: &SandboxRequest) -> Vec<std::ffi::CString> {
+    super::cgroup::PodCgroup::create(req.cgroups_path.as_deref())
+        .map(|c| {
+            c.dirs()
+                .iter()
+                .filter_map(|d| {
+                    std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_vec()).ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Makes `command`'s child join the cgroups of `procs` (from [`cgroup_procs`]) and
+/// inherit the descriptors `inherit` before exec.
+fn pre_exec_join(command: &mut Command, procs: Vec<std::ffi::CString>, inherit: Vec<RawFd>) {
+    // SAFETY: the hook runs in the child between fork and exec and calls only
+    // fcntl(2), open(2), write(2) and close(2), which are async-signal-safe, on
+    // descriptors the shim holds open and on paths prepared before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &inherit {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for path in &procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            Ok(())
+        })
+    };
+}
+
+/// virtiofsd's command line: the share, its socket and its confinement.
+fn virtiofsd_args(req: &SandboxRequest, sockets: &Sockets) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--socket-path".into(),
+        sockets.fs.clone().into(),
+        "--shared-dir".into(),
+        req.share_dir.clone().into(),
+    ];
+    // The namespace sandbox: virtiofsd forks a server that is PID 1 of new PID and
+    // network namespaces, in a mount namespace made a slave of the host's and rooted
+    // at the share; the share has shared propagation (`PodShare::create`), so the
+    // container roots and volumes mounted into it later reach the server. Its own
+    // seccomp filter kills it on a syscall outside the list (and sets no_new_privs).
+    // Extended attributes: only `user.*` passes, both ways; `security.*` (file
+    // capabilities), `trusted.*` and ACLs are refused, so a guest cannot plant a file
+    // capability on a host file.
+    args.extend(
+        [
+            "--sandbox",
+            "namespace",
+            "--seccomp",
+            "kill",
+            MODCAPS,
+            "--announce-submounts",
+            "--cache",
+            "auto",
+            "--xattr",
+            "--xattrmap",
+            XATTR_MAP,
+        ]
+        .map(Into::into),
+    );
+    args
+}
+
+/// Starts virtiofsd on the pod share, in the pod's cgroup from birth (its server
+/// is forked at once), and waits for its socket.
 pub fn start_virtiofsd(
     req: &SandboxRequest,
     sockets: &Sockets,
@@ -169,30 +262,10 @@ pub fn start_virtiofsd(
     log_limit: &Arc<RateLimit>,
 ) -> Result<Child, LaunchError> {
     let program = &req.config.virtiofsd;
-    let mut child = Command::new(program)
-        .arg("--socket-path")
-        .arg(&sockets.fs)
-        .arg("--shared-dir")
-        .arg(&req.share_dir)
-        // chroot, not a mount namespace: containers created later mount their
-        // rootfs into the share after virtiofsd started, and it must see them.
-        // No CAP_MKNOD (a guest cannot make device nodes on the host) nor
-        // CAP_SETFCAP. Extended attributes: only `user.*` passes, both ways;
-        // `security.*` (file capabilities), `trusted.*` and ACLs are refused,
-        // so a guest cannot plant a file capability on a host file.
-        // CAP_DAC_READ_SEARCH stays for file handles: with O_PATH fds instead,
-        // every inode the guest caches holds an fd and large trees hit RLIMIT_NOFILE.
-        .args([
-            "--sandbox",
-            "chroot",
-            "--announce-submounts",
-            "--cache",
-            "auto",
-            "--modcaps=-mknod:-setfcap",
-            "--xattr",
-            "--xattrmap",
-            XATTR_MAP,
-        ])
+    let mut command = Command::new(program);
+    pre_exec_join(&mut command, cgroup_procs(req), Vec::new());
+    let mut child = command
+        .args(virtiofsd_args(req, sockets))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -240,43 +313,10 @@ pub fn start_vmm(
     }
     let program = &req.config.hull_vmm;
     let mut command = Command::new(program);
-    let inherit = inherit.to_vec();
     // The child joins the pod's cgroup before exec: a jailed hull-vmm forks into its PID
     // namespace at once, and the VMM it forks must be born inside (guest RAM is charged
     // where it is first touched). `record` moves the process again and reports failures.
-    let procs: Vec<std::ffi::CString> =
-        super::cgroup::PodCgroup::create(req.cgroups_path.as_deref())
-            .map(|c| {
-                c.dirs()
-                    .iter()
-                    .filter_map(|d| {
-                        std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_vec())
-                            .ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-    // SAFETY: the hook runs in the child between fork and exec and calls only
-    // fcntl(2), open(2), write(2) and close(2), which are async-signal-safe, on
-    // descriptors the shim holds open and on paths prepared before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            for &fd in &inherit {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for path in &procs {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                }
-            }
-            Ok(())
-        })
-    };
+    pre_exec_join(&mut command, cgroup_procs(req), inherit.to_vec());
     let mut child = command
         .arg("--config")
         .arg(&sockets.vm_config)
@@ -311,14 +351,8 @@ pub fn start_vmm(
             let pid = child.id();
             let holder = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.trim() == hull_protocol::vm::VMM_HOLDER_NAME);
-            let children = holder
-                .then(|| std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok())
-                .flatten()
-                .unwrap_or_default();
-            for vmm in children.split_whitespace().filter_map(|p| p.parse().ok()) {
-                if let Err(e) = host_pids::record(&req.state_dir, vmm) {
-                    tracing::warn!(pid = vmm, "record host pid: {e}");
-                }
+            if holder {
+                record_children(req, pid);
             }
             Ok(child)
         }
@@ -338,6 +372,33 @@ pub fn start_vmm(
     }
 }
 
+/// The pids of `pid`'s children (of its main thread, which forks them).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Records the children of `pid` in `host-pids`, for cleanup after a shim crash and the
+/// pod's figures: a jailed hull-vmm under its holder, virtiofsd's server.
+fn record_children(req: &SandboxRequest, pid: u32) {
+    for child in children_of(pid) {
+        if let Err(e) = host_pids::record(&req.state_dir, child) {
+            tracing::warn!(sandbox = %req.sandbox_id, pid = child, "record host pid: {e}");
+        }
+    }
+}
+
+/// Records virtiofsd's server: the child its namespace sandbox forked (PID 1 of its own
+/// PID namespace; the process the shim spawned only waits for it). Called once the guest
+/// booted, when the server has long served the share and the short-lived helper virtiofsd
+/// forks before it is gone.
+pub fn record_virtiofsd_server(req: &SandboxRequest, virtiofsd: &Child) {
+    record_children(req, virtiofsd.id());
+}
+
 fn record(req: &SandboxRequest, pid: u32) {
     if let Err(e) = host_pids::record(&req.state_dir, pid) {
         tracing::warn!(pid, "record host pid: {e}");
@@ -350,7 +411,12 @@ fn record(req: &SandboxRequest, pid: u32) {
     }
 }
 
-/// Waits up to `grace` for the child to exit, then SIGKILLs and reaps it.
+/// How long [`stop`] waits for a killed child's own children to exit.
+const CHILDREN_EXIT: Duration = Duration::from_secs(5);
+
+/// Waits up to `grace` for the child to exit, then SIGKILLs it and its own children
+/// (virtiofsd's server, a jailed VMM under its holder: they would outlive it for a
+/// moment and keep the pod's cgroup busy), reaps it and waits for them.
 pub fn stop(child: &mut Child, grace: Duration) {
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
@@ -359,8 +425,26 @@ pub fn stop(child: &mut Child, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // pidfds of the children the child still lists after they were opened: a child
+    // it has not reaped keeps its pid, so none of them is a recycled one.
+    let pid = child.id();
+    let opened: Vec<(u32, std::os::fd::OwnedFd)> = children_of(pid)
+        .into_iter()
+        .filter_map(|c| Some((c, supervise::pidfd("a pod process's child", c).ok()?)))
+        .collect();
+    let listed = children_of(pid);
+    let kids: Vec<_> = opened
+        .into_iter()
+        .filter(|(c, _)| listed.contains(c))
+        .map(|(_, fd)| fd)
+        .collect();
     let _ = child.kill();
+    kids.iter().for_each(supervise::kill);
     let _ = child.wait();
+    let deadline = Instant::now() + CHILDREN_EXIT;
+    while !kids.iter().all(supervise::exited) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]
@@ -469,6 +553,98 @@ mod tests {
         assert_eq!((meta.uid(), meta.gid()), (0, 65534));
         let err = open_pod_dir_to(&dir.path().join("gone"), 65534).unwrap_err();
         assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    /// A field of `/proc/<pid>/status`, its value's words.
+    fn status(pid: u32, field: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(|v| v.split_whitespace().map(String::from).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn virtiofsd_serves_from_a_confined_server_and_stop_ends_both() {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let found = [
+            Path::new(&home).join(".cargo/bin/virtiofsd"),
+            "/usr/local/bin/virtiofsd".into(),
+            "/usr/libexec/virtiofsd".into(),
+        ]
+        .into_iter()
+        .find(|p| p.exists());
+        let Some(program) = found else {
+            println!("skipped: no virtiofsd (cargo install virtiofsd)");
+            return;
+        };
+        if !nix::unistd::geteuid().is_root() {
+            println!("skipped: virtiofsd's namespace sandbox needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            virtiofsd: program,
+            ..Config::default()
+        };
+        let req = SandboxRequest {
+            share_dir: dir.path().join("share"),
+            state_dir: dir.path().into(),
+            ..request(config)
+        };
+        std::fs::create_dir(&req.share_dir).unwrap();
+        let sockets = Sockets::in_dir(dir.path());
+        let limit = RateLimit::for_pod();
+        let mut launcher =
+            start_virtiofsd(&req, &sockets, Duration::from_secs(60), &limit).unwrap();
+        // The server is the launcher's child that installed the seccomp filter.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let server = loop {
+            let serving = children_of(launcher.id())
+                .into_iter()
+                .find(|&c| status(c, "Seccomp") == ["2"]);
+            if let Some(server) = serving {
+                break server;
+            }
+            assert!(Instant::now() < deadline, "no virtiofsd server");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let server_fd = supervise::pidfd("virtiofsd's server", server).unwrap();
+        record_virtiofsd_server(&req, &launcher);
+        let recorded = std::fs::read_to_string(dir.path().join(host_pids::FILE)).unwrap();
+        assert!(
+            recorded.starts_with(&format!("{} ", launcher.id())),
+            "{recorded}"
+        );
+        assert!(recorded.contains(&format!("\n{server} ")), "{recorded}");
+        assert_eq!(status(server, "NoNewPrivs"), ["1"]);
+        // chown, dac_override, dac_read_search, fowner, fsetid, setgid, setuid; nothing else,
+        // not even in the bounding set.
+        assert_eq!(status(server, "CapEff"), ["00000000000000df"]);
+        assert_eq!(status(server, "CapBnd"), ["0000000000000000"]);
+        assert_eq!(
+            status(server, "NSpid").last().map(String::as_str),
+            Some("1")
+        );
+        let ns = |pid: &str, ns: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        for kind in ["mnt", "pid", "net"] {
+            assert_ne!(
+                ns(&server.to_string(), kind),
+                ns("self", kind),
+                "{kind} namespace"
+            );
+        }
+        assert_eq!(
+            status(launcher.id(), "CapEff"),
+            ["0000000000000000"],
+            "the launcher only waits"
+        );
+        stop(&mut launcher, Duration::ZERO);
+        assert!(
+            supervise::exited(&server_fd),
+            "the server ends with the launcher"
+        );
+        sockets.remove();
     }
 
     #[test]

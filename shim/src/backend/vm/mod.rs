@@ -272,7 +272,10 @@ impl VmBackend {
         let taps = network.map(PodNetwork::tap_fds).unwrap_or_default();
         let started = launch::start_vmm(req, &sockets, vm_config, &taps, BOOT_TIMEOUT, &log_limit);
         let mut vmm = match started {
-            Ok(vmm) => vmm,
+            Ok(vmm) => {
+                launch::record_virtiofsd_server(req, &virtiofsd);
+                vmm
+            }
             Err(e) => {
                 launch::stop(&mut virtiofsd, Duration::ZERO);
                 sockets.remove();
