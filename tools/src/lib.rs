@@ -1,10 +1,12 @@
-//! Hull's operator tools share these modules: the node check and the diagnostics
+//! Hull's operator tools share these modules: their command-line loop, the node check and the diagnostics
 //! bundle (`hull-check`), per-pod figures from /proc and hull-vmm's control socket
-//! (through `hull_protocol::control::vm_stats`),
-//! and their Prometheus rendering (`hull-monitor`).
+//! (through `hull_protocol::control::vm_stats`), the guest's own figures from its
+//! agent (`guest`), and their Prometheus rendering (`hull-monitor`).
 
+pub mod args;
 pub mod bundle;
 pub mod check;
+pub mod guest;
 pub mod metrics;
 pub mod pods;
 

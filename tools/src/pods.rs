@@ -1,13 +1,15 @@
 //! Hull pods on this node, as the shim leaves them in its run directory
 //! (`<run_dir>/<namespace>/<pod>`), and the host processes each one runs
 //! (hull-vmm, virtiofsd: the `host-pids` file, `<pid> <start time>` per line),
-//! with their CPU and memory from /proc, and hull-vmm's own figures from the
-//! pod's control socket.
+//! with their CPU and memory from /proc, hull-vmm's own figures from the
+//! pod's control socket, and the guest's from its agent.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hull_protocol::control::{self, ControlError, VmStats};
+
+use crate::guest::{self, Bounds, GuestError, GuestFigures};
 use hull_protocol::vm::pod_files;
 
 /// The shim's record of a pod's host processes, in the pod directory.
@@ -23,11 +25,23 @@ pub struct Pod {
 
 /// How long a pod's hull-vmm may take to answer a stats request.
 pub const VMM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a pod's agent may take for the CONNECT handshake and for its answer each.
+pub const GUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Pod {
     /// hull-vmm's figures, asked on the pod's control socket.
     pub fn vmm_stats(&self) -> Result<VmStats, ControlError> {
         control::vm_stats(&self.dir.join(pod_files::CONTROL), VMM_TIMEOUT)
+    }
+
+    /// The guest's figures, asked of its agent through the hybrid vsock socket and
+    /// checked against what hull-vmm said of the VM (`vmm`, when it answered).
+    pub fn guest_stats(&self, vmm: Option<&VmStats>) -> Result<GuestFigures, GuestError> {
+        let bounds = Bounds {
+            guest_bytes: vmm.map(|v| v.memory.guest_mib.saturating_mul(1 << 20)),
+            vcpus: vmm.map(|v| u32::from(v.vcpus)),
+        };
+        guest::guest_stats(&self.dir.join(pod_files::VSOCK), GUEST_TIMEOUT, bounds)
     }
 }
 

@@ -7,7 +7,9 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use hull_protocol::control::{self, Answer, CpuStats, MemoryStats, Request, VmStats};
+use hull_protocol::control::{
+    self, Answer, CpuStats, DeviceBytes, DeviceKind, DeviceStats, MemoryStats, Request, VmStats,
+};
 
 const CHECK: &str = env!("CARGO_BIN_EXE_hull-check");
 const MONITOR: &str = env!("CARGO_BIN_EXE_hull-monitor");
@@ -235,6 +237,13 @@ fn fake_control_socket(path: &Path) -> std::thread::JoinHandle<()> {
             system_s: 0.25,
         },
         vcpu_exits: 31337,
+        devices: vec![DeviceStats {
+            kind: DeviceKind::Vsock,
+            index: 0,
+            queue_notifications: vec![4, 9, 0],
+            interrupts: 12,
+            bytes: Some(DeviceBytes { rx: 300, tx: 200 }),
+        }],
     };
     std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
@@ -254,6 +263,13 @@ fn monitor_scrape_shows_a_running_pod() {
     let stand_in = Reaped(Command::new("sleep").arg("60").spawn().unwrap());
     let pod_dir = fake_pod(&run_dir, "k8s.io", "pod1", &[stand_in.0.id()]);
     let vmm = fake_control_socket(&pod_dir.join(hull_protocol::vm::pod_files::CONTROL));
+    // A hybrid vsock socket whose agent takes the connection and never answers.
+    let agent = UnixListener::bind(pod_dir.join(hull_protocol::vm::pod_files::VSOCK)).unwrap();
+    let hung_agent = std::thread::spawn(move || {
+        let (mut conn, _) = agent.accept().unwrap();
+        conn.write_all(b"OK 1024\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    });
     let cfg = config(dir.path(), &run_dir);
     let mut monitor = Reaped(
         Command::new(MONITOR)
@@ -273,11 +289,14 @@ fn monitor_scrape_shows_a_running_pod() {
         .expect("ready line")
         .to_string();
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    let asked = std::time::Instant::now();
     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut page = String::new();
     conn.read_to_string(&mut page).unwrap();
+    let took = asked.elapsed();
     vmm.join().unwrap();
+    hung_agent.join().unwrap();
     println!("{page}");
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     assert!(page.contains("Content-Type: text/plain; version=0.0.4"));
@@ -299,6 +318,15 @@ fn monitor_scrape_shows_a_running_pod() {
     );
     assert!(page.contains("# TYPE hull_vmm_vcpu_exits_total counter\n"));
     assert!(page.contains("hull_vmm_vcpu_exits_total{namespace=\"k8s.io\",pod=\"pod1\"} 31337\n"));
+    assert!(page.contains(
+        "hull_vmm_device_notifications_total{namespace=\"k8s.io\",pod=\"pod1\",device=\"vsock0\",queue=\"tx\"} 9\n"
+    ));
+    assert!(page.contains(
+        "hull_vmm_device_bytes_total{namespace=\"k8s.io\",pod=\"pod1\",device=\"vsock0\",direction=\"rx\"} 300\n"
+    ));
+    // The hung agent costs its own figures and no more than the scrape's deadline.
+    assert!(page.contains("hull_guest_up{namespace=\"k8s.io\",pod=\"pod1\"} 0\n"));
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     conn.write_all(b"GET /other HTTP/1.1\r\n\r\n").unwrap();
     let mut page = String::new();

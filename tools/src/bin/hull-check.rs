@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use containerd_shim_hull_v2::config::Config;
+use hull_tools::args::{self, ArgsError};
 use hull_tools::{bundle, check};
 
 const HELP: &str = "\
@@ -33,33 +34,21 @@ struct Args {
     opts: bundle::Options,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Option<Args>> {
+fn parse(args: &[String]) -> Result<Option<Args>, ArgsError> {
     let mut out = Args::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{arg} needs a value (see --help)"))
-        };
-        match arg.as_str() {
-            "--help" | "-h" => {
-                print!("{HELP}");
-                return Ok(None);
-            }
-            "--version" => {
-                println!("{}", hull_tools::version_line("hull-check"));
-                return Ok(None);
-            }
+    let run = args::parse("hull-check", HELP, args, |arg, rest| {
+        match arg {
             "bundle" if !out.bundle => out.bundle = true,
-            "--config" => out.host.hull_config = Some(PathBuf::from(value()?)),
-            "--containerd-config" => out.host.containerd_config = PathBuf::from(value()?),
-            "--pod" if out.bundle => out.opts.pod = Some(value()?.clone()),
-            "--log" if out.bundle => out.opts.log = Some(PathBuf::from(value()?)),
-            "--out" if out.bundle => out.opts.out = PathBuf::from(value()?),
-            other => bail!("unknown argument {other:?} (see --help)"),
+            "--config" => out.host.hull_config = Some(PathBuf::from(rest.value()?)),
+            "--containerd-config" => out.host.containerd_config = PathBuf::from(rest.value()?),
+            "--pod" if out.bundle => out.opts.pod = Some(rest.value()?.clone()),
+            "--log" if out.bundle => out.opts.log = Some(PathBuf::from(rest.value()?)),
+            "--out" if out.bundle => out.opts.out = PathBuf::from(rest.value()?),
+            _ => return Err(rest.unknown()),
         }
-    }
-    Ok(Some(out))
+        Ok(())
+    })?;
+    Ok(run.then_some(out))
 }
 
 /// `--version` lines of Hull's binaries, containerd and virtiofsd.

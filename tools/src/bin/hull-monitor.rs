@@ -1,6 +1,7 @@
 //! `hull-monitor`: one Prometheus endpoint per node with every Hull pod's figures
-//! (host processes from /proc, hull-vmm's own from its control socket), in the
-//! spirit of Kata's kata-monitor. It listens on a loopback address only.
+//! (host processes from /proc, hull-vmm's own and its devices' counters from its
+//! control socket, the guest's memory and CPU from its agent), in the spirit of
+//! Kata's kata-monitor. It listens on a loopback address only.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use containerd_shim_hull_v2::config::Config;
-use hull_tools::metrics;
+use hull_tools::{args, metrics};
 
 /// The default listen address: loopback; `--listen` picks another port if this one is taken.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8091";
@@ -32,25 +33,16 @@ loopback address only). Pods are found under the config's run_dir
 fn parse(args: &[String]) -> anyhow::Result<Option<(SocketAddr, Option<PathBuf>)>> {
     let mut listen = DEFAULT_LISTEN.to_string();
     let mut config = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{arg} needs a value (see --help)"))
-        };
-        match arg.as_str() {
-            "--help" | "-h" => {
-                print!("{HELP}");
-                return Ok(None);
-            }
-            "--version" => {
-                println!("{}", hull_tools::version_line("hull-monitor"));
-                return Ok(None);
-            }
-            "--listen" => listen = value()?.clone(),
-            "--config" => config = Some(PathBuf::from(value()?)),
-            other => bail!("unknown argument {other:?} (see --help)"),
+    let run = args::parse("hull-monitor", HELP, args, |arg, rest| {
+        match arg {
+            "--listen" => listen = rest.value()?.clone(),
+            "--config" => config = Some(PathBuf::from(rest.value()?)),
+            _ => return Err(rest.unknown()),
         }
+        Ok(())
+    })?;
+    if !run {
+        return Ok(None);
     }
     let addr: SocketAddr = listen
         .parse()
@@ -70,7 +62,7 @@ fn serve(mut stream: TcpStream, run_dir: &std::path::Path) -> std::io::Result<()
     let mut words = request.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => match metrics::gather(run_dir) {
+        ("GET", "/metrics") => match metrics::gather(run_dir, metrics::SCRAPE_DEADLINE) {
             Ok(figures) => ("200 OK", metrics::CONTENT_TYPE, metrics::render(&figures)),
             Err(e) => (
                 "500 Internal Server Error",
