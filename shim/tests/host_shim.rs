@@ -172,24 +172,7 @@ impl Lab {
     /// Runs `ctr` in containerd namespace `ns`.
     fn ctr_in(&self, ns: &str, args: &[&str], input: Option<&[u8]>) -> Output {
         let sock = self.dir.join("c.sock");
-        let mut child = Command::new("timeout")
-            .args(["30", "ctr", "-a", sock.to_str().unwrap(), "-n", ns])
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run ctr");
-        if let Some(input) = input {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(input).unwrap();
-        }
-        child.wait_with_output().unwrap()
+        hull_tests::containerd::ctr(30, &["-a", sock.to_str().unwrap(), "-n", ns], args, input)
     }
 
     fn ctr_ok(&self, args: &[&str]) -> String {
@@ -202,6 +185,19 @@ impl Lab {
             self.log()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits up to 10 s until `ctr task ls` shows a STOPPED task; `what` names it in the failure.
+    fn wait_stopped(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ctr_ok(&["task", "ls"]).contains("STOPPED") {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not stop\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Pids of shims serving this containerd.
@@ -500,11 +496,7 @@ fn task_operations_and_events_in_order() {
     assert!(lab.ctr_ok(&["task", "ls"]).contains("PAUSED"));
     lab.ctr_ok(&["task", "resume", "long"]);
     lab.ctr_ok(&["task", "kill", "-s", "TERM", "long"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab.ctr_ok(&["task", "ls"]).contains("STOPPED") {
-        assert!(Instant::now() < deadline, "task did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab.wait_stopped("task");
     lab.ctr_ok(&["task", "delete", "long"]);
     lab.ctr_ok(&["containers", "rm", "long"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -720,7 +712,7 @@ fn delete_subcommand_cleans_up_after_a_killed_shim() {
     }
     assert!(!socket.exists(), "the dead shim's socket is removed");
     // Gone, or a zombie waiting for its new parent to reap it.
-    let alive = || standin::alive(&task_pid.to_string());
+    let alive = || hull_tests::procs::alive(&task_pid.to_string());
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -778,11 +770,7 @@ fn ctr_run_t_gives_a_terminal() {
         lab.log()
     );
     lab.ctr_ok(&["task", "kill", "-s", "KILL", "t2"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab.ctr_ok(&["task", "ls"]).contains("STOPPED") {
-        assert!(Instant::now() < deadline, "t2 did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab.wait_stopped("t2");
     lab.ctr_ok(&["task", "delete", "t2"]);
     lab.ctr_ok(&["containers", "rm", "t2"]);
     lab.assert_clean();

@@ -11,11 +11,15 @@
 //! that nothing of its pods is left: no hull-vmm, virtiofsd or shim process, no
 //! pod directory, no mount.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use hull_tests::census;
+use hull_tests::containerd::{containerd_sh, ctr, stop_containerd};
+use hull_tests::procs::proc_status;
+use hull_tests::{repo_root as workspace, script_output, virtiofsd};
 
 // Hostile-guest scenarios share this binary's containerd (one image import).
 #[path = "lab_shim/churn.rs"]
@@ -30,8 +34,12 @@ mod hostile_guest;
 mod hostile_host;
 #[path = "lab_shim/hostile_share.rs"]
 mod hostile_share;
+#[path = "lab_shim/metrics.rs"]
+mod metrics;
 #[path = "lab_shim/netfilter.rs"]
 mod netfilter;
+#[path = "lab_shim/virtiofsd_confined.rs"]
+mod virtiofsd_confined;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-hull-v2");
 const HULL: &str = "io.containerd.hull.v2";
@@ -43,38 +51,6 @@ const CTR_TIMEOUT_SECS: u32 = 600;
 const CLEANUP_TIMEOUT_SECS: u32 = 120;
 /// Everything of this binary lives here: containerd's state, the shim's pods.
 const BASE: &str = "/run/hull-lab-shim";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .into()
-}
-
-fn script_output(script: &str, args: &[&str]) -> String {
-    let out = Command::new(workspace().join(script))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn virtiofsd() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    [
-        PathBuf::from(home).join(".cargo/bin/virtiofsd"),
-        "/usr/local/bin/virtiofsd".into(),
-        "/usr/libexec/virtiofsd".into(),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .expect("no virtiofsd: cargo install virtiofsd (make setup)")
-}
 
 fn guest_release() -> String {
     let dir = PathBuf::from(script_output("kernel-config/build.sh", &["--path"]));
@@ -93,11 +69,8 @@ struct Containerd {
     address: String,
 }
 
-extern "C" fn stop_containerd() {
-    let _ = Command::new(workspace().join("tests/lab/containerd.sh"))
-        .arg("stop")
-        .env("HULL_CTRD_DIR", Path::new(BASE).join("containerd"))
-        .status();
+extern "C" fn stop_at_exit() {
+    stop_containerd(&Path::new(BASE).join("containerd"));
 }
 
 /// The shared containerd; tests run one at a time (`--test-threads=1` or this lock).
@@ -109,15 +82,17 @@ fn containerd() -> (&'static Containerd, std::sync::MutexGuard<'static, ()>) {
 }
 
 /// Runs `tests/lab/containerd.sh ACTION` for this binary's containerd; its stdout.
-fn containerd_sh(action: &str) -> String {
+fn containerd_action(action: &str) -> String {
     let bin_dir = Path::new(SHIM).parent().unwrap();
-    let out = Command::new(workspace().join("tests/lab/containerd.sh"))
-        .arg(action)
-        .env("HULL_SHIM_DIR", bin_dir)
-        .env("HULL_CONFIG", Path::new(BASE).join("hull.toml"))
-        .env("HULL_CTRD_DIR", Path::new(BASE).join("containerd"))
-        .output()
-        .unwrap();
+    let config = Path::new(BASE).join("hull.toml");
+    let out = containerd_sh(
+        action,
+        &Path::new(BASE).join("containerd"),
+        &[
+            ("HULL_SHIM_DIR", bin_dir.as_os_str()),
+            ("HULL_CONFIG", config.as_os_str()),
+        ],
+    );
     assert!(
         out.status.success(),
         "containerd.sh {action}: {}",
@@ -135,7 +110,7 @@ impl Containerd {
         let initrd = std::env::var("HULL_INITRD")
             .unwrap_or_else(|_| script_output("rootfs/build.sh", &["--path"]));
         let base = Path::new(BASE);
-        stop_containerd();
+        stop_at_exit();
         let _ = std::fs::remove_dir_all(base);
         std::fs::create_dir_all(base).unwrap();
         let config = base.join("hull.toml");
@@ -151,9 +126,9 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let address = containerd_sh("start").trim().to_string();
+        let address = containerd_action("start").trim().to_string();
         // SAFETY: registers a plain function with no captured state, run once at exit.
-        unsafe { libc::atexit(stop_containerd) };
+        unsafe { libc::atexit(stop_at_exit) };
         Self { address }
     }
 
@@ -177,29 +152,12 @@ impl Containerd {
             assert!(Instant::now() < deadline, "containerd outlived SIGKILL");
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert_eq!(containerd_sh("start").trim(), self.address);
+        assert_eq!(containerd_action("start").trim(), self.address);
     }
 
     /// `ctr ARGS` with `input` on its stdin (or none), bounded in time.
     fn ctr_in(&self, args: &[&str], input: Option<&[u8]>) -> Output {
-        let mut child = Command::new("timeout")
-            .arg(CTR_TIMEOUT_SECS.to_string())
-            .args(["ctr", "--address", &self.address])
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run ctr");
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(input).unwrap();
-        }
-        child.wait_with_output().unwrap()
+        ctr(CTR_TIMEOUT_SECS, &["--address", &self.address], args, input)
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
@@ -294,12 +252,12 @@ impl Containerd {
             &["task", "delete", "-f", id],
             &["containers", "rm", id],
         ] {
-            let _ = Command::new("timeout")
-                .arg(CLEANUP_TIMEOUT_SECS.to_string())
-                .args(["ctr", "--address", &self.address])
-                .args(args)
-                .stdin(Stdio::null())
-                .output();
+            let _ = ctr(
+                CLEANUP_TIMEOUT_SECS,
+                &["--address", &self.address],
+                args,
+                None,
+            );
         }
     }
 
@@ -328,83 +286,22 @@ impl Drop for Remove<'_> {
     }
 }
 
-/// Whether `/proc/<pid>` is the holder of a jailed hull-vmm's PID namespace (same command line
-/// as the VMM, its child): the VMM is counted, not its holder.
-fn is_vmm_holder(proc_dir: &Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("comm")).is_ok_and(|c| c.trim() == "hull-vmm-jail")
-}
-
 /// Host processes of this binary's pods (their command line names [`BASE`]): (pid, name).
 fn pod_processes(names: &[&str]) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if !text(&cmdline).contains(BASE) {
-            continue;
-        }
-        let argv0 = text(cmdline.split(|b| *b == 0).next().unwrap_or_default());
-        if is_vmm_holder(&entry.path()) {
-            continue;
-        }
-        if let Some(name) = names.iter().find(|n| argv0.ends_with(*n)) {
-            found.push((pid, name.to_string()));
-        }
-    }
-    found
+    hull_tests::procs::pod_processes(&[BASE], names)
 }
 
 /// uid and gid of the jailed hull-vmm in these tests (nobody/nogroup).
 const JAIL_ID: u32 = 65534;
 
-/// A field of `/proc/<pid>/status`, its value's whitespace-separated words.
-fn proc_status(pid: i32, field: &str) -> Vec<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
-}
-
-const MACHINERY: [&str; 3] = ["hull-vmm", "virtiofsd", "containerd-shim-hull-v2"];
-
 /// What the pods left: processes, pod directories, mounts.
 fn leftovers() -> Vec<String> {
-    let pods = Path::new(BASE).join("pods");
-    let mut left: Vec<String> = pod_processes(&MACHINERY)
-        .into_iter()
-        .map(|(pid, name)| format!("process {pid} {name}"))
-        .collect();
-    left.extend(
-        std::fs::read_dir(&pods)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| format!("file {}", e.path().display())),
-    );
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    left.extend(
-        mounts
-            .lines()
-            .filter(|l| l.contains(BASE))
-            .map(|l| format!("mount {l}")),
-    );
-    left
+    census::leftovers(&[BASE], &Path::new(BASE).join("pods"), BASE)
 }
 
 /// Waits for the pods' teardown to finish; asserts nothing is left.
 fn assert_clean(ctrd: &Containerd, after: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut left = leftovers();
-    while !left.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-        left = leftovers();
-    }
+    let left = census::settled(Duration::from_secs(120), leftovers);
     assert!(
         left.is_empty(),
         "left after {after}: {left:#?}\nshim log:\n{}",
@@ -760,14 +657,14 @@ fn lab_killed_vmm_ends_the_task_and_killed_shim_is_cleaned_up() {
 fn lab_killed_virtiofsd_ends_the_task_like_a_killed_vmm() {
     let (ctrd, _one) = containerd();
     let _cleanup = Remove(ctrd, &["fsdies"]);
-    // virtiofsd dies under a running container: the shim kills the VM, the
-    // task exits, Delete and rm succeed, nothing is left.
+    // virtiofsd's server dies under a running container: the shim kills the VM,
+    // the task exits, Delete and rm succeed, nothing is left (the launcher it
+    // forked from: virtiofsd_confined).
     ctrd.run_detached("fsdies", &[], &["sleep", "1000"]);
-    let fsds = pod_processes(&["virtiofsd"]);
-    assert_eq!(fsds.len(), 1, "{fsds:?}");
+    let (_, server) = virtiofsd_confined::launcher_and_server();
     let started = Instant::now();
     let _ = Command::new("kill")
-        .args(["-9", &fsds[0].0.to_string()])
+        .args(["-9", &server.to_string()])
         .status();
     ctrd.wait_status("fsdies", "STOPPED", 120);
     println!(

@@ -27,15 +27,19 @@ while :; do
     [[ -n "$job" ]] || break
     # Lost the race for it to another worker: take the next one.
     mv "$q/todo/$job" "$q/$me-$job" 2>/dev/null || continue
-    read -r bin args < "$q/$me-$job"
+    # A job is `[NAME=value ...] BINARY ARGS...`: the assignments go to its environment.
+    read -r -a words < "$q/$me-$job"
+    envs=()
+    while [[ ${words[0]} == [A-Z]*=* ]]; do envs+=("${words[0]}"); words=("${words[@]:1}"); done
+    bin="${words[0]}" args="${words[*]:1}"
     echo
-    echo "--- $job on $me: $(basename "$bin") $args"
+    echo "--- $job on $me: ${envs[*]}${envs[*]:+ }$(basename "$bin") $args"
     started=$(date +%s)
     # Its own session, so a timed-out job's children (containerd, shims) go with it.
     # RUSTC_BOOTSTRAP lets the stable test harness print each test's time;
     # --nocapture prints a test's lines as they come (a hang shows where it is).
     # shellcheck disable=SC2086
-    RUSTC_BOOTSTRAP=1 setsid "$bin" --ignored --test-threads=1 --color never --nocapture \
+    env "${envs[@]}" RUSTC_BOOTSTRAP=1 setsid "$bin" --ignored --test-threads=1 --color never --nocapture \
         -Z unstable-options --report-time $args &
     pid=$!
     n=0

@@ -1,5 +1,10 @@
-//! Helpers shared by Hull's integration and lab tests: where the guest kernel
-//! and image are, and running a child process with a deadline.
+//! Helpers shared by Hull's integration and lab tests: where the guest kernel,
+//! image and virtiofsd are, and running a child process with a deadline; a
+//! dev-dependency of the crates whose tests need them.
+
+pub mod census;
+pub mod containerd;
+pub mod procs;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,7 +19,8 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn script_output(script: &str, args: &[&str]) -> PathBuf {
+/// Runs `script` (relative to the checkout) with `args`; its standard output, trimmed.
+pub fn script_output(script: &str, args: &[&str]) -> String {
     let out = Command::new(repo_root().join(script))
         .args(args)
         .output()
@@ -24,14 +30,27 @@ fn script_output(script: &str, args: &[&str]) -> PathBuf {
         "{script} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The virtiofsd binary: cargo's, then the usual install paths.
+pub fn virtiofsd() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    [
+        PathBuf::from(home).join(".cargo/bin/virtiofsd"),
+        "/usr/local/bin/virtiofsd".into(),
+        "/usr/libexec/virtiofsd".into(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .expect("no virtiofsd: cargo install virtiofsd (make setup)")
 }
 
 /// The guest kernel (`vmlinux`): `$HULL_KERNEL`, or the cached build.
 pub fn guest_kernel() -> PathBuf {
     match std::env::var_os("HULL_KERNEL") {
         Some(p) => PathBuf::from(p),
-        None => script_output("kernel-config/build.sh", &["--path"]).join("vmlinux"),
+        None => PathBuf::from(script_output("kernel-config/build.sh", &["--path"])).join("vmlinux"),
     }
 }
 
@@ -39,7 +58,7 @@ pub fn guest_kernel() -> PathBuf {
 pub fn guest_initrd() -> PathBuf {
     match std::env::var_os("HULL_INITRD") {
         Some(p) => PathBuf::from(p),
-        None => script_output("rootfs/build.sh", &["--path"]),
+        None => PathBuf::from(script_output("rootfs/build.sh", &["--path"])),
     }
 }
 

@@ -16,8 +16,9 @@ use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::Agent;
 use ttrpc::TtrpcContext;
 
-use super::standin::{alive, cpu_secs, host_processes, power_off, recorded_pids, rss_kib, serve};
+use super::standin::{host_processes, power_off, recorded_pids, serve};
 use super::{Lab, IMAGE, RUNTIME};
+use hull_tests::procs::{alive, cpu_secs, rss_kib};
 
 /// The shim's resident memory may not pass this under either flood (the
 /// debug build idles at ~10 MiB).
@@ -180,15 +181,7 @@ fn run_detached(lab: &Lab, id: &str) -> i32 {
 fn kill_and_delete(lab: &Lab, id: &str, host_pids: &[String]) {
     let started = Instant::now();
     lab.ctr_ok(&["task", "kill", "-s", "KILL", id]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab.ctr_ok(&["task", "ls"]).contains("STOPPED") {
-        assert!(
-            Instant::now() < deadline,
-            "{id} did not stop\n{}",
-            lab.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab.wait_stopped(id);
     lab.ctr_ok(&["task", "delete", id]);
     lab.ctr_ok(&["containers", "rm", id]);
     println!("{id}: kill, exit and delete took {:?}", started.elapsed());

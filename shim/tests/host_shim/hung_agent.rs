@@ -14,8 +14,9 @@ use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::Agent;
 use ttrpc::TtrpcContext;
 
-use super::standin::{alive, host_processes, recorded_pids, serve};
+use super::standin::{host_processes, recorded_pids, serve};
 use super::{Lab, IMAGE, RUNTIME};
+use hull_tests::procs::alive;
 
 /// The shim's deadline for agent calls in this test (`agent_timeout_secs`).
 const AGENT_TIMEOUT_SECS: u64 = 2;
@@ -157,11 +158,7 @@ fn a_hung_agent_does_not_stall_state_and_kill_stops_its_vm_in_bounded_time() {
         );
     }
     // The task exits with a status; Delete answers at once.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab.ctr_ok(&["task", "ls"]).contains("STOPPED") {
-        assert!(Instant::now() < deadline, "h1 did not stop\n{}", lab.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_stopped("h1");
     let started = Instant::now();
     lab.ctr_ok(&["task", "delete", "h1"]);
     assert!(started.elapsed() < Duration::from_secs(AGENT_TIMEOUT_SECS));

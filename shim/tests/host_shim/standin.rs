@@ -99,16 +99,6 @@ pub fn power_off(dir: &Path) {
     }
 }
 
-/// Whether a process exists and is not a zombie.
-pub fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next())
-            != Some("Z")
-    })
-}
-
 /// The host pids the shim recorded for pod `pod` (hull-vmm, virtiofsd).
 pub fn recorded_pids(run_dir: &Path, pod: &str) -> Vec<String> {
     std::fs::read_to_string(run_dir.join("hulltest").join(pod).join("host-pids"))
@@ -116,32 +106,4 @@ pub fn recorded_pids(run_dir: &Path, pod: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect()
-}
-
-/// `VmRSS` of a process in KiB.
-pub fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of a process, in seconds.
-pub fn cpu_secs(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect()
-        })
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15; 11 and 12 after the state.
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf reads a constant of the running system.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ticks as f64 / per_sec.max(1) as f64
 }

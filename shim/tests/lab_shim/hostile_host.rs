@@ -1,6 +1,7 @@
 //! A guest that floods the console, OOM events or vsock, or an agent that stops answering, cannot exhaust or stall the host side (issue 16, holes 5 to 7).
 
 use super::*;
+use hull_tests::procs::{cpu_ticks, rss_kib, ticks_per_sec};
 
 /// The shim's resident memory may not pass this while a guest floods its console.
 const SHIM_RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -23,37 +24,6 @@ fn shim_of(id: &str) -> i32 {
         .collect();
     assert_eq!(found.len(), 1, "one shim serves pod {id}: {found:?}");
     found[0]
-}
-
-/// `VmRSS` of a process in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of a process, in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect()
-        })
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15; 11 and 12 after the state.
-    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
-}
-
-fn ticks_per_sec() -> u64 {
-    // SAFETY: sysconf reads a constant of the running system.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(t).unwrap_or(100)
 }
 
 /// Lines of the containerd log that the flood pod's shim logged from its console.

@@ -71,8 +71,7 @@ fn import_bench_image(cri: &mut Cri) {
 
 /// One handler's pod with its server, and what was measured of it.
 struct Pod {
-    pod: Option<String>,
-    cgroup_dir: PathBuf,
+    fx: PodFixture,
     addr: Option<SocketAddr>,
     echo: Option<Echo>,
     data: NetHandler,
@@ -87,11 +86,6 @@ impl Pod {
 
 /// Starts `handler`'s pod serving `serve-net`; its address once a connection succeeds.
 fn start_server_pod(cri: &mut Cri, r: &mut Report, base: &Path, handler: &str) -> Pod {
-    let name = format!("netbench-{handler}");
-    let (parent, cgroup_dir) = pod_cgroup(&name);
-    let logs = base.join("logs").join(&name);
-    std::fs::create_dir_all(&logs).unwrap();
-    let config = pod_config(&name, &logs, &parent, false, None);
     let port = net::PORT.to_string();
     let server = container_config(
         "server",
@@ -102,8 +96,7 @@ fn start_server_pod(cri: &mut Cri, r: &mut Report, base: &Path, handler: &str) -
         None,
     );
     let mut p = Pod {
-        pod: None,
-        cgroup_dir,
+        fx: PodFixture::new(base, handler, &format!("netbench-{handler}"), false, None),
         addr: None,
         echo: None,
         data: NetHandler {
@@ -111,12 +104,14 @@ fn start_server_pod(cri: &mut Cri, r: &mut Report, base: &Path, handler: &str) -
             ..Default::default()
         },
     };
-    let started = start_pod(cri, &config, &server, handler, &mut p.pod);
-    if let Err(e) = started {
-        p.fail(r, format!("start the pod: {e}"));
-        return p;
-    }
-    let ip = match cri.pod_status(p.pod.as_deref().unwrap()) {
+    let pod = match p.fx.run(cri, &server) {
+        Ok((pod, _, _)) => pod,
+        Err(e) => {
+            p.fail(r, format!("start the pod: {e}"));
+            return p;
+        }
+    };
+    let ip = match cri.pod_status(&pod) {
         Ok(s) => s.network.map(|n| n.ip).unwrap_or_default(),
         Err(e) => {
             p.fail(r, format!("PodSandboxStatus: {e}"));
@@ -280,13 +275,10 @@ fn lab_cri_bench_pod_network_runc_and_hull() {
     // processes, pod state, mounts) is not per pod.
     for p in pods.iter_mut() {
         p.echo = None;
-        if let Some(pod) = p.pod.as_deref() {
-            r.result(&p.data.handler, "StopPodSandbox", cri.stop_pod(pod));
-            r.result(&p.data.handler, "RemovePodSandbox", cri.remove_pod(pod));
-        }
+        p.fx.remove(&mut cri, &mut r, "");
     }
-    for p in &pods {
-        teardown(&mut cri, &mut r, &p.data.handler, None, &p.cgroup_dir);
+    for p in pods.iter_mut() {
+        p.fx.teardown(&mut cri, &mut r);
     }
     r.finish(&shim_log());
 }

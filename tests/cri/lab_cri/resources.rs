@@ -22,17 +22,9 @@ fn cgroup_number(dir: &Path, file: &str, key: Option<&str>) -> Option<u64> {
 
 /// (RssAnon + RssFile, RssShmem) of a process in KiB: its own memory, and the shared memory it
 /// maps (for hull-vmm, the guest RAM the guest has touched: a memfd).
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("RssAnon:") + field("RssFile:"), field("RssShmem:"))
+fn rss_kib(pid: i32) -> (u64, u64) {
+    let field = |name: &str| hull_tests::procs::status_kib(pid, name);
+    (field("RssAnon") + field("RssFile"), field("RssShmem"))
 }
 
 fn mib(kib: u64) -> f64 {
@@ -187,11 +179,13 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
     let mut r = Report::default();
     for handler in &handlers() {
         let handler = handler.as_str();
-        let name = format!("sized-{handler}");
-        let (parent, cgroup_dir) = pod_cgroup(&name);
-        let logs = base.join("logs").join(&name);
-        std::fs::create_dir_all(&logs).unwrap();
-        let pod_config = pod_config(&name, &logs, &parent, true, Some(resources(2, 1024)));
+        let mut fx = PodFixture::new(
+            &base,
+            handler,
+            &format!("sized-{handler}"),
+            true,
+            Some(resources(2, 1024)),
+        );
         let app = container_config(
             "app",
             IMAGE,
@@ -200,13 +194,7 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
             true,
             Some(resources(1, 512)),
         );
-        let mut pod_id = None;
-        let Some((pod, a, _)) = r.result(
-            handler,
-            "start the pod",
-            start_pod(&mut cri, &pod_config, &app, handler, &mut pod_id),
-        ) else {
-            teardown(&mut cri, &mut r, handler, pod_id.as_deref(), &cgroup_dir);
+        let Some((pod, a, _)) = fx.start(&mut cri, &mut r, "start the pod", &app) else {
             continue;
         };
         let nproc = exec(&mut cri, &mut r, handler, &a, &["nproc"]).stdout;
@@ -231,8 +219,8 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
             ps.contains("sleep 2147483647"),
             format!("the app sees the pause process: {ps:?}"),
         );
-        measure_overhead(&mut r, &mut cri, handler, &a, &cgroup_dir);
-        crash_and_restart(&mut r, &mut cri, handler, &pod, &pod_config);
+        measure_overhead(&mut r, &mut cri, handler, &a, &fx.cgroup_dir);
+        crash_and_restart(&mut r, &mut cri, handler, &pod, &fx.config);
         if handler == "hull" {
             r.check(
                 handler,
@@ -253,14 +241,16 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
                 .filter(|p| {
                     std::fs::read_to_string(format!("/proc/{p}/cgroup"))
                         .unwrap_or_default()
-                        .contains(&format!("{parent}/"))
+                        .contains(&format!("{}/", fx.parent))
                 })
                 .count();
             r.check(
                 handler,
-                vm.len() == 2 && in_pod == 2,
+                vm.len() == 3 && in_pod == 3,
                 format!(
-                    "hull-vmm and virtiofsd ({vm:?}) are in the pod's cgroup {parent}: {in_pod}"
+                    "hull-vmm and virtiofsd's launcher and server ({vm:?}) are in the pod's \
+                     cgroup {}: {in_pod}",
+                    fx.parent
                 ),
             );
             // A container limit above the VM's memory cannot be honoured.
@@ -273,7 +263,7 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
                 Some(resources(1, 4096)),
             );
             let err = cri
-                .create_container(&pod, &big, &pod_config)
+                .create_container(&pod, &big, &fx.config)
                 .and_then(|id| cri.start_container(&id));
             r.check(
                 handler,
@@ -282,7 +272,7 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
                 format!("a 4 GiB container limit in a 1 GiB pod is refused: {err:?}"),
             );
         }
-        teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
+        fx.teardown(&mut cri, &mut r);
     }
     r.finish(&shim_log());
 }

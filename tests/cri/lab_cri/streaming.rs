@@ -102,11 +102,7 @@ fn lab_cri_exec_and_attach_streams() {
     for handler in &handlers() {
         let handler = handler.as_str();
         let started = Instant::now();
-        let name = format!("stream-{handler}");
-        let (parent, cgroup_dir) = pod_cgroup(&name);
-        let logs = base.join("logs").join(&name);
-        std::fs::create_dir_all(&logs).unwrap();
-        let pod_config = pod_config(&name, &logs, &parent, false, None);
+        let mut fx = PodFixture::new(&base, handler, &format!("stream-{handler}"), false, None);
         let mut echo = container_config(
             "echo",
             IMAGE,
@@ -117,13 +113,7 @@ fn lab_cri_exec_and_attach_streams() {
         );
         echo.stdin = true;
         echo.stdin_once = false;
-        let mut pod_id = None;
-        let Some((pod, id, _)) = r.result(
-            handler,
-            "start the pod",
-            start_pod(&mut cri, &pod_config, &echo, handler, &mut pod_id),
-        ) else {
-            teardown(&mut cri, &mut r, handler, pod_id.as_deref(), &cgroup_dir);
+        let Some((pod, id, _)) = fx.start(&mut cri, &mut r, "start the pod", &echo) else {
             continue;
         };
 
@@ -174,7 +164,7 @@ fn lab_cri_exec_and_attach_streams() {
                 ),
             );
             let want = ("stdout".to_string(), format!("echo:{line}"));
-            let lines = wait_for_log_line(&logs.join("echo.log"), &want);
+            let lines = wait_for_log_line(&fx.logs.join("echo.log"), &want);
             r.check(
                 handler,
                 lines.contains(&want),
@@ -191,8 +181,8 @@ fn lab_cri_exec_and_attach_streams() {
                 ),
             );
         }
-        stdin_once(&mut cri, &mut r, handler, &pod, &pod_config, &logs);
-        teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
+        stdin_once(&mut cri, &mut r, handler, &pod, &fx.config, &fx.logs);
+        fx.teardown(&mut cri, &mut r);
         println!(
             "[{handler}] streaming scenario: {:.1} s",
             started.elapsed().as_secs_f64()

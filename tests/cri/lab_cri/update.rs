@@ -81,12 +81,14 @@ fn lab_cri_update_container_resources_changes_the_containers_cgroup() {
     let started = Instant::now();
     for handler in &handlers() {
         let handler = handler.as_str();
-        let name = format!("update-{handler}");
-        let (parent, cgroup_dir) = pod_cgroup(&name);
-        let logs = base.join("logs").join(&name);
-        std::fs::create_dir_all(&logs).unwrap();
         // Hull's VM: 512 MiB for the pod plus the base.
-        let pod_config = pod_config(&name, &logs, &parent, false, Some(resources(1, 512)));
+        let mut fx = PodFixture::new(
+            &base,
+            handler,
+            &format!("update-{handler}"),
+            false,
+            Some(resources(1, 512)),
+        );
         let app = container_config(
             "app",
             IMAGE,
@@ -95,13 +97,7 @@ fn lab_cri_update_container_resources_changes_the_containers_cgroup() {
             false,
             Some(limits(256, 50_000)),
         );
-        let mut pod_id = None;
-        let Some((pod, id, _)) = r.result(
-            handler,
-            "start the pod",
-            start_pod(&mut cri, &pod_config, &app, handler, &mut pod_id),
-        ) else {
-            teardown(&mut cri, &mut r, handler, pod_id.as_deref(), &cgroup_dir);
+        let Some((_, id, _)) = fx.start(&mut cri, &mut r, "start the pod", &app) else {
             continue;
         };
         if let Some(before) = Limits::read(&mut cri, &mut r, handler, &id) {
@@ -156,7 +152,7 @@ fn lab_cri_update_container_resources_changes_the_containers_cgroup() {
                 format!("runc takes a 4 GiB limit: {big:?}"),
             );
         }
-        teardown(&mut cri, &mut r, handler, Some(&pod), &cgroup_dir);
+        fx.teardown(&mut cri, &mut r);
     }
     println!(
         "update scenario: {:.1} s for {:?}",

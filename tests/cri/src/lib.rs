@@ -60,19 +60,34 @@ impl std::fmt::Debug for Cri {
     }
 }
 
-/// One call: its name for errors, then the request.
+/// How long one CRI call may take (kubelet's `--runtime-request-timeout` is
+/// 2 min; a pod start in the nested lab takes up to ~90 s, more when loaded).
+/// A call past it fails with `DeadlineExceeded`, so a hung runtime fails the
+/// test with its logs instead of hanging it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One call: its name for errors, then the request; bounded by [`CALL_TIMEOUT`].
 macro_rules! call {
     ($self:ident, $client:ident . $method:ident ( $req:expr )) => {{
-        let fut = $self.$client.$method($req);
-        $self
+        let mut req = tonic::Request::new($req);
+        req.set_timeout(CALL_TIMEOUT);
+        let fut = $self.$client.$method(req);
+        // The timer is made inside the runtime (it needs its time driver).
+        match $self
             .rt
-            .block_on(fut)
-            .map(|r| r.into_inner())
-            .map_err(|s| CriError::Call {
+            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await })
+        {
+            Ok(answer) => answer.map(|r| r.into_inner()).map_err(|s| CriError::Call {
                 call: stringify!($method),
                 code: s.code(),
                 message: s.message().to_string(),
-            })
+            }),
+            Err(_) => Err(CriError::Call {
+                call: stringify!($method),
+                code: tonic::Code::DeadlineExceeded,
+                message: format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+            }),
+        }
     }};
 }
 
@@ -143,11 +158,22 @@ impl Cri {
             .ok_or_else(|| missing("pod_sandbox_status", "status"))
     }
 
+    /// `StopPodSandbox`, asked again once when the first call gets no answer in time, as
+    /// kubelet asks again on its next sync. containerd 1.6 answers only once it has handled
+    /// the sandbox's exit, and a handling that takes more than its 10 s bound is retried
+    /// with a doubling back-off (1 s up to 5 min): in the slow nested lab that alone can
+    /// outlast one [`CALL_TIMEOUT`].
     pub fn stop_pod(&mut self, pod: &str) -> Result<()> {
-        let req = StopPodSandboxRequest {
+        let req = || StopPodSandboxRequest {
             pod_sandbox_id: pod.into(),
         };
-        call!(self, runtime.stop_pod_sandbox(req)).map(drop)
+        match call!(self, runtime.stop_pod_sandbox(req())) {
+            Err(CriError::Call {
+                code: tonic::Code::DeadlineExceeded,
+                ..
+            }) => call!(self, runtime.stop_pod_sandbox(req())).map(drop),
+            other => other.map(drop),
+        }
     }
 
     pub fn remove_pod(&mut self, pod: &str) -> Result<()> {

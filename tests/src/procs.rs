@@ -1,0 +1,118 @@
+//! Host processes as the lab and host tests see them in `/proc`: which belong to a test's
+//! pods, and what they use (memory, CPU, status fields).
+
+use std::path::Path;
+
+/// Whether `/proc/<pid>` is the holder of a jailed hull-vmm's PID namespace (same command line
+/// as the VMM, its child): the VMM is counted, not its holder.
+pub fn is_vmm_holder(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("comm")).is_ok_and(|c| c.trim() == "hull-vmm-jail")
+}
+
+/// Host processes of a test's pods: their command line contains one of `markers` (the test's
+/// state or run directory) and their argv0 ends in one of `names`; a jailed VMM's holder is
+/// not counted. Each as (pid, the name it matched).
+pub fn pod_processes(markers: &[&str], names: &[&str]) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline);
+        if !markers.iter().any(|m| text.contains(m)) || is_vmm_holder(&entry.path()) {
+            continue;
+        }
+        let argv0 = text.split('\0').next().unwrap_or_default();
+        if let Some(name) = names.iter().find(|n| argv0.ends_with(*n)) {
+            found.push((pid, name.to_string()));
+        }
+    }
+    found
+}
+
+/// A field of `/proc/<pid>/status`, its value's whitespace-separated words (none when the
+/// process or the field is gone).
+pub fn proc_status(pid: i32, field: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// A KiB field of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, ...); 0 when it is gone.
+pub fn status_kib(pid: i32, field: &str) -> u64 {
+    proc_status(pid, field)
+        .first()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `VmRSS` of a process in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            != Some("Z")
+    })
+}
+
+/// User + system CPU time of a process, in clock ticks.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15; 11 and 12 after the state.
+    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`; 100 if the system does not say).
+pub fn ticks_per_sec() -> u64 {
+    // SAFETY: sysconf reads a constant of the running system.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// User + system CPU time of a process, in seconds.
+pub fn cpu_secs(pid: i32) -> f64 {
+    cpu_ticks(pid) as f64 / ticks_per_sec() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_found_by_its_name_and_has_memory_and_a_status() {
+        let me = std::process::id() as i32;
+        // The path this process was started by, as its cmdline holds it (not
+        // current_exe(), which resolves a symlinked target directory).
+        let argv0 = std::path::PathBuf::from(std::env::args().next().unwrap());
+        let name = argv0.file_name().unwrap().to_str().unwrap();
+        let dir = argv0.parent().unwrap().to_str().unwrap();
+        let found = pod_processes(&[dir], &[name]);
+        assert!(found.contains(&(me, name.to_string())), "{found:?}");
+        assert!(pod_processes(&["/no/such/marker/dir"], &[name]).is_empty());
+        assert!(rss_kib(me) > 0);
+        assert!(alive(&me.to_string()));
+        assert_eq!(proc_status(me, "Pid"), [me.to_string()]);
+        assert_eq!(status_kib(me, "NoSuchField"), 0);
+        assert!(!is_vmm_holder(Path::new("/proc/self")));
+    }
+}
