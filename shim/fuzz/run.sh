@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the shim's fuzz targets (agent_replies, guest_output) for a bounded time
-# from their committed seeds (shim/fuzz/seeds/<target>, written by seeds/make_seeds.py);
+# from their committed seeds (shim/fuzz/seeds/<target>, written by scripts/fuzz_seeds.py);
 # crashes land in shim/fuzz/artifacts/<target>/.
 # Usage: shim/fuzz/run.sh [SECONDS_PER_TARGET]   (default 35)
 set -euo pipefail

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, msg)) = data.split_first() else {
         return;
     };
-    match kind % 14 {
+    match kind % 15 {
         0 => {
             if let Ok(r) = CreateSandboxRequest::parse_from_bytes(msg) {
                 let _ = validate_id(IdKind::Sandbox, &r.sandbox_id);
@@ -93,6 +93,12 @@ fuzz_target!(|data: &[u8]| {
         12 => {
             if let Ok(r) = RemoveContainerRequest::parse_from_bytes(msg) {
                 ids(&r.container_id, "");
+            }
+        }
+        14 => {
+            if let Ok(r) = UpdateContainerRequest::parse_from_bytes(msg) {
+                ids(&r.container_id, "");
+                hull_agent_fuzz::resources_json(&r.oci_resources_json);
             }
         }
         _ => {

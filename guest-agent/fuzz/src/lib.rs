@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use hull_agent::checks::{
     cgroup_limits, check_lexical, check_spec, compile_seccomp, secure_join, MountOpts,
 };
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 /// A container rootfs with symlinks that try to lead out of it: absolute,
 /// climbing, looping, and through a directory.
@@ -107,19 +107,36 @@ pub fn spec_json(json: &[u8]) {
         join(Path::new(p));
     }
     if let Some(res) = linux.resources() {
-        if let Ok(files) = cgroup_limits(res) {
-            for (file, _) in files {
-                assert!(
-                    !file.contains('/') && !file.starts_with('.') && file.contains('.'),
-                    "cgroup file {file:?}"
-                );
-            }
-        }
+        resources(res);
     }
     if let Some(profile) = linux.seccomp() {
         if let Ok(prog) = compile_seccomp(profile) {
             check_bpf(&prog);
         }
+    }
+}
+
+/// Resource limits as create and update write them: only files of a
+/// controller inside the container's cgroup, never a path or a core
+/// `cgroup.*` file.
+fn resources(res: &LinuxResources) {
+    if let Ok(files) = cgroup_limits(res) {
+        for (file, _) in files {
+            assert!(
+                !file.contains('/')
+                    && !file.starts_with('.')
+                    && file.contains('.')
+                    && !file.starts_with("cgroup."),
+                "cgroup file {file:?}"
+            );
+        }
+    }
+}
+
+/// OCI `LinuxResources` as UpdateContainer carries them (JSON).
+pub fn resources_json(json: &[u8]) {
+    if let Ok(res) = serde_json::from_slice::<LinuxResources>(json) {
+        resources(&res);
     }
 }
 
