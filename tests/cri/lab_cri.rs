@@ -243,11 +243,24 @@ impl Report {
     }
 }
 
+/// The last lines of containerd's log, after its exit handlings that failed or were
+/// retried (containerd 1.6 answers StopContainer and StopPodSandbox only once it has
+/// handled the exit: these lines say why an answer came late).
 fn shim_log() -> String {
     let all = std::fs::read_to_string(Path::new(BASE).join("containerd/containerd.log"))
         .unwrap_or_default();
     let lines: Vec<&str> = all.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
+    let retried: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("TaskExit event") && (l.contains("failed") || l.contains("ackOff")))
+        .collect();
+    format!(
+        "exit handlings failed or retried ({}, the last 10):\n{}\nlast lines:\n{}",
+        retried.len(),
+        retried[retried.len().saturating_sub(10)..].join("\n"),
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    )
 }
 
 fn exec(cri: &mut Cri, r: &mut Report, handler: &str, id: &str, cmd: &[&str]) -> ExecOutput {
