@@ -71,9 +71,10 @@ start_vfsd() { # tag-socket source cache-mode
     pids+=($!)
 }
 # HULL_LAB_ROOT_CACHE=always lets the guest cache the read-only host root
-# (repeated execs of containerd, ctr and the shim 5-10x faster), but two lab
-# runs of 2026-11-30 with it hung idle in the file-system tests; until that
-# is understood the default stays uncached. The read-write shares are never cached.
+# (repeated execs of containerd, ctr and the shim 5-10x faster); the test
+# command's lab tier turns it on, as nothing on the host changes while its lab
+# VMs run. Alone, lab.sh stays uncached (a host rebuild shows at once inside).
+# The read-write shares are never cached.
 start_vfsd "$run/root.sock" / "${HULL_LAB_ROOT_CACHE:-none}"
 start_vfsd "$run/run.sock" "$run" none
 fs_args=(-chardev "socket,id=root,path=$run/root.sock" -device vhost-user-fs-pci,chardev=root,tag=hostroot
