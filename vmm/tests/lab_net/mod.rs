@@ -313,13 +313,7 @@ fn net_hostile_guest_stalls_rx_and_floods_tx() {
     let pid = child.id();
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let wait_for = |marker: &str, child: &mut std::process::Child| {
-        while !console.lock().unwrap().contains(marker) {
-            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                let _ = child.kill();
-                panic!("no {marker} from the guest\n{}", console.lock().unwrap());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_console(&console, marker, child, deadline)
     };
     let anon = || status_kib(pid, "RssAnon:").unwrap_or(0);
     // Peak RssAnon while `f` runs.
@@ -408,18 +402,8 @@ fn net_hostile_guest_stalls_rx_and_floods_tx() {
     let tx_got = counter.join().unwrap();
     assert!(vsock_connect(&uds, 1025).is_some(), "cannot stop the flood");
     wait_for("HULL_TEST_DONE", &mut child);
-    let end = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code =
+        wait_or_kill(&mut child, Instant::now() + Duration::from_secs(60)).and_then(|s| s.code());
     reader.join().unwrap();
     let out = console.lock().unwrap().clone();
     println!(
