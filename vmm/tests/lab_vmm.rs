@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hull_tests::procs::{cpu_ticks, status_kib, ticks_per_sec};
 use hull_tests::{guest_initrd as initrd, guest_kernel as kernel, virtiofsd_on_path, wait_or_kill};
 
 mod lab_net;
@@ -457,21 +458,6 @@ const HOSTILE_RSS_ANON_BOUND_KIB: u64 = 48 * 1024;
 /// CPU the VMM may use, in percent of one CPU, once the guest has gone idle.
 const IDLE_CPU_BOUND_PERCENT: f64 = 15.0;
 
-/// `field` (in kB) of /proc/<pid>/status.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Host side of the hostile guest: port 5001 accepts and holds, 5002 writes 1 MiB (as far as
 /// the guest's credit lets it) and hangs up, 5003 reads and discards.
 fn serve_hostile_ports(dir: &Path, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
@@ -530,41 +516,38 @@ fn hostile_guest_cannot_exhaust_the_vmm() {
         format!("{},ro", disk.display()),
     ]);
     let (mut child, console, reader) = spawn_with_console(&args);
-    let pid = child.id();
-    // The VMM's own memory, sampled through the whole run.
+    let pid = child.id() as i32;
+    // The VMM's own memory, sampled through the whole run (0 once it is gone: no new peak).
     let peak = Arc::new(Mutex::new((0u64, 0u64)));
     let (peak2, stop2) = (peak.clone(), stop.clone());
     let sampler = std::thread::spawn(move || {
         while !stop2.load(Ordering::Relaxed) {
-            if let (Some(anon), Some(rss)) =
-                (status_kib(pid, "RssAnon:"), status_kib(pid, "VmRSS:"))
-            {
-                let mut p = peak2.lock().unwrap();
-                *p = (p.0.max(anon), p.1.max(rss));
-            }
+            let (anon, rss) = (status_kib(pid, "RssAnon"), status_kib(pid, "VmRSS"));
+            let mut p = peak2.lock().unwrap();
+            *p = (p.0.max(anon), p.1.max(rss));
+            drop(p);
             std::thread::sleep(Duration::from_millis(100));
         }
     });
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let wait_for = |marker: &str, child: &mut std::process::Child| {
         wait_for_console(&console, marker, child, deadline);
-        (Instant::now(), cpu_ticks(pid).unwrap_or(0))
+        (Instant::now(), cpu_ticks(pid))
     };
     let (storm_t0, storm_c0) = wait_for("STORM_START", &mut child);
     let (storm_t1, storm_c1) = wait_for("STORM_DONE", &mut child);
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = ticks_per_sec() as f64;
     let storm_cpu = (storm_c1 - storm_c0) as f64 / hz / (storm_t1 - storm_t0).as_secs_f64() * 100.0;
     // The guest is idle now: the VMM must be too.
     std::thread::sleep(Duration::from_secs(2));
     let window = Duration::from_secs(3);
-    let t0 = cpu_ticks(pid).unwrap();
+    let t0 = cpu_ticks(pid);
     std::thread::sleep(window);
-    let t1 = cpu_ticks(pid).unwrap();
+    let t1 = cpu_ticks(pid);
     let idle_cpu = (t1 - t0) as f64 / hz / window.as_secs_f64() * 100.0;
     let term = Instant::now();
     // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     let code = wait_or_kill(&mut child, term + Duration::from_secs(30)).and_then(|s| s.code());
     let term_took = term.elapsed();
     stop.store(true, Ordering::Relaxed);

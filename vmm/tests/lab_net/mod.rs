@@ -310,12 +310,12 @@ fn net_hostile_guest_stalls_rx_and_floods_tx() {
         format!("3,{}", uds.display()),
     ]);
     let (mut child, console, reader) = spawn_with_console(&args);
-    let pid = child.id();
+    let pid = child.id() as i32;
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let wait_for = |marker: &str, child: &mut std::process::Child| {
         wait_for_console(&console, marker, child, deadline)
     };
-    let anon = || status_kib(pid, "RssAnon:").unwrap_or(0);
+    let anon = || status_kib(pid, "RssAnon");
     // Peak RssAnon while `f` runs.
     let sample_during = |f: &mut dyn FnMut()| -> u64 {
         let stop = Arc::new(AtomicBool::new(false));
@@ -323,7 +323,7 @@ fn net_hostile_guest_stalls_rx_and_floods_tx() {
         let sampler = std::thread::spawn(move || {
             let mut peak = 0;
             while !stop2.load(Ordering::Relaxed) {
-                peak = peak.max(status_kib(pid, "RssAnon:").unwrap_or(0));
+                peak = peak.max(status_kib(pid, "RssAnon"));
                 std::thread::sleep(Duration::from_millis(50));
             }
             peak
