@@ -101,17 +101,12 @@ fn short(note: &str) -> String {
     }
 }
 
-/// Start latency: every sample as a dot, the median as a bar, per runtime.
-pub fn start_latency(title: &str, unit: &str, series: &[Series]) -> String {
-    let mut out = String::new();
-    header(title, &mut out);
-    let max = series
-        .iter()
-        .flat_map(|s| s.samples.iter().copied())
-        .fold(0.0, f64::max);
+/// The vertical value axis of a plot whose largest value is `max`: grid lines with their
+/// values, and `unit` along the side. Returns where a value goes (its y).
+fn value_axis(out: &mut String, max: f64, unit: &str) -> impl Fn(f64) -> f64 {
     let (top, step) = nice_axis(max);
     let plot_h = H - TOP - BOTTOM;
-    let y = |v: f64| TOP + plot_h * (1.0 - v / top);
+    let y = move |v: f64| TOP + plot_h * (1.0 - v / top);
     let mut v = 0.0;
     while v <= top + step / 2.0 {
         out.push_str(&format!(
@@ -129,6 +124,18 @@ pub fn start_latency(title: &str, unit: &str, series: &[Series]) -> String {
         TOP + plot_h / 2.0,
         escape(unit)
     ));
+    y
+}
+
+/// Start latency: every sample as a dot, the median as a bar, per runtime.
+pub fn start_latency(title: &str, unit: &str, series: &[Series]) -> String {
+    let mut out = String::new();
+    header(title, &mut out);
+    let max = series
+        .iter()
+        .flat_map(|s| s.samples.iter().copied())
+        .fold(0.0, f64::max);
+    let y = value_axis(&mut out, max, unit);
     let col_w = (W - LEFT - RIGHT) / series.len().max(1) as f64;
     for (i, s) in series.iter().enumerate() {
         let cx = LEFT + col_w * (i as f64 + 0.5);
@@ -283,26 +290,7 @@ pub fn grouped_bars(
         .iter()
         .flat_map(|(_, v)| v.iter().flatten().copied())
         .fold(0.0, f64::max);
-    let (top, step) = nice_axis(max);
-    let plot_h = H - TOP - BOTTOM;
-    let y = |v: f64| TOP + plot_h * (1.0 - v / top);
-    let mut v = 0.0;
-    while v <= top + step / 2.0 {
-        out.push_str(&format!(
-            "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>\n",
-            W - RIGHT,
-            LEFT - 6.0,
-            y(v) + 4.0,
-            y = y(v)
-        ));
-        v += step;
-    }
-    out.push_str(&format!(
-        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{}</text>\n",
-        TOP + plot_h / 2.0,
-        TOP + plot_h / 2.0,
-        escape(unit)
-    ));
+    let y = value_axis(&mut out, max, unit);
     let group_w = (W - LEFT - RIGHT) / groups.len().max(1) as f64;
     let bar_w = group_w * 0.7 / series.len().max(1) as f64;
     for (g, label) in groups.iter().enumerate() {

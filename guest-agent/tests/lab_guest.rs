@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::AgentClient;
+use hull_tests::{guest_kernel, qemu_microvm, repo_root};
 use serde_json::json;
 
 const MODULES: [&str; 5] = [
@@ -30,16 +31,9 @@ const MODULES: [&str; 5] = [
 const CID: u32 = 42;
 const STDOUT_PORT: u32 = 7001;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .into()
-}
-
 fn musl_agent() -> PathBuf {
     let path = std::env::var_os("HULL_AGENT_MUSL").map_or_else(
-        || workspace().join("target/x86_64-unknown-linux-musl/release/hull-agent"),
+        || repo_root().join("target/x86_64-unknown-linux-musl/release/hull-agent"),
         PathBuf::from,
     );
     assert!(
@@ -47,18 +41,6 @@ fn musl_agent() -> PathBuf {
         "no static agent at {path:?}: cargo build -p hull-agent --release --target x86_64-unknown-linux-musl"
     );
     path
-}
-
-fn kernel() -> PathBuf {
-    if let Some(k) = std::env::var_os("HULL_KERNEL") {
-        return k.into();
-    }
-    let out = Command::new(workspace().join("kernel-config/build.sh"))
-        .arg("--path")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "guest kernel not built: make kernel");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("vmlinux")
 }
 
 fn ensure_vhost_vsock() {
@@ -158,28 +140,11 @@ fn lab_guest_agent_answers_over_vsock_and_runs_a_container() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let initrd = initramfs(&dir);
-    let mut vm = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm,acpi=off,x-option-roms=off,rtc=off",
-            "-enable-kvm",
-            "-cpu",
-            "host",
-        ])
-        .args([
-            "-m",
-            "256M",
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-        ])
-        .args(["-serial", "stdio", "-device"])
+    let mut vm = qemu_microvm()
+        .arg("-device")
         .arg(format!("vhost-vsock-device,guest-cid={CID}"))
         .arg("-kernel")
-        .arg(kernel())
+        .arg(guest_kernel())
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")

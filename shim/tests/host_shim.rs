@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_tests::containerd::{assert_task_lifecycle, ctr_events};
+
 // The VM backend against stand-ins for hull-vmm, virtiofsd and the agent:
 // one that never answers, one that floods OOM events and the console.
 #[path = "host_shim/hostile_agent.rs"]
@@ -187,6 +189,11 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ctr run -d [OPTIONS] IMAGE ID sleep 100` with the Hull runtime; its output.
+    fn run_sleeper(&self, id: &str, options: &[&str]) -> String {
+        self.ctr_ok(&sleeper(id, options))
+    }
+
     /// Waits up to 10 s until `ctr task ls` shows a STOPPED task; `what` names it in the failure.
     fn wait_stopped(&self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -266,6 +273,25 @@ impl Lab {
         let left = self.pod_dirs();
         assert!(left.is_empty(), "pod directories left: {left:?}");
     }
+}
+
+/// The arguments of `ctr run -d [OPTIONS] IMAGE ID sleep 100` with the Hull runtime.
+fn sleeper<'a>(id: &'a str, options: &[&'a str]) -> Vec<&'a str> {
+    [
+        &["run", "-d"][..],
+        options,
+        &["--runtime", RUNTIME, IMAGE, id, "sleep", "100"],
+    ]
+    .concat()
+}
+
+/// Runs the shell command `cmd` in a terminal of its own (script(1)), bounded in time.
+fn in_terminal(cmd: &str) -> Output {
+    Command::new("timeout")
+        .args(["30", "script", "-qec", cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script")
 }
 
 fn nix_is_root() -> bool {
@@ -394,20 +420,12 @@ fn ctr_runs_containers_through_the_shim() {
 
     // Output to file:// and to a binary:// logger instead of FIFOs.
     let file = lab.dir.join("out/c8.log");
+    let logged_run = |id: &str, uri: &str, script: &str| {
+        let run = ["run", "--rm", "--log-uri", uri, "--runtime", RUNTIME, IMAGE];
+        lab.ctr_ok(&[&run[..], &[id, "sh", "-c", script]].concat())
+    };
     let uri = format!("file://{}", file.display());
-    lab.ctr_ok(&[
-        "run",
-        "--rm",
-        "--log-uri",
-        &uri,
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "c8",
-        "sh",
-        "-c",
-        "echo to-file; echo err-to-file >&2",
-    ]);
+    logged_run("c8", &uri, "echo to-file; echo err-to-file >&2");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(
         text.contains("to-file\n") && text.contains("err-to-file\n"),
@@ -425,19 +443,7 @@ fn ctr_runs_containers_through_the_shim() {
     .unwrap();
     std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let uri = format!("binary://{}", logger.display());
-    lab.ctr_ok(&[
-        "run",
-        "--rm",
-        "--log-uri",
-        &uri,
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "c9",
-        "sh",
-        "-c",
-        "echo to-binary; echo err-to-binary >&2",
-    ]);
+    logged_run("c9", &uri, "echo to-binary; echo err-to-binary >&2");
     let read = |ext: &str| std::fs::read_to_string(format!("{}.{ext}", logged.display()));
     assert_eq!(read("out").unwrap(), "to-binary\n");
     assert_eq!(read("err").unwrap(), "err-to-binary\n");
@@ -455,22 +461,14 @@ fn task_operations_and_events_in_order() {
     let lab = Lab::start("ops");
     let events_log = lab.dir.join("events.txt");
     let sock = lab.dir.join("c.sock");
-    let mut events = Command::new("ctr")
-        .args(["-a", sock.to_str().unwrap(), "-n", "hulltest", "events"])
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .spawn()
-        .expect("ctr events");
+    let mut events = ctr_events(
+        &["-a", sock.to_str().unwrap(), "-n", "hulltest"],
+        &events_log,
+    )
+    .spawn()
+    .expect("ctr events");
     std::thread::sleep(Duration::from_millis(300));
-    lab.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "long",
-        "sleep",
-        "100",
-    ]);
+    lab.run_sleeper("long", &[]);
     let out = lab.ctr_ok(&[
         "task",
         "exec",
@@ -500,33 +498,7 @@ fn task_operations_and_events_in_order() {
     lab.ctr_ok(&["task", "delete", "long"]);
     lab.ctr_ok(&["containers", "rm", "long"]);
     std::thread::sleep(Duration::from_millis(300));
-    let _ = events.kill();
-    let _ = events.wait();
-    let text = std::fs::read_to_string(&events_log).unwrap();
-    let topics: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|t| t.starts_with("/tasks/"))
-        .collect();
-    assert_eq!(
-        topics,
-        [
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exec-added",
-            "/tasks/exec-started",
-            "/tasks/exit",
-            "/tasks/exec-added",
-            "/tasks/exec-started",
-            "/tasks/exit",
-            "/tasks/paused",
-            "/tasks/resumed",
-            "/tasks/exit",
-            "/tasks/delete"
-        ],
-        "{text}"
-    );
-    assert!(text.contains("\"exit_status\":143"), "{text}");
+    assert_task_lifecycle(&mut events, &events_log, 2);
     lab.assert_clean();
 }
 
@@ -538,20 +510,8 @@ fn containers_of_one_pod_share_one_shim() {
     std::fs::write(vol.join("f"), "in a volume").unwrap();
     let mount = format!("type=bind,src={},dst=/data,options=rbind:ro", vol.display());
     for id in ["p1", "p2"] {
-        lab.ctr_ok(&[
-            "run",
-            "-d",
-            "--annotation",
-            "io.kubernetes.cri.sandbox-id=pod1",
-            "--mount",
-            &mount,
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            id,
-            "sleep",
-            "100",
-        ]);
+        let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=pod1"];
+        lab.run_sleeper(id, &[&pod[..], &["--mount", &mount]].concat());
     }
     assert_eq!(lab.shim_pids().len(), 1, "one shim per pod");
     let shared = lab.dir.join("run/hulltest/pod1/shared");
@@ -600,17 +560,7 @@ fn one_container_id_in_two_namespaces_gets_two_private_pods() {
         let import = ["images", "import", "--base-name", "hull/busybox"];
         let out = lab.ctr_in(ns, &[&import[..], &[tar.to_str().unwrap()]].concat(), None);
         assert!(out.status.success(), "import in {ns}: {out:?}");
-        let run = [
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "web",
-            "sleep",
-            "100",
-        ];
-        let out = lab.ctr_in(ns, &run, None);
+        let out = lab.ctr_in(ns, &sleeper("web", &[]), None);
         assert!(
             out.status.success(),
             "ctr -n {ns} run ... web: {out:?}\n{}",
@@ -657,16 +607,7 @@ fn one_container_id_in_two_namespaces_gets_two_private_pods() {
 #[test]
 fn delete_subcommand_cleans_up_after_a_killed_shim() {
     let lab = Lab::start("dead");
-    lab.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "d1",
-        "sleep",
-        "100",
-    ]);
+    lab.run_sleeper("d1", &[]);
     let shims = lab.shim_pids();
     assert_eq!(shims.len(), 1);
     let tasks = lab.ctr_ok(&["task", "ls"]);
@@ -733,36 +674,19 @@ fn ctr_run_t_gives_a_terminal() {
         lab.dir.display()
     );
     // ctr -t needs a terminal of its own: script(1) provides one.
-    let out = Command::new("timeout")
-        .args(["30", "script", "-qec", &ctr, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run script");
+    let out = in_terminal(&ctr);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("on-a-tty"), "{text}\n{}", lab.log());
     assert_eq!(out.status.code(), Some(3), "{text}");
 
     // An exec with a terminal (ctr also resizes it) in a running container.
-    lab.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "t2",
-        "sleep",
-        "100",
-    ]);
+    lab.run_sleeper("t2", &[]);
     let exec = format!(
         "ctr -a {}/c.sock -n hulltest task exec -t --exec-id e1 t2 \
          sh -c 'test -t 0 && echo exec-on-a-tty'",
         lab.dir.display()
     );
-    let out = Command::new("timeout")
-        .args(["30", "script", "-qec", &exec, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run script");
+    let out = in_terminal(&exec);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("exec-on-a-tty") && out.status.success(),

@@ -17,9 +17,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hull_tests::census;
-use hull_tests::containerd::{containerd_sh, ctr, stop_containerd};
+use hull_tests::containerd::{
+    assert_task_lifecycle, containerd_sh, ctr, ctr_events, stop_containerd,
+};
 use hull_tests::procs::proc_status;
-use hull_tests::{repo_root as workspace, script_output, virtiofsd};
+use hull_tests::{
+    guest_initrd, guest_kernel_dir, repo_root as workspace, script_output, virtiofsd,
+};
 
 // Hostile-guest scenarios share this binary's containerd (one image import).
 #[path = "lab_shim/churn.rs"]
@@ -53,8 +57,7 @@ const CLEANUP_TIMEOUT_SECS: u32 = 120;
 const BASE: &str = "/run/hull-lab-shim";
 
 fn guest_release() -> String {
-    let dir = PathBuf::from(script_output("kernel-config/build.sh", &["--path"]));
-    std::fs::read_to_string(dir.join("release"))
+    std::fs::read_to_string(guest_kernel_dir().join("release"))
         .expect("guest kernel release file")
         .trim()
         .to_string()
@@ -106,9 +109,7 @@ impl Containerd {
         let bin_dir = Path::new(SHIM).parent().unwrap();
         let vmm = bin_dir.join("hull-vmm");
         assert!(vmm.is_file(), "no {vmm:?}: cargo build -p hull-vmm");
-        let kernel = PathBuf::from(script_output("kernel-config/build.sh", &["--path"]));
-        let initrd = std::env::var("HULL_INITRD")
-            .unwrap_or_else(|_| script_output("rootfs/build.sh", &["--path"]));
+        let (kernel, initrd) = (guest_kernel_dir().join("vmlinux"), guest_initrd());
         let base = Path::new(BASE);
         stop_at_exit();
         let _ = std::fs::remove_dir_all(base);
@@ -120,7 +121,7 @@ impl Containerd {
                 "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {vmm:?}\nvirtiofsd = {:?}\n\
                  run_dir = {:?}\nmemory_mib = 256\ndebug = true\n\
                  vmm_uid = {JAIL_ID}\nvmm_gid = {JAIL_ID}\n",
-                kernel.join("vmlinux"),
+                kernel,
                 virtiofsd(),
                 base.join("pods"),
             ),
@@ -452,9 +453,7 @@ fn lab_debug_lines_of_shim_vmm_and_agent_reach_containerds_log() {
 fn lab_task_operations_and_events_in_order() {
     let (ctrd, _one) = containerd();
     let events_log = Path::new(BASE).join("events.txt");
-    let mut events = Command::new("ctr")
-        .args(["--address", &ctrd.address, "events"])
-        .stdout(std::fs::File::create(&events_log).unwrap())
+    let mut events = ctr_events(&["--address", &ctrd.address], &events_log)
         .spawn()
         .expect("ctr events");
     // PID 1 of a PID namespace ignores TERM unless it handles it: this one does.
@@ -481,30 +480,7 @@ fn lab_task_operations_and_events_in_order() {
     assert_eq!(ctrd.task_status("ops"), "RUNNING");
     ctrd.stop_and_remove("ops", "TERM");
     assert_clean(ctrd, "the task operations");
-    let _ = events.kill();
-    let _ = events.wait();
-    let log = std::fs::read_to_string(&events_log).unwrap();
-    let topics: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|t| t.starts_with("/tasks/"))
-        .collect();
-    assert_eq!(
-        topics,
-        [
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exec-added",
-            "/tasks/exec-started",
-            "/tasks/exit",
-            "/tasks/paused",
-            "/tasks/resumed",
-            "/tasks/exit",
-            "/tasks/delete"
-        ],
-        "{log}"
-    );
-    assert!(log.contains("\"exit_status\":143"), "{log}");
+    assert_task_lifecycle(&mut events, &events_log, 1);
 }
 
 #[test]

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use hull_cri_tests::net::{http_get, netns_plumbing, netns_with, root_taps};
 use hull_cri_tests::*;
 use hull_tests::containerd::{containerd_sh, stop_containerd};
-use hull_tests::{repo_root as workspace, script_output, virtiofsd};
+use hull_tests::{
+    guest_initrd, guest_kernel_dir, repo_root as workspace, script_output, virtiofsd,
+};
 
 use fixture::{pod_processes, PodFixture};
 
@@ -114,9 +116,7 @@ fn start_containerd() -> Cri {
             "no {b} in {bins:?}: cargo build -p hull-vmm -p containerd-shim-hull-v2"
         );
     }
-    let kernel = PathBuf::from(script_output("kernel-config/build.sh", &["--path"]));
-    let initrd = std::env::var("HULL_INITRD")
-        .unwrap_or_else(|_| script_output("rootfs/build.sh", &["--path"]));
+    let (kernel, initrd) = (guest_kernel_dir().join("vmlinux"), guest_initrd());
     let base = Path::new(BASE);
     stop_at_exit();
     let _ = std::fs::remove_dir_all(base);
@@ -129,7 +129,7 @@ fn start_containerd() -> Cri {
             "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {:?}\nvirtiofsd = {:?}\n\
              run_dir = {:?}\nmemory_mib = 256\nbase_memory_mib = {BASE_MEMORY_MIB}\n\
              max_memory_mib = 2048\nmax_vcpus = 4\ndebug = true\n",
-            kernel.join("vmlinux"),
+            kernel,
             bins.join("hull-vmm"),
             virtiofsd(),
             RUN_DIR,

@@ -9,10 +9,10 @@
 # outside the repo by the inputs' hashes. Prints its path.
 set -euo pipefail
 
-cache="${HULL_CACHE:-/var/cache/hull}/images"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/oci.sh"
 ext=/usr/lib/x86_64-linux-gnu/xtables
 multis=(/usr/sbin/xtables-legacy-multi /usr/sbin/xtables-nft-multi)
-die() { echo "images: $*" >&2; exit 1; }
 for t in umoci ldd /bin/busybox; do command -v "$t" >/dev/null || die "missing $t; run 'make setup'"; done
 for f in "${multis[@]}"; do [[ -x "$f" ]] || die "missing $f; apt-get install iptables"; done
 [[ -d "$ext" ]] || die "missing $ext; apt-get install iptables"
@@ -29,23 +29,14 @@ libs() {
 mapfile -t needed <<< "$(libs)"
 [[ -n "${needed[0]}" ]] || die "ldd found no libraries for ${multis[*]}"
 
-key="$( (sha256sum < /bin/busybox; cat "${multis[@]}" "${needed[@]}" "$ext"/* | sha256sum; cat "$0") \
+key="$( (sha256sum < /bin/busybox; cat "${multis[@]}" "${needed[@]}" "$ext"/* | sha256sum; cat "$0" "$here/oci.sh") \
     | sha256sum | cut -c1-12)"
 out="$cache/hull-iptables-$key.tar"
 [[ -f "$out" ]] && { echo "$out"; exit 0; }
 mapfile -t needed <<< "$(libs --ext)"
 
-tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-umoci init --layout "$tmp/layout"
-umoci new --image "$tmp/layout:latest"
-umoci unpack --rootless --image "$tmp/layout:latest" "$tmp/bundle" >/dev/null
-rootfs="$tmp/bundle/rootfs"
-mkdir -p "$rootfs"/{bin,etc,tmp,proc,sys,dev,root,var,run,usr/sbin}
+busybox_bundle bin etc tmp proc sys dev root var run usr/sbin
 chmod 1777 "$rootfs/tmp"
-install -m 0755 /bin/busybox "$rootfs/bin/busybox"
-"$rootfs/bin/busybox" --list | while read -r applet; do
-    [[ "$applet" == busybox ]] || ln -sf busybox "$rootfs/bin/$applet"
-done
 # The binaries and libraries at the paths the host names them by (files, not
 # the host's symlinks: /lib64 is a link into /usr on a merged-/usr host).
 for f in "${multis[@]}" "${needed[@]}"; do
@@ -62,11 +53,4 @@ for flavour in legacy nft; do
         done
     done
 done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$rootfs/etc/passwd"
-printf 'root:x:0:\nnobody:x:65534:\n' > "$rootfs/etc/group"
-umoci repack --image "$tmp/layout:latest" "$tmp/bundle" >/dev/null
-umoci config --image "$tmp/layout:latest" --config.cmd sh \
-    --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-mkdir -p "$cache"
-tar -C "$tmp/layout" -cf "$out.tmp" . && mv "$out.tmp" "$out"
-echo "$out"
+finish_image --config.cmd sh

@@ -1,10 +1,9 @@
 //! Lab tests: they need a KVM that boots a standard guest kernel (the lab's
 //! nested VM, or a host with hardware KVM) and run with `--ignored`.
 
-use std::process::Command;
 use std::time::Duration;
 
-use hull_tests::{guest_initrd, guest_kernel, run_with_deadline};
+use hull_tests::{guest_initrd, guest_kernel, qemu_microvm, run_with_deadline};
 
 /// The lab's `/dev/kvm` must come from real (emulated-hardware) AMD SVM, not PVM.
 #[test]
@@ -39,25 +38,8 @@ fn lab_kvm_is_kvm_amd_or_hardware() {
 fn lab_reference_vmm_boots_hull_guest_to_ready() {
     let (kernel, initrd) = (guest_kernel(), guest_initrd());
     let run = run_with_deadline(
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-M",
-                "microvm,acpi=off,x-option-roms=off,rtc=off",
-                "-enable-kvm",
-                "-cpu",
-                "host",
-            ])
-            .args([
-                "-m",
-                "256M",
-                "-smp",
-                "1",
-                "-nodefaults",
-                "-no-reboot",
-                "-display",
-                "none",
-            ])
-            .args(["-serial", "stdio", "-kernel"])
+        qemu_microvm()
+            .arg("-kernel")
             .arg(&kernel)
             .arg("-initrd")
             .arg(&initrd)

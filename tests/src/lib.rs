@@ -1,6 +1,6 @@
 //! Helpers shared by Hull's integration and lab tests: where the guest kernel,
-//! image and virtiofsd are, and running a child process with a deadline; a
-//! dev-dependency of the crates whose tests need them.
+//! image and virtiofsd are, running a child process with a deadline, and the
+//! reference VMM's command; a dev-dependency of the crates whose tests need them.
 
 pub mod census;
 pub mod containerd;
@@ -8,7 +8,7 @@ pub mod procs;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Root of the Hull checkout.
@@ -46,11 +46,31 @@ pub fn virtiofsd() -> PathBuf {
     .expect("no virtiofsd: cargo install virtiofsd (make setup)")
 }
 
+/// virtiofsd as the VMM's tests find it: `$HULL_VIRTIOFSD`, else on PATH, else cargo's bin
+/// directory (`make setup`).
+pub fn virtiofsd_on_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("HULL_VIRTIOFSD") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([Path::new(&home).join(".cargo/bin")])
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+        .expect("virtiofsd not found (run 'make setup', or set HULL_VIRTIOFSD)")
+}
+
+/// The directory of the cached guest kernel build (`vmlinux`, `bzImage`, `release`).
+pub fn guest_kernel_dir() -> PathBuf {
+    PathBuf::from(script_output("kernel-config/build.sh", &["--path"]))
+}
+
 /// The guest kernel (`vmlinux`): `$HULL_KERNEL`, or the cached build.
 pub fn guest_kernel() -> PathBuf {
     match std::env::var_os("HULL_KERNEL") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(script_output("kernel-config/build.sh", &["--path"])).join("vmlinux"),
+        None => guest_kernel_dir().join("vmlinux"),
     }
 }
 
@@ -94,21 +114,53 @@ pub fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Finished {
         let _ = err.read_to_end(&mut s);
         String::from_utf8_lossy(&s).into_owned()
     });
-    let status = loop {
-        match child.try_wait().expect("wait for child") {
-            Some(status) => break Some(status),
-            None if start.elapsed() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let status = wait_or_kill(&mut child, start + deadline);
     Finished {
         status,
         stdout: out_reader.join().expect("stdout reader"),
         stderr: err_reader.join().expect("stderr reader"),
         elapsed: start.elapsed(),
     }
+}
+
+/// Waits for `child` to exit until `deadline`, then kills it: its exit status, `None` when it
+/// was killed.
+pub fn wait_or_kill(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait().expect("wait for child") {
+            Some(status) => return Some(status),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// QEMU's microvm machine with KVM (the reference VMM, test-only): one vCPU, 256 MiB, no
+/// default devices, no reboot, the serial console on stdio; the caller adds the devices, the
+/// kernel and the image.
+pub fn qemu_microvm() -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-M",
+        "microvm,acpi=off,x-option-roms=off,rtc=off",
+        "-enable-kvm",
+        "-cpu",
+        "host",
+    ])
+    .args([
+        "-m",
+        "256M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+    ])
+    .args(["-serial", "stdio"]);
+    qemu
 }

@@ -2,23 +2,11 @@
 //! guest, so it runs even on a PVM-backed /dev/kvm): the VMM's vhost-user setup at start, and a
 //! clean exit of both processes. The guest side (mount, read, write) is a lab test.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// virtiofsd: $HULL_VIRTIOFSD, else on PATH, else cargo's bin directory (`make setup`).
-fn virtiofsd() -> PathBuf {
-    if let Some(p) = std::env::var_os("HULL_VIRTIOFSD") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([Path::new(&home).join(".cargo/bin")])
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| p.is_file())
-        .expect("virtiofsd not found (run 'make setup', or set HULL_VIRTIOFSD)")
-}
+use hull_tests::{virtiofsd_on_path, wait_or_kill};
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -28,19 +16,9 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The exit code of `child` within `timeout`; `None` when it had to be killed.
 fn exit_code(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_or_kill(child, Instant::now() + timeout).and_then(|s| s.code())
 }
 
 #[test]
@@ -51,7 +29,7 @@ fn vmm_sets_up_virtiofsd_and_both_exit_cleanly() {
     let share = dir.join("share");
     std::fs::create_dir_all(&share).unwrap();
     let sock = dir.join("fs.sock");
-    let mut vfsd = Command::new(virtiofsd())
+    let mut vfsd = Command::new(virtiofsd_on_path())
         .arg(format!("--socket-path={}", sock.display()))
         .arg(format!("--shared-dir={}", share.display()))
         .args(["--sandbox=none", "--cache=never", "--log-level=error"])

@@ -9,44 +9,15 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hull_tests::procs::{cpu_ticks, status_kib, ticks_per_sec};
+use hull_tests::{guest_initrd as initrd, guest_kernel as kernel, virtiofsd_on_path, wait_or_kill};
+
 mod lab_net;
 
 const READY: &str = "HULL_AGENT_READY";
 // Generous: the lab is 30-100x slower than hardware, and SMP guests on its single emulated CPU
 // are slower still.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn from_script(script: &str) -> PathBuf {
-    let out = Command::new(repo().join(script))
-        .arg("--path")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script} --path: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn kernel() -> PathBuf {
-    std::env::var_os("HULL_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| from_script("kernel-config/build.sh").join("vmlinux"))
-}
-
-fn initrd() -> PathBuf {
-    std::env::var_os("HULL_INITRD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| from_script("rootfs/build.sh"))
-}
 
 /// Output and exit status of one VMM run, killed after `timeout`.
 pub struct Run {
@@ -170,6 +141,23 @@ fn spawn_with_console(
         }
     });
     (child, console, reader)
+}
+
+/// Waits until `marker` is on the `console` of `child` (see [`spawn_with_console`]); kills
+/// the child and fails when it exits first or `deadline` passes.
+fn wait_for_console(
+    console: &Mutex<String>,
+    marker: &str,
+    child: &mut std::process::Child,
+    deadline: Instant,
+) {
+    while !console.lock().unwrap().contains(marker) {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("no {marker} from the guest\n{}", console.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -393,20 +381,6 @@ fn blk_read_only_and_read_write_disks() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// virtiofsd: $HULL_VIRTIOFSD, else on PATH, else cargo's bin directory (`make setup`).
-fn virtiofsd() -> PathBuf {
-    if let Some(p) = std::env::var_os("HULL_VIRTIOFSD") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([Path::new(&home).join(".cargo/bin")])
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| p.is_file())
-        .expect("virtiofsd not found (run 'make setup', or set HULL_VIRTIOFSD)")
-}
-
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
 fn fs_mount_read_write_and_restart_through_virtiofsd() {
@@ -417,7 +391,7 @@ fn fs_mount_read_write_and_restart_through_virtiofsd() {
     std::fs::write(share.join("hello.txt"), "hello from the host share\n").unwrap();
     let sock = dir.join("fs.sock");
     // The shim's flags: chroot sandbox (sees mounts made after start), submounts, cache auto.
-    let mut vfsd = Command::new(virtiofsd())
+    let mut vfsd = Command::new(virtiofsd_on_path())
         .arg(format!("--socket-path={}", sock.display()))
         .arg(format!("--shared-dir={}", share.display()))
         .args([
@@ -439,18 +413,8 @@ fn fs_mount_read_write_and_restart_through_virtiofsd() {
     args.extend(["--fs".into(), format!("hullshare,{}", sock.display())]);
     let run = run_vmm(&args, BOOT_TIMEOUT);
     // virtiofsd serves one connection and exits when the VMM goes away.
-    let vfsd_deadline = Instant::now() + Duration::from_secs(60);
-    let vfsd_code = loop {
-        if let Some(status) = vfsd.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > vfsd_deadline {
-            let _ = vfsd.kill();
-            let _ = vfsd.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let vfsd_code =
+        wait_or_kill(&mut vfsd, Instant::now() + Duration::from_secs(60)).and_then(|s| s.code());
     let mut vfsd_log = String::new();
     let _ = vfsd.stderr.take().unwrap().read_to_string(&mut vfsd_log);
     println!(
@@ -493,21 +457,6 @@ fn fs_mount_read_write_and_restart_through_virtiofsd() {
 const HOSTILE_RSS_ANON_BOUND_KIB: u64 = 48 * 1024;
 /// CPU the VMM may use, in percent of one CPU, once the guest has gone idle.
 const IDLE_CPU_BOUND_PERCENT: f64 = 15.0;
-
-/// `field` (in kB) of /proc/<pid>/status.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
 
 /// Host side of the hostile guest: port 5001 accepts and holds, 5002 writes 1 MiB (as far as
 /// the guest's credit lets it) and hangs up, 5003 reads and discards.
@@ -567,58 +516,39 @@ fn hostile_guest_cannot_exhaust_the_vmm() {
         format!("{},ro", disk.display()),
     ]);
     let (mut child, console, reader) = spawn_with_console(&args);
-    let pid = child.id();
-    // The VMM's own memory, sampled through the whole run.
+    let pid = child.id() as i32;
+    // The VMM's own memory, sampled through the whole run (0 once it is gone: no new peak).
     let peak = Arc::new(Mutex::new((0u64, 0u64)));
     let (peak2, stop2) = (peak.clone(), stop.clone());
     let sampler = std::thread::spawn(move || {
         while !stop2.load(Ordering::Relaxed) {
-            if let (Some(anon), Some(rss)) =
-                (status_kib(pid, "RssAnon:"), status_kib(pid, "VmRSS:"))
-            {
-                let mut p = peak2.lock().unwrap();
-                *p = (p.0.max(anon), p.1.max(rss));
-            }
+            let (anon, rss) = (status_kib(pid, "RssAnon"), status_kib(pid, "VmRSS"));
+            let mut p = peak2.lock().unwrap();
+            *p = (p.0.max(anon), p.1.max(rss));
+            drop(p);
             std::thread::sleep(Duration::from_millis(100));
         }
     });
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let wait_for = |marker: &str, child: &mut std::process::Child| {
-        while !console.lock().unwrap().contains(marker) {
-            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                let _ = child.kill();
-                panic!("no {marker} from the guest\n{}", console.lock().unwrap());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        (Instant::now(), cpu_ticks(pid).unwrap_or(0))
+        wait_for_console(&console, marker, child, deadline);
+        (Instant::now(), cpu_ticks(pid))
     };
     let (storm_t0, storm_c0) = wait_for("STORM_START", &mut child);
     let (storm_t1, storm_c1) = wait_for("STORM_DONE", &mut child);
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = ticks_per_sec() as f64;
     let storm_cpu = (storm_c1 - storm_c0) as f64 / hz / (storm_t1 - storm_t0).as_secs_f64() * 100.0;
     // The guest is idle now: the VMM must be too.
     std::thread::sleep(Duration::from_secs(2));
     let window = Duration::from_secs(3);
-    let t0 = cpu_ticks(pid).unwrap();
+    let t0 = cpu_ticks(pid);
     std::thread::sleep(window);
-    let t1 = cpu_ticks(pid).unwrap();
+    let t1 = cpu_ticks(pid);
     let idle_cpu = (t1 - t0) as f64 / hz / window.as_secs_f64() * 100.0;
     let term = Instant::now();
     // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if term.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let code = wait_or_kill(&mut child, term + Duration::from_secs(30)).and_then(|s| s.code());
     let term_took = term.elapsed();
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();

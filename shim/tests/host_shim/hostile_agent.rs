@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -16,8 +16,11 @@ use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::Agent;
 use ttrpc::TtrpcContext;
 
-use super::standin::{host_processes, power_off, recorded_pids, serve};
-use super::{Lab, IMAGE, RUNTIME};
+use super::standin::{
+    host_processes, power_off, recorded_pids, run_detached, runs_containers, scratch, serve,
+};
+use super::Lab;
+use hull_tests::containerd::{ctr_events, stop_events};
 use hull_tests::procs::{alive, cpu_secs, rss_kib};
 
 /// The shim's resident memory may not pass this under either flood (the
@@ -76,27 +79,7 @@ impl HostileAgent {
 }
 
 impl Agent for HostileAgent {
-    fn version(&self, _: &TtrpcContext, _: VersionRequest) -> ttrpc::Result<VersionResponse> {
-        let mut r = VersionResponse::new();
-        r.api_version = hull_protocol::API_VERSION.into();
-        r.agent_version = "hostile-agent stand-in".into();
-        Ok(r)
-    }
-    fn create_sandbox(&self, _: &TtrpcContext, _: CreateSandboxRequest) -> ttrpc::Result<Empty> {
-        Ok(Empty::new())
-    }
-    fn create_container(
-        &self,
-        _: &TtrpcContext,
-        _: CreateContainerRequest,
-    ) -> ttrpc::Result<CreateContainerResponse> {
-        let mut r = CreateContainerResponse::new();
-        r.pid = 1;
-        Ok(r)
-    }
-    fn start_container(&self, _: &TtrpcContext, _: StartContainerRequest) -> ttrpc::Result<Empty> {
-        Ok(Empty::new())
-    }
+    runs_containers!("hostile-agent stand-in");
     fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
         self.signals
             .lock()
@@ -150,32 +133,6 @@ impl Agent for HostileAgent {
     }
 }
 
-/// A scratch directory for the stand-ins of one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(format!("/tmp/hull-{name}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Starts a detached container `id` of its own pod.
-fn run_detached(lab: &Lab, id: &str) -> i32 {
-    lab.ctr_ok(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        id,
-        "sleep",
-        "100",
-    ]);
-    let shims = lab.shim_pids();
-    assert_eq!(shims.len(), 1, "{shims:?}");
-    shims[0]
-}
-
 /// Kills `id`, waits for its exit, deletes it; asserts the stand-ins are gone
 /// and nothing of the pod is left.
 fn kill_and_delete(lab: &Lab, id: &str, host_pids: &[String]) {
@@ -220,13 +177,14 @@ fn an_oom_event_storm_with_foreign_ids_reaches_containerd_only_for_the_pods_cont
     let config = host_processes(&dir, &front, "", "agent_timeout_secs = 10\n");
     let lab = Lab::start_with("oom", "vm", &config);
     let events_log = lab.dir.join("events.txt");
-    let mut events = Command::new("ctr")
-        .args(["-a", lab.dir.join("c.sock").to_str().unwrap()])
-        .args(["-n", "hulltest", "events"])
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ctr events");
+    let sock = lab.dir.join("c.sock");
+    let mut events = ctr_events(
+        &["-a", sock.to_str().unwrap(), "-n", "hulltest"],
+        &events_log,
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("ctr events");
     let shim = run_detached(&lab, "o1");
     let host_pids = recorded_pids(&lab.dir.join("run"), "o1");
     assert_eq!(host_pids.len(), 2, "hull-vmm and virtiofsd: {host_pids:?}");
@@ -252,9 +210,7 @@ fn an_oom_event_storm_with_foreign_ids_reaches_containerd_only_for_the_pods_cont
     let offered = agent.offered.load(Ordering::SeqCst);
     let members_offered = offered.div_ceil(8);
     std::thread::sleep(Duration::from_millis(500));
-    let _ = events.kill();
-    let _ = events.wait();
-    let text = std::fs::read_to_string(&events_log).unwrap();
+    let (text, _) = stop_events(&mut events, &events_log);
     let ooms: Vec<&str> = text.lines().filter(|l| l.contains("/tasks/oom")).collect();
     let shortest_gap = calls
         .windows(2)

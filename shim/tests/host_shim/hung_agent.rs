@@ -14,8 +14,10 @@ use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::Agent;
 use ttrpc::TtrpcContext;
 
-use super::standin::{host_processes, recorded_pids, serve};
-use super::{Lab, IMAGE, RUNTIME};
+use super::standin::{
+    host_processes, recorded_pids, run_detached, runs_containers, scratch, serve,
+};
+use super::Lab;
 use hull_tests::procs::alive;
 
 /// The shim's deadline for agent calls in this test (`agent_timeout_secs`).
@@ -31,27 +33,7 @@ fn hang() -> ! {
 }
 
 impl Agent for HungAgent {
-    fn version(&self, _: &TtrpcContext, _: VersionRequest) -> ttrpc::Result<VersionResponse> {
-        let mut r = VersionResponse::new();
-        r.api_version = hull_protocol::API_VERSION.into();
-        r.agent_version = "hung-agent stand-in".into();
-        Ok(r)
-    }
-    fn create_sandbox(&self, _: &TtrpcContext, _: CreateSandboxRequest) -> ttrpc::Result<Empty> {
-        Ok(Empty::new())
-    }
-    fn create_container(
-        &self,
-        _: &TtrpcContext,
-        _: CreateContainerRequest,
-    ) -> ttrpc::Result<CreateContainerResponse> {
-        let mut r = CreateContainerResponse::new();
-        r.pid = 1;
-        Ok(r)
-    }
-    fn start_container(&self, _: &TtrpcContext, _: StartContainerRequest) -> ttrpc::Result<Empty> {
-        Ok(Empty::new())
-    }
+    runs_containers!("hung-agent stand-in");
     fn signal_process(&self, _: &TtrpcContext, _: SignalProcessRequest) -> ttrpc::Result<Empty> {
         hang()
     }
@@ -79,9 +61,7 @@ impl Agent for HungAgent {
 
 #[test]
 fn a_hung_agent_does_not_stall_state_and_kill_stops_its_vm_in_bounded_time() {
-    let dir = std::path::PathBuf::from(format!("/tmp/hull-hung-agent.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hung-agent");
     let (_server, front) = serve(&dir, Arc::new(HungAgent));
     let config = host_processes(
         &dir,
@@ -90,21 +70,8 @@ fn a_hung_agent_does_not_stall_state_and_kill_stops_its_vm_in_bounded_time() {
         &format!("agent_timeout_secs = {AGENT_TIMEOUT_SECS}\n"),
     );
     let lab = Lab::start_with("hung", "vm", &config);
-    lab.ctr_ok(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "h1",
-        "sleep",
-        "100",
-    ]);
-    let shims = lab.shim_pids();
-    assert_eq!(shims.len(), 1, "{shims:?}");
+    let shim_pid = run_detached(&lab, "h1").to_string();
     let tasks = lab.ctr_ok(&["task", "ls"]);
-    let shim_pid = shims[0].to_string();
     assert!(
         tasks.lines().any(|l| l
             .split_whitespace()

@@ -12,6 +12,67 @@ use std::sync::Arc;
 
 use hull_protocol::agent_ttrpc::{create_agent, Agent};
 
+use super::Lab;
+
+/// Inside a stand-in agent's `impl Agent`: the calls that run a container as far as the shim
+/// can tell (Version answering `$version` as the agent's version, CreateSandbox,
+/// CreateContainer with pid 1, StartContainer), each answered at once.
+macro_rules! runs_containers {
+    ($version:literal) => {
+        fn version(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            _: hull_protocol::agent::VersionRequest,
+        ) -> ttrpc::Result<hull_protocol::agent::VersionResponse> {
+            let mut r = hull_protocol::agent::VersionResponse::new();
+            r.api_version = hull_protocol::API_VERSION.into();
+            r.agent_version = $version.into();
+            Ok(r)
+        }
+        fn create_sandbox(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            _: hull_protocol::agent::CreateSandboxRequest,
+        ) -> ttrpc::Result<hull_protocol::agent::Empty> {
+            Ok(hull_protocol::agent::Empty::new())
+        }
+        fn create_container(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            _: hull_protocol::agent::CreateContainerRequest,
+        ) -> ttrpc::Result<hull_protocol::agent::CreateContainerResponse> {
+            let mut r = hull_protocol::agent::CreateContainerResponse::new();
+            r.pid = 1;
+            Ok(r)
+        }
+        fn start_container(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            _: hull_protocol::agent::StartContainerRequest,
+        ) -> ttrpc::Result<hull_protocol::agent::Empty> {
+            Ok(hull_protocol::agent::Empty::new())
+        }
+    };
+}
+pub(crate) use runs_containers;
+
+/// A scratch directory for the stand-ins of one test: `/tmp/hull-NAME.PID`, made afresh.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/hull-{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts a detached container `id` of its own pod, its stdio null; the pid of its shim, the
+/// only one of `lab`.
+pub fn run_detached(lab: &Lab, id: &str) -> i32 {
+    lab.run_sleeper(id, &["--null-io"]);
+    let shims = lab.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    shims[0]
+}
+
 /// Serves `agent`: the returned socket takes the shim's hybrid-vsock
 /// connections (`CONNECT <port>` → `OK <n>`) and relays them to a ttrpc server.
 pub fn serve(dir: &Path, agent: Arc<dyn Agent + Send + Sync>) -> (ttrpc::Server, PathBuf) {

@@ -310,18 +310,12 @@ fn net_hostile_guest_stalls_rx_and_floods_tx() {
         format!("3,{}", uds.display()),
     ]);
     let (mut child, console, reader) = spawn_with_console(&args);
-    let pid = child.id();
+    let pid = child.id() as i32;
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let wait_for = |marker: &str, child: &mut std::process::Child| {
-        while !console.lock().unwrap().contains(marker) {
-            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                let _ = child.kill();
-                panic!("no {marker} from the guest\n{}", console.lock().unwrap());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_console(&console, marker, child, deadline)
     };
-    let anon = || status_kib(pid, "RssAnon:").unwrap_or(0);
+    let anon = || status_kib(pid, "RssAnon");
     // Peak RssAnon while `f` runs.
     let sample_during = |f: &mut dyn FnMut()| -> u64 {
         let stop = Arc::new(AtomicBool::new(false));
@@ -329,7 +323,7 @@ fn net_hostile_guest_stalls_rx_and_floods_tx() {
         let sampler = std::thread::spawn(move || {
             let mut peak = 0;
             while !stop2.load(Ordering::Relaxed) {
-                peak = peak.max(status_kib(pid, "RssAnon:").unwrap_or(0));
+                peak = peak.max(status_kib(pid, "RssAnon"));
                 std::thread::sleep(Duration::from_millis(50));
             }
             peak
@@ -408,18 +402,8 @@ fn net_hostile_guest_stalls_rx_and_floods_tx() {
     let tx_got = counter.join().unwrap();
     assert!(vsock_connect(&uds, 1025).is_some(), "cannot stop the flood");
     wait_for("HULL_TEST_DONE", &mut child);
-    let end = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code =
+        wait_or_kill(&mut child, Instant::now() + Duration::from_secs(60)).and_then(|s| s.code());
     reader.join().unwrap();
     let out = console.lock().unwrap().clone();
     println!(
