@@ -217,7 +217,7 @@ fn vmm_figures(pod: &Pod) -> String {
             let _ = writeln!(out, "vmm {s:?}");
         }
         Err(e) => {
-            let _ = writeln!(out, "vmm: no figures ({})", crate::check::error_chain(&e));
+            let _ = writeln!(out, "vmm: no figures ({})", hull_protocol::error::chain(&e));
         }
     }
     out

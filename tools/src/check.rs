@@ -444,18 +444,6 @@ pub fn hull_config_path(explicit: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
 }
 
-/// An error and its causes, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// Hull's config loads, and the files it names are there and match this build.
 pub fn hull(explicit: Option<&Path>) -> Vec<Finding> {
     let path = hull_config_path(explicit);
@@ -463,7 +451,7 @@ pub fn hull(explicit: Option<&Path>) -> Vec<Finding> {
         Ok(config) => config,
         Err(e) => {
             return vec![Finding::fail(
-                format!("hull config: {}", error_chain(&e)),
+                format!("hull config: {}", hull_protocol::error::chain(&e)),
                 "fix the file (settings: shim/README.md)",
             )]
         }
@@ -515,7 +503,7 @@ fn vmm_user(config: &Config) -> Finding {
         ),
         Ok((uid, gid)) => Finding::ok(format!("vmm user: hull-vmm runs as uid {uid}, gid {gid}")),
         Err(e) => Finding::fail(
-            format!("vmm user: {}", error_chain(&e)),
+            format!("vmm user: {}", hull_protocol::error::chain(&e)),
             "run scripts/install.sh (make install), which creates the user",
         ),
     }
