@@ -18,7 +18,7 @@ die() { echo "bench: $*" >&2; exit 1; }
 if [[ -n "${HULL_BENCH_INSIDE:-}" ]]; then
     # Inside the lab (or directly on a KVM host): everything was built outside.
     args=(run --out "$out" --checkout "$root" --image-tar "$HULL_BENCH_IMAGE"
-          --shim-dir "$root/target/release" --hull-vmm "$root/target/release/hull-vmm")
+          --shim-dir "$root/target/release" --hull-vmm "${HULL_BENCH_HULL_VMM:-$root/target/release/hull-vmm}")
     [[ -n "${HULL_BENCH_KERNEL:-}" ]] && args+=(--kernel "$HULL_BENCH_KERNEL")
     [[ -n "${HULL_BENCH_INITRD:-}" ]] && args+=(--initrd "$HULL_BENCH_INITRD")
     [[ -n "${HULL_BENCH_VIRTIOFSD:-}" ]] && args+=(--virtiofsd "$HULL_BENCH_VIRTIOFSD")
