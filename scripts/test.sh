@@ -69,7 +69,8 @@ if [[ $tier == lab || $tier == all ]]; then
     if [[ "${HULL_LAB_FULL:-}" != 1 ]]; then
         # Hangs intermittently in the lab (a ctr call starved while a guest floods its
         # serial console on the lab's one vCPU: session 5's CI, session 7's run, 2 local
-        # runs); the shim's bound under the same flood is asserted by host_shim's
+        # runs; session 10, root cached: 3 runs passed in 102-116 s, the 4th hung busy
+        # after the flooder came up); the shim's bound under the same flood is asserted by host_shim's
         # hostile_agent console-flood test, which runs in the unit tier.
         skip+=(--skip lab_hostile_host_console_flood); lab_skipped=$((lab_skipped + 1))
         echo "skipped: lab_shim hostile_host::lab_hostile_host_console_flood_keeps_the_shim_bounded_and_the_pods_manageable (hangs intermittently in the nested lab; host_shim's console-flood test covers the shim's bound; HULL_LAB_FULL=1 runs it)"
