@@ -88,7 +88,10 @@ else
     echo "bench: $kvm" >&2
     echo "bench: running inside the lab; results go to $out" >&2
     lab_timeout=2400; [[ "${HULL_BENCH_NET:-1}" == 0 ]] && lab_timeout=1500
-    tests/lab/lab.sh --timeout "${HULL_BENCH_LAB_TIMEOUT:-$lab_timeout}" --share "$out" -- "$root/bench/run.sh" "$out"
+    # The lab caches the read-only host root, as the test command's lab tier does
+    # (nothing on the host changes during the run; HULL_LAB_ROOT_CACHE=none turns it off).
+    HULL_LAB_ROOT_CACHE="${HULL_LAB_ROOT_CACHE:-always}" \
+        tests/lab/lab.sh --timeout "${HULL_BENCH_LAB_TIMEOUT:-$lab_timeout}" --share "$out" -- "$root/bench/run.sh" "$out"
     rc=$?
     where="in the lab, including its boot and power-off"
 fi
