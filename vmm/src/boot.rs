@@ -3,6 +3,7 @@
 //! line, then writes the PVH start info or the Linux zero page, each with its e820 memory map.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use linux_loader::configurator::pvh::PvhBootConfigurator;
@@ -119,26 +120,35 @@ pub fn check_initrd(data: &[u8]) -> bool {
     data.starts_with(b"070701") || data.starts_with(b"070702") || data.starts_with(&[0x1f, 0x8b])
 }
 
-/// Reads the initramfs and places it page-aligned at the top of low RAM.
+/// Places the initramfs page-aligned at the top of low RAM, read from the file straight into
+/// guest memory (no copy through a heap buffer): only its first bytes are read apart, to check
+/// its format.
 pub fn load_initrd(
     mem: &GuestMem,
     path: &Path,
     kernel_end: u64,
 ) -> Result<(GuestAddress, usize), Error> {
     let name = path.display().to_string();
-    let data = std::fs::read(path).map_err(|e| Error::ReadInitrd(name.clone(), e))?;
-    if !check_initrd(&data) {
+    let read_err = |e| Error::ReadInitrd(name.clone(), e);
+    let mut file = File::open(path).map_err(read_err)?;
+    let len = usize::try_from(file.metadata().map_err(read_err)?.len())
+        .map_err(|_| Error::InitrdTooBig(usize::MAX))?;
+    let mut magic = [0u8; 6];
+    let head = magic.len().min(len);
+    file.read_exact(&mut magic[..head]).map_err(read_err)?;
+    if !check_initrd(&magic[..head]) {
         return Err(Error::BadInitrd(name));
     }
     let low_end = mem.last_addr().raw_value().min(MMIO_GAP_START - 1) + 1;
     let start = low_end
-        .checked_sub(data.len() as u64)
+        .checked_sub(len as u64)
         .map(|a| a & !0xfff)
         .filter(|&a| a >= kernel_end)
-        .ok_or(Error::InitrdTooBig(data.len()))?;
-    mem.write_slice(&data, GuestAddress(start))
+        .ok_or(Error::InitrdTooBig(len))?;
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    mem.read_exact_volatile_from(GuestAddress(start), &mut file, len)
         .map_err(Error::Memory)?;
-    Ok((GuestAddress(start), data.len()))
+    Ok((GuestAddress(start), len))
 }
 
 /// The e820 map: RAM below the EBDA, reserved up to 1 MiB, then RAM around the MMIO gap.
@@ -372,6 +382,32 @@ mod tests {
         assert!(matches!(
             load_initrd(&ram.mem, &big, 0),
             Err(Error::InitrdTooBig(..))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn initrd_lands_whole_at_the_top_of_low_ram_and_an_empty_one_is_refused() {
+        let ram = crate::memory::create(16).unwrap();
+        let dir = std::env::temp_dir().join(format!("hull-initrd-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("initrd");
+        // Not a multiple of the page size, and larger than one read of the file.
+        let mut data = b"070701".to_vec();
+        data.extend((0..300_001u32).map(|i| (i % 251) as u8));
+        std::fs::write(&path, &data).unwrap();
+        let (addr, len) = load_initrd(&ram.mem, &path, 0).unwrap();
+        assert_eq!(len, data.len());
+        assert_eq!(addr.raw_value() & 0xfff, 0);
+        assert!(addr.raw_value() + len as u64 <= 16 << 20);
+        let mut back = vec![0u8; len];
+        ram.mem.read_slice(&mut back, addr).unwrap();
+        assert!(back == data, "the initramfs in guest memory differs from the file");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(matches!(
+            load_initrd(&ram.mem, &empty, 0),
+            Err(Error::BadInitrd(..))
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
