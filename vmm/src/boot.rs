@@ -402,7 +402,10 @@ mod tests {
         assert!(addr.raw_value() + len as u64 <= 16 << 20);
         let mut back = vec![0u8; len];
         ram.mem.read_slice(&mut back, addr).unwrap();
-        assert!(back == data, "the initramfs in guest memory differs from the file");
+        assert!(
+            back == data,
+            "the initramfs in guest memory differs from the file"
+        );
         let empty = dir.join("empty");
         std::fs::write(&empty, b"").unwrap();
         assert!(matches!(
