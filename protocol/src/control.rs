@@ -99,19 +99,21 @@ pub enum DeviceKind {
     Block,
     Fs,
     Net,
+    Balloon,
     #[default]
     #[serde(other)]
     Unknown,
 }
 
 impl DeviceKind {
-    /// The short name used in metric labels (`vsock`, `blk`, `fs`, `net`).
+    /// The short name used in metric labels (`vsock`, `blk`, `fs`, `net`, `balloon`).
     pub fn short_name(self) -> &'static str {
         match self {
             DeviceKind::Vsock => "vsock",
             DeviceKind::Block => "blk",
             DeviceKind::Fs => "fs",
             DeviceKind::Net => "net",
+            DeviceKind::Balloon => "balloon",
             DeviceKind::Unknown => "unknown",
         }
     }
@@ -124,6 +126,7 @@ impl DeviceKind {
             DeviceKind::Block => &["request"],
             DeviceKind::Fs => &["hiprio", "request"],
             DeviceKind::Net => &["rx", "tx"],
+            DeviceKind::Balloon => &["inflate", "deflate", "reporting"],
             DeviceKind::Unknown => &[],
         };
         names.get(index).copied()
@@ -131,7 +134,8 @@ impl DeviceKind {
 }
 
 /// Payload bytes a device moved, as hull-vmm counts them: `rx` towards the
-/// guest (network receive, disk read, vsock host-to-guest), `tx` from it.
+/// guest (network receive, disk read, vsock host-to-guest), `tx` from it
+/// (for the balloon: guest RAM given back to the host).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeviceBytes {
     pub rx: u64,
@@ -335,6 +339,7 @@ mod tests {
         assert_eq!(DeviceKind::Vsock.queue_name(2), Some("event"));
         assert_eq!(DeviceKind::Fs.queue_name(0), Some("hiprio"));
         assert_eq!(DeviceKind::Net.queue_name(1), Some("tx"));
+        assert_eq!(DeviceKind::Balloon.queue_name(2), Some("reporting"));
         assert_eq!(DeviceKind::Block.queue_name(1), None);
         assert_eq!(DeviceKind::Unknown.queue_name(0), None);
     }

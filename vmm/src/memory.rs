@@ -1,10 +1,14 @@
-//! Guest RAM: one memfd (so vhost-user backends can map it) split around the 32-bit MMIO gap.
+//! Guest RAM: one memfd (so vhost-user backends can map it) split around the 32-bit MMIO gap,
+//! and the way back: freeing the host memory behind guest pages the guest reports unused.
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use hull_protocol::vm::MIN_MEMORY_MIB;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 
 /// Guest RAM as the VMM sees it: every region is a window on [`GuestRam::memfd`].
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -13,6 +17,10 @@ pub type GuestMem = GuestMemoryMmap<()>;
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
 /// End of the 32-bit MMIO gap: RAM beyond `MMIO_GAP_START` continues here.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// Guest page size: RAM is given back to the host in whole pages only.
+pub const PAGE_SIZE: u64 = 4096;
+/// fallocate calls per discard when a signal interrupts them.
+const DISCARD_TRIES: u32 = 3;
 
 /// Errors while creating guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +37,26 @@ pub enum Error {
     /// Mapping the memfd failed.
     #[error("cannot map guest memory")]
     Map(#[source] vm_memory::mmap::FromRangesError),
+    /// A guest range that is not whole pages lying inside one file-backed RAM region (empty,
+    /// unaligned, overflowing, outside RAM or across the MMIO gap).
+    #[error("guest range {addr:#x} + {len:#x} is not whole pages of one RAM region")]
+    BadRange {
+        /// Guest-physical start.
+        addr: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// fallocate refused to free the memory behind a guest range.
+    #[error("cannot free the host memory behind guest range {addr:#x} + {len:#x}")]
+    Discard {
+        /// Guest-physical start.
+        addr: u64,
+        /// Length in bytes.
+        len: u64,
+        /// What fallocate said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Guest RAM plus the memfd that backs it.
@@ -98,11 +126,16 @@ fn advise_huge_pages(addr: *mut u8, len: usize) {
 /// Creates `mib` MiB of guest RAM backed by a memfd, mapped shared, with huge pages advised.
 pub fn create(mib: u64) -> Result<GuestRam, Error> {
     check_size(mib)?;
-    let size = mib << 20;
+    from_ranges(&ram_ranges(mib << 20))
+}
+
+/// Guest RAM at `ranges` (ascending, not overlapping), backed one after another by one memfd.
+pub(crate) fn from_ranges(ranges: &[(GuestAddress, u64)]) -> Result<GuestRam, Error> {
+    let size = ranges.iter().map(|(_, len)| len).sum();
     let memfd = std::sync::Arc::new(create_memfd(size)?);
     let mut offset = 0;
     let mut regions = Vec::new();
-    for (addr, len) in ram_ranges(size) {
+    for &(addr, len) in ranges {
         let file = FileOffset::from_arc(memfd.clone(), offset);
         let region =
             GuestRegionMmap::from_range(addr, len as usize, Some(file)).map_err(Error::Map)?;
@@ -112,6 +145,55 @@ pub fn create(mib: u64) -> Result<GuestRam, Error> {
     }
     let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Map(e.into()))?;
     Ok(GuestRam { mem, memfd })
+}
+
+/// The file and file offset behind guest range `addr..addr + len`, if the range is whole pages
+/// (non-empty, page-aligned start and length) lying wholly inside one file-backed RAM region.
+pub fn file_range(mem: &GuestMem, addr: u64, len: u64) -> Option<(&File, u64)> {
+    if len == 0 || !addr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+        return None;
+    }
+    let last = addr.checked_add(len - 1)?;
+    let region = mem.find_region(GuestAddress(addr))?;
+    if last > region.last_addr().raw_value() {
+        return None;
+    }
+    let file = region.file_offset()?;
+    let within = GuestAddress(addr).checked_offset_from(region.start_addr())?;
+    Some((file.file(), file.start().checked_add(within)?))
+}
+
+/// Gives the host back the memory behind guest range `addr..addr + len` by punching a hole in
+/// the memfd (MADV_DONTNEED would not free the pages of a shared file mapping). The guest then
+/// reads zeros there, and its next write allocates afresh; the file keeps its size, so no
+/// mapping (KVM's, virtiofsd's) ever faults past its end. A range that is not whole pages of one
+/// RAM region is refused untouched.
+pub fn discard(mem: &GuestMem, addr: u64, len: u64) -> Result<(), Error> {
+    let bad = || Error::BadRange { addr, len };
+    let (file, offset) = file_range(mem, addr, len).ok_or_else(bad)?;
+    let offset = libc::off_t::try_from(offset).map_err(|_| bad())?;
+    let flen = libc::off_t::try_from(len).map_err(|_| bad())?;
+    let mut tries = 0;
+    loop {
+        // SAFETY: fallocate takes no pointers; `file` is the open memfd behind the region, and
+        // the range lies inside the part of it that backs that region.
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                flen,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let source = std::io::Error::last_os_error();
+        tries += 1;
+        if source.kind() != std::io::ErrorKind::Interrupted || tries >= DISCARD_TRIES {
+            return Err(Error::Discard { addr, len, source });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +249,49 @@ mod tests {
                 "guest RAM at {start} is not advised for huge pages: {flags}"
             );
         }
+    }
+
+    #[test]
+    fn only_whole_pages_of_one_region_map_to_the_file() {
+        let ram = from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(2 << 20), 1 << 20),
+        ])
+        .unwrap();
+        let at = |addr, len| file_range(&ram.mem, addr, len).map(|(_, off)| off);
+        assert_eq!(at(0, PAGE_SIZE), Some(0));
+        assert_eq!(at((1 << 20) - PAGE_SIZE, PAGE_SIZE), Some((1 << 20) - PAGE_SIZE));
+        assert_eq!(at(2 << 20, 1 << 20), Some(1 << 20), "the second region's file offset");
+        for (addr, len) in [
+            (0, 0),
+            (1, PAGE_SIZE),
+            (0, PAGE_SIZE + 1),
+            ((1 << 20) - PAGE_SIZE, 2 * PAGE_SIZE),
+            (1 << 20, PAGE_SIZE),
+            (0, 3 << 20),
+            (3 << 20, PAGE_SIZE),
+            (u64::MAX - PAGE_SIZE + 1, PAGE_SIZE),
+            (PAGE_SIZE, u64::MAX - PAGE_SIZE + 1),
+        ] {
+            assert_eq!(at(addr, len), None, "{addr:#x} + {len:#x}");
+            assert!(matches!(
+                discard(&ram.mem, addr, len),
+                Err(Error::BadRange { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_discarded_range_reads_zero_and_the_rest_is_kept() {
+        let ram = create(16).unwrap();
+        ram.mem.write_slice(&[0xa5; 3 * 4096], GuestAddress(0x10_0000)).unwrap();
+        discard(&ram.mem, 0x10_1000, PAGE_SIZE).unwrap();
+        let mut got = [0u8; 3 * 4096];
+        ram.mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
+        assert!(got[..4096].iter().all(|b| *b == 0xa5));
+        assert!(got[4096..8192].iter().all(|b| *b == 0));
+        assert!(got[8192..].iter().all(|b| *b == 0xa5));
+        assert_eq!(ram.memfd.metadata().unwrap().len(), 16 << 20, "the size is kept");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum DeviceType {
     Net = 1,
     /// virtio-blk.
     Block = 2,
+    /// virtio-balloon (free page reporting only).
+    Balloon = 5,
     /// virtio-vsock.
     Vsock = 19,
     /// virtio-fs.
@@ -37,6 +39,7 @@ impl std::fmt::Display for DeviceType {
         f.write_str(match self {
             DeviceType::Net => "virtio-net",
             DeviceType::Block => "virtio-blk",
+            DeviceType::Balloon => "virtio-balloon",
             DeviceType::Vsock => "virtio-vsock",
             DeviceType::Fs => "virtio-fs",
         })
@@ -302,6 +305,7 @@ mod tests {
     fn types_have_their_spec_ids() {
         assert_eq!(DeviceType::Net.id(), 1);
         assert_eq!(DeviceType::Block.id(), 2);
+        assert_eq!(DeviceType::Balloon.id(), 5);
         assert_eq!(DeviceType::Vsock.id(), 19);
         assert_eq!(DeviceType::Fs.id(), 26);
         assert_eq!(DeviceType::Fs.to_string(), "virtio-fs");

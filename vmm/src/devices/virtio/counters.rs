@@ -41,6 +41,7 @@ impl DeviceCounters {
             kind: match device_type {
                 DeviceType::Net => DeviceKind::Net,
                 DeviceType::Block => DeviceKind::Block,
+                DeviceType::Balloon => DeviceKind::Balloon,
                 DeviceType::Vsock => DeviceKind::Vsock,
                 DeviceType::Fs => DeviceKind::Fs,
             },

@@ -12,6 +12,7 @@ pub use common::{DeviceType, FeatureError, VirtioCommon};
 
 use crate::memory::GuestMem;
 
+pub mod balloon;
 pub mod block;
 pub mod common;
 pub mod counters;
