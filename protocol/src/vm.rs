@@ -225,6 +225,11 @@ pub struct VmConfig {
     /// Control socket path.
     #[serde(default)]
     pub control: Option<PathBuf>,
+    /// A virtio-balloon with free page reporting: the guest reports the pages it frees and
+    /// hull-vmm gives their host memory back. On by default; `false` leaves a guest's freed
+    /// memory allocated on the host until the VM exits.
+    #[serde(default = "default_balloon")]
+    pub balloon: bool,
     /// Run even on a PVM-backed /dev/kvm (only tiny guests work there).
     #[serde(default)]
     pub allow_pvm: bool,
@@ -260,6 +265,10 @@ pub struct JailConfig {
 }
 
 fn default_seccomp() -> bool {
+    true
+}
+
+fn default_balloon() -> bool {
     true
 }
 
@@ -368,6 +377,7 @@ impl VmConfig {
             fs: Vec::new(),
             net: Vec::new(),
             control: None,
+            balloon: true,
             allow_pvm: false,
             debug: false,
             seccomp: true,
@@ -610,6 +620,20 @@ mod tests {
         assert!(cmdline_wants_debug(&guest_cmdline(true)));
         assert!(!cmdline_wants_debug(&guest_cmdline(false)));
         assert!(!cmdline_wants_debug("hull.debug=10 xhull.debug=1"));
+    }
+
+    #[test]
+    fn free_page_reporting_is_on_unless_turned_off() {
+        let min = VmConfig::from_json(r#"{"kernel":"/k"}"#).unwrap();
+        assert!(min.balloon, "the balloon is on by default");
+        assert!(pod().balloon);
+        let off = VmConfig::from_json(r#"{"kernel":"/k","balloon":false}"#).unwrap();
+        assert!(!off.balloon);
+        assert_eq!(VmConfig::from_json(&off.to_json()).unwrap(), off);
+        assert!(matches!(
+            VmConfig::from_json(r#"{"kernel":"/k","balloon":{"pages":1}}"#),
+            Err(VmConfigError::Json(_))
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::control::ControlServer;
 use crate::devices::bus::Bus;
 use crate::devices::console::BoundedConsole;
 use crate::devices::legacy::{self, ConsoleOut, SerialDevice, I8042};
+use crate::devices::virtio::balloon::device::Balloon;
 use crate::devices::virtio::block::device::Block;
 use crate::devices::virtio::fs::device::Fs;
 use crate::devices::virtio::net::device::Net;
@@ -83,6 +84,9 @@ pub enum Error {
     /// A virtio-net device (its tap descriptor or MAC).
     #[error(transparent)]
     Net(#[from] crate::devices::virtio::net::device::Error),
+    /// The virtio-balloon.
+    #[error(transparent)]
+    Balloon(#[from] crate::devices::virtio::balloon::device::Error),
     /// Two network devices name the same tap descriptor.
     #[error("net tap_fd {0} is given twice; each device needs its own tap")]
     DuplicateTap(i32),
@@ -342,6 +346,15 @@ pub fn attach_nets(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// Adds the virtio-balloon, which gives the host back the guest pages the guest reports free,
+/// unless the configuration turns it off.
+pub fn attach_balloon(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
+    if !cfg.balloon {
+        return Ok(());
+    }
+    attach_virtio(parts, Arc::new(Mutex::new(Balloon::new()?)))
+}
+
 /// Opens the control socket; it is removed when the VMM exits.
 pub fn attach_control(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     let Some(path) = &cfg.control else {
@@ -431,6 +444,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     attach_fs(&mut parts, cfg)?;
     attach_vsock(&mut parts, cfg)?;
     attach_nets(&mut parts, cfg)?;
+    attach_balloon(&mut parts, cfg)?;
     attach_control(&mut parts, cfg)?;
     let boot = load_guest(&parts, cfg)?;
     let vcpus = create_vcpus(&parts, cfg.vcpus, &boot)?;

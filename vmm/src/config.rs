@@ -72,10 +72,12 @@ OPTIONS:
                        the pod's network namespace); MAC aa:bb:cc:dd:ee:ff (unicast), MTU
                        [default: {DEFAULT_MTU}]; repeatable (eth0, eth1, ...)
     --control PATH     control socket (JSON lines, see the README); removed on exit
+    --no-balloon       no virtio-balloon: without it, guest pages freed and reported by the
+                       guest kernel (free page reporting) are not given back to the host
     --config FILE      read the whole VM description from a JSON file (same fields:
                        kernel, initrd, cmdline, vcpus, memory_mib, console, vsock {{cid, uds}},
                        disks [{{path, read_only}}], fs [{{socket, tag}}],
-                       net [{{tap_fd, mac, mtu}}], control, allow_pvm,
+                       net [{{tap_fd, mac, mtu}}], control, balloon, allow_pvm,
                        debug); the shim writes this file for every pod
     --allow-pvm        run even on a PVM-backed /dev/kvm, which cannot boot a standard
                        kernel (only for tiny test guests)
@@ -207,6 +209,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
                     "--fs" => cfg.fs.push(parse_fs(&val()?)?),
                     "--net" => cfg.net.push(parse_net(&val()?)?),
                     "--control" => cfg.control = Some(PathBuf::from(val()?)),
+                    "--no-balloon" => cfg.balloon = false,
                     _ => {
                         return Err(Error::Usage(format!(
                             "unknown argument '{arg}' (see --help)"
@@ -281,6 +284,8 @@ mod tests {
             (3, DEFAULT_MTU, 4, 9000)
         );
         assert_eq!(c.net[1].mac, "02:00:00:00:00:02");
+        assert!(c.balloon, "free page reporting is on by default");
+        assert!(!run("--kernel k --no-balloon").balloon);
     }
 
     #[test]
@@ -296,6 +301,7 @@ mod tests {
             "--kernel k --net 3,02:00:00:00:00:01,1500,9",
             "--kernel k --bogus",
             "--config c.json --kernel k",
+            "--config c.json --no-balloon",
         ] {
             assert!(
                 matches!(parse_args(&args(bad)), Err(Error::Usage(_))),

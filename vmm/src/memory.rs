@@ -253,15 +253,19 @@ mod tests {
 
     #[test]
     fn only_whole_pages_of_one_region_map_to_the_file() {
-        let ram = from_ranges(&[
-            (GuestAddress(0), 1 << 20),
-            (GuestAddress(2 << 20), 1 << 20),
-        ])
-        .unwrap();
+        let ram =
+            from_ranges(&[(GuestAddress(0), 1 << 20), (GuestAddress(2 << 20), 1 << 20)]).unwrap();
         let at = |addr, len| file_range(&ram.mem, addr, len).map(|(_, off)| off);
         assert_eq!(at(0, PAGE_SIZE), Some(0));
-        assert_eq!(at((1 << 20) - PAGE_SIZE, PAGE_SIZE), Some((1 << 20) - PAGE_SIZE));
-        assert_eq!(at(2 << 20, 1 << 20), Some(1 << 20), "the second region's file offset");
+        assert_eq!(
+            at((1 << 20) - PAGE_SIZE, PAGE_SIZE),
+            Some((1 << 20) - PAGE_SIZE)
+        );
+        assert_eq!(
+            at(2 << 20, 1 << 20),
+            Some(1 << 20),
+            "the second region's file offset"
+        );
         for (addr, len) in [
             (0, 0),
             (1, PAGE_SIZE),
@@ -284,14 +288,22 @@ mod tests {
     #[test]
     fn a_discarded_range_reads_zero_and_the_rest_is_kept() {
         let ram = create(16).unwrap();
-        ram.mem.write_slice(&[0xa5; 3 * 4096], GuestAddress(0x10_0000)).unwrap();
+        ram.mem
+            .write_slice(&[0xa5; 3 * 4096], GuestAddress(0x10_0000))
+            .unwrap();
         discard(&ram.mem, 0x10_1000, PAGE_SIZE).unwrap();
         let mut got = [0u8; 3 * 4096];
-        ram.mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
+        ram.mem
+            .read_slice(&mut got, GuestAddress(0x10_0000))
+            .unwrap();
         assert!(got[..4096].iter().all(|b| *b == 0xa5));
         assert!(got[4096..8192].iter().all(|b| *b == 0));
         assert!(got[8192..].iter().all(|b| *b == 0xa5));
-        assert_eq!(ram.memfd.metadata().unwrap().len(), 16 << 20, "the size is kept");
+        assert_eq!(
+            ram.memfd.metadata().unwrap().len(),
+            16 << 20,
+            "the size is kept"
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ const KVM_RUN: u64 = 0xae80;
 const FIONBIO: u64 = 0x5421;
 /// TUNSETOFFLOAD: a virtio-net device sets the tap's offloads when the guest starts it.
 const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
+/// The one fallocate mode allowed: the balloon punches reported guest pages out of the RAM
+/// memfd (never allocating, never changing a file's size).
+const PUNCH_HOLE: u64 = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64;
 
 /// Errors compiling or installing a filter.
 #[derive(Debug, thiserror::Error)]
@@ -240,8 +243,9 @@ fn vcpu_rules() -> Vec<(i64, Vec<Cond>)> {
     rules
 }
 
-/// The event loop and the console writer: epoll, the devices' descriptors and backends (block
-/// file I/O, vsock Unix sockets, vhost-user, tap), the control socket, /proc reads for stats.
+/// The event loop: epoll, the devices' descriptors and backends (block file I/O, vsock Unix
+/// sockets, vhost-user, tap, the balloon's hole punching in guest RAM), the control socket,
+/// /proc reads for stats.
 fn vmm_rules() -> Vec<(i64, Vec<Cond>)> {
     let writes = (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u64;
     let mut rules = common_rules();
@@ -257,6 +261,8 @@ fn vmm_rules() -> Vec<(i64, Vec<Cond>)> {
         any(libc::SYS_pwritev),
         any(libc::SYS_fsync),
         any(libc::SYS_fdatasync),
+        // Free page reporting: only the punch-hole mode (see `memory::discard`).
+        arg_eq(libc::SYS_fallocate, 1, PUNCH_HOLE),
         any(libc::SYS_lseek),
         any(libc::SYS_close),
         any(libc::SYS_fstat),
@@ -359,6 +365,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn only_the_event_loop_may_fallocate_and_only_to_punch_holes() {
+        for rules in [vcpu_rules(), common_rules()] {
+            assert!(rules.iter().all(|(nr, _)| *nr != libc::SYS_fallocate));
+        }
+        let fallocate: Vec<_> = vmm_rules()
+            .into_iter()
+            .filter(|(nr, _)| *nr == libc::SYS_fallocate)
+            .collect();
+        assert_eq!(fallocate, [arg_eq(libc::SYS_fallocate, 1, PUNCH_HOLE)]);
+    }
+
+    /// Runs `f` in a forked child under the event-loop filter; its wait status.
+    fn under_vmm_filter(f: impl FnOnce() -> i32) -> i32 {
+        let filter = compile(ThreadKind::Vmm).unwrap();
+        // SAFETY: the child only makes raw syscalls before _exit (the filter's installation is
+        // prctl + seccomp on a prebuilt program).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = if seccompiler::apply_filter(&filter).is_err() {
+                3
+            } else {
+                f()
+            };
+            // SAFETY: exiting the forked child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    #[test]
+    fn the_event_loop_may_punch_holes_but_not_allocate() {
+        use std::os::fd::AsRawFd;
+        let ram = crate::memory::create(16).unwrap();
+        let fd = ram.memfd.as_raw_fd();
+        let mode = PUNCH_HOLE as libc::c_int;
+        // SAFETY: fallocate takes no pointers; `fd` is the child's copy of the memfd.
+        let punch = under_vmm_filter(|| unsafe { libc::fallocate(fd, mode, 0, 4096) });
+        assert!(
+            libc::WIFEXITED(punch) && libc::WEXITSTATUS(punch) == 0,
+            "punching a hole: status {punch:#x}"
+        );
+        // SAFETY: as above; mode 0 allocates and must kill the child.
+        let alloc = under_vmm_filter(|| unsafe { libc::fallocate(fd, 0, 0, 4096) });
+        assert!(
+            libc::WIFSIGNALED(alloc) && libc::WTERMSIG(alloc) == libc::SIGSYS,
+            "allocating: status {alloc:#x}: expected death by SIGSYS"
+        );
     }
 
     /// Installs the event-loop filter in a forked child and checks that an allowed syscall

@@ -66,7 +66,10 @@ struct WarnLimit {
 impl WarnLimit {
     fn warn(&mut self, what: &str, addr: u64, len: u64, error: &dyn std::fmt::Display) {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < WARN_INTERVAL) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
+        {
             self.held += 1;
             return;
         }
@@ -128,18 +131,20 @@ impl Balloon {
             };
             served += 1;
             let head = chain.head_index();
-            let mut seen = 0;
-            for desc in chain {
+            for (seen, desc) in chain.enumerate() {
                 if seen == usize::from(QUEUE_SIZE) {
                     self.stats.chains_truncated += 1;
                     break;
                 }
-                seen += 1;
                 let (addr, len) = (desc.addr().0, u64::from(desc.len()));
                 if !desc.is_write_only() {
                     self.stats.ranges_refused += 1;
-                    self.warn
-                        .warn("refused a read-only report", addr, len, &"not device-writable");
+                    self.warn.warn(
+                        "refused a read-only report",
+                        addr,
+                        len,
+                        &"not device-writable",
+                    );
                     continue;
                 }
                 match memory::discard(&a.mem, addr, len) {
@@ -154,7 +159,8 @@ impl Balloon {
                     }
                     Err(e) => {
                         self.stats.discard_errors += 1;
-                        self.warn.warn("cannot free a reported range", addr, len, &e);
+                        self.warn
+                            .warn("cannot free a reported range", addr, len, &e);
                     }
                 }
             }
