@@ -276,6 +276,7 @@ mod tests {
             (3 << 20, PAGE_SIZE),
             (u64::MAX - PAGE_SIZE + 1, PAGE_SIZE),
             (PAGE_SIZE, u64::MAX - PAGE_SIZE + 1),
+            (2 * PAGE_SIZE, u64::MAX - PAGE_SIZE + 1),
         ] {
             assert_eq!(at(addr, len), None, "{addr:#x} + {len:#x}");
             assert!(matches!(

@@ -52,8 +52,9 @@ pub struct Stats {
     pub discard_errors: u64,
     /// Chains cut short after [`QUEUE_SIZE`] ranges (a descriptor loop in an indirect table).
     pub chains_truncated: u64,
-    /// Inflate or deflate buffers returned without acting.
-    pub pfn_buffers: u64,
+    /// Buffers returned without being read: inflate and deflate buffers, and reports when the
+    /// driver did not negotiate free page reporting.
+    pub returned_unread: u64,
 }
 
 /// Logs at most one warning per [`WARN_INTERVAL`], with how many were held back since.
@@ -191,7 +192,7 @@ impl Balloon {
                 tracing::warn!("virtio-balloon: cannot return a buffer");
             }
         }
-        self.stats.pfn_buffers += served as u64;
+        self.stats.returned_unread += served as u64;
         self.finish(index, served)
     }
 

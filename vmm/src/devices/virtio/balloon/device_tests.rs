@@ -239,7 +239,7 @@ fn inflate_and_deflate_buffers_are_returned_untouched() {
     }
     assert!(all(&r, AREA, PAGE_SIZE, 0x5a));
     let s = r.dev.stats();
-    assert_eq!((s.pfn_buffers, s.ranges_freed), (2, 0));
+    assert_eq!((s.returned_unread, s.ranges_freed), (2, 0));
     assert_eq!(r.dev.common().counters().snapshot(0).interrupts, 2);
 }
 
@@ -255,7 +255,8 @@ fn without_reporting_acked_reports_are_returned_unread() {
     r.dev.process_queue(REPORTING);
     assert_eq!(r.q[REPORTING].used_idx(), 1);
     assert!(all(&r, AREA, PAGE_SIZE, 0x5a));
-    assert_eq!(r.dev.stats().ranges_freed, 0);
+    let s = r.dev.stats();
+    assert_eq!((s.ranges_freed, s.returned_unread), (0, 1));
 }
 
 #[test]
@@ -321,6 +322,21 @@ fn an_indirect_table_longer_than_the_queue_is_cut_short() {
     let s = r.dev.stats();
     assert_eq!(s.ranges_freed, u64::from(QUEUE_SIZE));
     assert_eq!(s.chains_truncated, 1);
+}
+
+#[test]
+fn warnings_are_held_back_within_the_interval() {
+    let mut w = WarnLimit::default();
+    w.warn("first", 0, 0, &"logged");
+    let first = w.last;
+    assert!(first.is_some());
+    for _ in 0..1000 {
+        w.warn("again", 0, 0, &"held back");
+    }
+    assert_eq!((w.last, w.held), (first, 1000));
+    w.last = Some(Instant::now() - WARN_INTERVAL);
+    w.warn("later", 0, 0, &"logged");
+    assert_eq!(w.held, 0);
 }
 
 #[test]
