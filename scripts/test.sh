@@ -87,20 +87,28 @@ if [[ $tier == lab || $tier == all ]]; then
     # HULL_LAB_SHARDS sets the number of lab VMs (1 to 4).
     queue="$(realpath -m "$root/target/lab-queue")"
     rm -rf "$queue"; mkdir -p "$queue/todo"
+    # HULL_LAB_JOBS (a regex on job names, e.g. 'lab_shim-fs|lab_cri-hull') keeps just those.
     add() { # ORDER NAME BINARY ARGS...: one job, one test-binary process
         local order="$1" name="$2"; shift 2
+        [[ "$name" =~ ${HULL_LAB_JOBS:-.} ]] || return 0
         echo "$*" > "$queue/todo/$order-$name"
     }
+    # Every containerd test (lab_shim, lab_cri's Hull half) runs with each setting of the
+    # shim's writable_layer: "guest" (the default, the -guest jobs) and "host".
     for b in $bins; do
         case "$(basename "$b")" in
             lab_shim-*)
-                add 10 lab_shim-fs "$b" fs_conformance:: "${skip[@]}"
-                add 20 lab_shim-hostile "$b" hostile_ "${skip[@]}"
-                add 30 lab_shim "$b" --skip fs_conformance:: --skip hostile_ --skip churn:: --skip faults:: "${skip[@]}"
-                add 35 lab_shim-faults "$b" churn:: faults:: "${skip[@]}" ;;
+                for layer in guest host; do
+                    w="HULL_TEST_WRITABLE_LAYER=$layer"
+                    add 10 "lab_shim-fs-$layer" "$w" "$b" fs_conformance:: "${skip[@]}"
+                    add 20 "lab_shim-hostile-$layer" "$w" "$b" hostile_ "${skip[@]}"
+                    add 30 "lab_shim-$layer" "$w" "$b" --skip fs_conformance:: --skip hostile_ --skip churn:: --skip faults:: "${skip[@]}"
+                    add 35 "lab_shim-faults-$layer" "$w" "$b" churn:: faults:: "${skip[@]}"
+                done ;;
             # The longest jobs (every CRI scenario, one job per handler): first.
             lab_cri-*)
-                add 05 lab_cri-hull HULL_CRI_HANDLERS=hull "$b" "${skip[@]}"
+                add 05 lab_cri-hull-guest HULL_TEST_WRITABLE_LAYER=guest HULL_CRI_HANDLERS=hull "$b" "${skip[@]}"
+                add 06 lab_cri-hull-host HULL_TEST_WRITABLE_LAYER=host HULL_CRI_HANDLERS=hull "$b" "${skip[@]}"
                 add 15 lab_cri-runc HULL_CRI_HANDLERS=runc "$b" "${skip[@]}" ;;
             # Its hostile-guest storm runs in a process of its own (see above).
             lab_vmm-*)

@@ -109,6 +109,33 @@ pub struct Config {
     /// gid hull-vmm drops to inside its jail, instead of `vmm_user`'s; the pod directory is
     /// made traversable by it.
     pub vmm_gid: Option<u32>,
+    /// Where each container's writes go: an overlay upper layer in the guest (`guest`, the
+    /// default) or containerd's snapshot on the host through virtio-fs (`host`).
+    pub writable_layer: WritableLayer,
+}
+
+/// Where a container's writable layer lives (see the README, "The container root").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritableLayer {
+    /// The image's layers are served read-only and the guest stacks an overlay on them
+    /// with a tmpfs upper layer: file writes and metadata never cross virtio-fs.
+    #[default]
+    Guest,
+    /// containerd's snapshot (its upper directory) is the root, served read-write
+    /// through virtio-fs: writes land on the host, where `ctr snapshot diff` sees them.
+    Host,
+}
+
+impl std::str::FromStr for WritableLayer {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "guest" => Ok(Self::Guest),
+            "host" => Ok(Self::Host),
+            _ => Err(()),
+        }
+    }
 }
 
 impl Default for Config {
@@ -134,6 +161,7 @@ impl Default for Config {
             vmm_user: DEFAULT_VMM_USER.into(),
             vmm_uid: None,
             vmm_gid: None,
+            writable_layer: WritableLayer::Guest,
         }
     }
 }
@@ -286,6 +314,9 @@ impl Config {
                     }
                     config.debug = value.parse().map_err(|_| bad("not true or false"))?
                 }
+                "writable_layer" => {
+                    config.writable_layer = value.parse().map_err(|()| bad("not guest or host"))?;
+                }
                 name @ ("kernel" | "initrd") => {
                     if !self.allow_path_annotations {
                         return Err(bad("guest image paths from annotations are refused; set \
@@ -301,7 +332,7 @@ impl Config {
                 _ => {
                     return Err(bad(
                         "unknown Hull annotation (allowed: io.hull.vcpus, io.hull.memory_mib, \
-                         io.hull.debug, io.hull.kernel, io.hull.initrd)",
+                         io.hull.debug, io.hull.kernel, io.hull.initrd, io.hull.writable_layer)",
                     ))
                 }
             }
@@ -459,6 +490,13 @@ mod tests {
             ]))
             .unwrap();
         assert_eq!((c.vcpus, c.memory_mib), (4, 2048));
+        assert_eq!(c.writable_layer, WritableLayer::Guest, "the default");
+        let host = annotations(&[("io.hull.writable_layer", "host")]);
+        let c = Config::default().with_annotations(&host).unwrap();
+        assert_eq!(c.writable_layer, WritableLayer::Host);
+        let file = Config::parse("writable_layer = \"host\"\n").unwrap();
+        assert_eq!(file.writable_layer, WritableLayer::Host);
+        assert!(Config::parse("writable_layer = \"disk\"\n").is_err());
     }
 
     #[test]
@@ -468,6 +506,7 @@ mod tests {
             ("io.hull.vcpus", "0"),
             ("io.hull.memory_mib", "-5"),
             ("io.hull.cpus", "2"),
+            ("io.hull.writable_layer", "disk"),
         ] {
             let err = Config::default()
                 .with_annotations(&annotations(&[(key, value)]))

@@ -120,10 +120,11 @@ impl Containerd {
             format!(
                 "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {vmm:?}\nvirtiofsd = {:?}\n\
                  run_dir = {:?}\nmemory_mib = 256\ndebug = true\n\
-                 vmm_uid = {JAIL_ID}\nvmm_gid = {JAIL_ID}\n",
+                 vmm_uid = {JAIL_ID}\nvmm_gid = {JAIL_ID}\nwritable_layer = {:?}\n",
                 kernel,
                 virtiofsd(),
                 base.join("pods"),
+                hull_tests::writable_layer(),
             ),
         )
         .unwrap();

@@ -128,11 +128,12 @@ fn start_containerd() -> Cri {
         format!(
             "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {:?}\nvirtiofsd = {:?}\n\
              run_dir = {:?}\nmemory_mib = 256\nbase_memory_mib = {BASE_MEMORY_MIB}\n\
-             max_memory_mib = 2048\nmax_vcpus = 4\ndebug = true\n",
+             max_memory_mib = 2048\nmax_vcpus = 4\ndebug = true\nwritable_layer = {:?}\n",
             kernel,
             bins.join("hull-vmm"),
             virtiofsd(),
             RUN_DIR,
+            hull_tests::writable_layer(),
         ),
     )
     .unwrap();

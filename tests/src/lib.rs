@@ -82,6 +82,17 @@ pub fn guest_initrd() -> PathBuf {
     }
 }
 
+/// The shim's `writable_layer` setting the lab tests run with: `$HULL_TEST_WRITABLE_LAYER`
+/// (`guest` or `host`), else `guest`, the shim's default. The test command runs the
+/// containerd tests once with each.
+pub fn writable_layer() -> &'static str {
+    match std::env::var("HULL_TEST_WRITABLE_LAYER").as_deref() {
+        Ok("host") => "host",
+        Ok("guest") | Ok("") | Err(_) => "guest",
+        Ok(other) => panic!("HULL_TEST_WRITABLE_LAYER={other:?}: guest or host"),
+    }
+}
+
 /// What a finished (or killed) child left behind.
 #[derive(Debug)]
 pub struct Finished {

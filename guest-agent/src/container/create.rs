@@ -9,6 +9,7 @@ use hull_protocol::agent::CreateContainerRequest;
 use hull_protocol::ids::{validate_id, IdKind};
 use oci_spec::runtime::Spec;
 
+use super::layer::{self, WritableLayer, LAYERS_DIR};
 use super::spawn::spawn;
 use super::{Container, ContainerError, Process};
 use crate::cgroup::Cgroup;
@@ -24,7 +25,7 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
         return Err(ContainerError::Exists(id.into()));
     }
     let spec: Spec = serde_json::from_slice(&req.oci_spec_json).map_err(ContainerError::Spec)?;
-    let rootfs = check_rootfs(&sandbox.config.containers_root, Path::new(&req.rootfs))?;
+    let image = check_rootfs(&sandbox.config.containers_root, Path::new(&req.rootfs))?;
     check_spec(&spec)?;
     let own =
         ids_of("/proc/self").map_err(|e| ContainerError::Namespaces("the agent".into(), e))?;
@@ -49,9 +50,21 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
         e
     };
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
-    if let Some(res) = resources {
-        cgroup.apply(&res).map_err(|e| undo(e.into()))?;
+    if let Some(res) = &resources {
+        cgroup.apply(res).map_err(|e| undo(e.into()))?;
     }
+    let layer = match req.writable_layer_in_guest {
+        true => {
+            let limit = resources
+                .as_ref()
+                .and_then(|r| r.memory().as_ref()?.limit());
+            let size = layer::size_for(limit);
+            let base = Path::new(LAYERS_DIR);
+            Some(WritableLayer::create(base, id, &image, size).map_err(|e| undo(e.into()))?)
+        }
+        false => None,
+    };
+    let rootfs = layer.as_ref().map_or(image, |l| l.root.clone());
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let terminal = process.terminal().unwrap_or(false);
     let streams = dial_all(&req.stdio, terminal).map_err(|e| undo(e.into()))?;
@@ -77,6 +90,7 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
         namespaces,
         start: Mutex::new(Some(chan)),
         execs: Mutex::default(),
+        layer: Mutex::new(layer),
     });
     sandbox.insert(container);
     Ok(pid)

@@ -2,6 +2,7 @@
 
 mod create;
 mod exec;
+mod layer;
 mod remove;
 mod signal;
 mod spawn;
@@ -55,6 +56,8 @@ pub enum ContainerError {
     Helper(#[source] std::io::Error),
     #[error("container setup failed: {0}")]
     Setup(String),
+    #[error("writable layer")]
+    Layer(#[from] layer::LayerError),
     #[error("cannot read the namespaces of {0}")]
     Namespaces(String, #[source] std::io::Error),
     #[error("container {0} was already started")]
@@ -92,6 +95,8 @@ pub struct Container {
     /// Channel to the waiting init until StartContainer.
     start: Mutex<Option<Channel>>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The writable layer in the guest, when the host asked for one; removed with the container.
+    layer: Mutex<Option<layer::WritableLayer>>,
 }
 
 impl Container {

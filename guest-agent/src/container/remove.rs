@@ -1,4 +1,5 @@
-//! RemoveContainer: kill what is left, remove the cgroup, forget the state.
+//! RemoveContainer: kill what is left, remove the cgroup and the writable layer, forget the
+//! state.
 
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ pub fn do_remove(container: &Container) -> Result<(), ContainerError> {
     for pid in std::iter::once(container.init.pid).chain(execs.values().map(|p| p.pid)) {
         reaper().wait_timeout(pid, REAP_TIMEOUT);
         reaper().forget(pid);
+    }
+    if let Some(mut layer) = container.layer.lock().expect("layer lock").take() {
+        layer.remove();
     }
     tracing::info!(container = %container.id, "removed");
     Ok(())

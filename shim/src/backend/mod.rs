@@ -102,6 +102,8 @@ pub struct ContainerRequest<'a> {
     pub spec: &'a Spec,
     /// The container's root inside the share (`<container_id>`), relative to the share.
     pub rootfs_in_share: &'a str,
+    /// The root in the share is the read-only image; the guest adds the writable layer.
+    pub writable_layer_in_guest: bool,
     pub volumes: &'a [SharedVolume],
     pub stdio: StdioWanted,
 }
@@ -184,6 +186,11 @@ pub trait Backend: Send + Sync {
     fn next_oom(&self) -> Option<String>;
     /// Stops the sandbox and everything it started. Idempotent.
     fn destroy_sandbox(&self) -> Result<()>;
+    /// Whether containers may keep their writable layer in the sandbox (the guest) rather
+    /// than in containerd's snapshot: then their root is served read-only.
+    fn guest_writable_layer(&self) -> bool {
+        false
+    }
 }
 
 /// Picks the backend named by `$HULL_SHIM_BACKEND` (default: the microVM).

@@ -349,7 +349,7 @@ mod tests {
         let share = pod(tmp.path(), "p");
         let served = share.served();
         let state_dir = served.parent().unwrap().to_path_buf();
-        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1")).unwrap();
+        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1"), false).unwrap();
         let volumes = [VolumeSpec {
             source: vol.clone(),
             destination: "/f".into(),

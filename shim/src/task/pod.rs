@@ -30,7 +30,7 @@ use super::sandbox::{config_path_from_options, Sandbox};
 use super::stdio::{self, BinaryLogger, StdioError, Target};
 use crate::backend::vm::sizing;
 use crate::backend::{self, Backend, ContainerRequest, ProcessStreams, StdioWanted};
-use crate::config::Config;
+use crate::config::{Config, WritableLayer};
 
 /// The annotation that names a container's pod (CRI); containers without it are their own pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -234,18 +234,22 @@ impl Pod {
     }
 
     fn create_container(&self, req: &CreateRequest, spec: &Spec) -> Result<()> {
-        let (backend, share_dir) = {
+        let (backend, share_dir, writable_layer) = {
             let state = self.lock();
             let sandbox = state.sandbox.as_ref().ok_or_else(|| {
                 TaskError::FailedPrecondition("the pod's sandbox is gone".to_string())
             })?;
-            (sandbox.backend.clone(), sandbox.share_dir.clone())
+            let share_dir = sandbox.share_dir.clone();
+            (sandbox.backend.clone(), share_dir, sandbox.writable_layer)
         };
+        let image_only = writable_layer == WritableLayer::Guest;
         let mut rootfs = ContainerRootfs::setup(
             &req.rootfs,
             Path::new(&req.bundle),
             &share_dir.join(&req.id),
+            image_only,
         )?;
+        let readonly = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
         let volumes_dir = format!("{VOLUMES_DIR}/{}", req.id);
         let volumes = match rootfs.share_volumes(&bind_volumes(spec), &share_dir, &volumes_dir) {
             Ok(volumes) => volumes,
@@ -259,6 +263,7 @@ impl Pod {
             container_id: &req.id,
             spec,
             rootfs_in_share: &req.id,
+            writable_layer_in_guest: image_only && !readonly,
             volumes: &volumes,
             stdio: wanted,
         }) {

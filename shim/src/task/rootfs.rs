@@ -94,6 +94,52 @@ pub struct MountSpec {
     pub options: Vec<String>,
 }
 
+/// containerd's rootfs mounts without their writable part, all read-only: an overlay loses
+/// `upperdir` and `workdir` (a single lower layer becomes a bind mount of it, since an
+/// overlay without an upper layer needs two), a bind mount gains `ro`.
+fn image_layers(mounts: &[MountSpec]) -> Vec<MountSpec> {
+    let read_only = |options: Vec<String>| {
+        let mut options: Vec<String> = options.into_iter().filter(|o| o != "rw").collect();
+        if !options.iter().any(|o| o == "ro") {
+            options.push("ro".into());
+        }
+        options
+    };
+    mounts
+        .iter()
+        .map(|m| {
+            if m.kind != "overlay" {
+                return MountSpec {
+                    options: read_only(m.options.clone()),
+                    ..m.clone()
+                };
+            }
+            let options: Vec<String> = m
+                .options
+                .iter()
+                .filter(|o| !o.starts_with("upperdir=") && !o.starts_with("workdir="))
+                .cloned()
+                .collect();
+            let lowers: Vec<&str> = options
+                .iter()
+                .find_map(|o| o.strip_prefix("lowerdir="))
+                .map(|l| l.split(':').collect())
+                .unwrap_or_default();
+            match lowers.as_slice() {
+                [only] => MountSpec {
+                    kind: "bind".into(),
+                    source: (*only).into(),
+                    options: vec!["rbind".into(), "ro".into()],
+                },
+                _ => MountSpec {
+                    options: read_only(options),
+                    ..m.clone()
+                },
+            }
+        })
+        .collect()
+}
+
 /// Splits mount options into flags and filesystem data, as mount(8) does.
 fn split_options(options: &[String]) -> (MsFlags, Vec<&str>) {
     let mut flags = MsFlags::empty();
@@ -215,8 +261,14 @@ pub struct ContainerRootfs {
 impl ContainerRootfs {
     /// Mounts `mounts` at `<bundle>/rootfs` (or uses it as is when `mounts` is empty)
     /// and binds the result, nosuid and nodev, at `shared`: `<pod>/shared/<container_id>`
-    /// of a pod share made by [`PodShare::create`].
-    pub fn setup(mounts: &[MountSpec], bundle: &Path, shared: &Path) -> Result<Self, RootfsError> {
+    /// of a pod share made by [`PodShare::create`]. With `image_only` (the writable layer
+    /// lives in the guest), only the image's layers are mounted and everything is read-only.
+    pub fn setup(
+        mounts: &[MountSpec],
+        bundle: &Path,
+        shared: &Path,
+        image_only: bool,
+    ) -> Result<Self, RootfsError> {
         let bad = || RootfsError::NotInShare(shared.to_path_buf());
         let id = shared
             .file_name()
@@ -233,7 +285,15 @@ impl ContainerRootfs {
             share,
             undo: Undo::default(),
         };
-        match rootfs.mount_all(mounts, bundle, id) {
+        let image;
+        let mounts = match image_only {
+            true => {
+                image = image_layers(mounts);
+                &image
+            }
+            false => mounts,
+        };
+        match rootfs.mount_all(mounts, bundle, id, image_only) {
             Ok(()) => Ok(rootfs),
             Err(e) => {
                 let _ = rootfs.teardown();
@@ -247,6 +307,7 @@ impl ContainerRootfs {
         mounts: &[MountSpec],
         bundle: &Path,
         id: &str,
+        readonly: bool,
     ) -> Result<(), RootfsError> {
         let undo = &mut self.undo;
         let rootfs = bundle.join("rootfs");
@@ -274,7 +335,7 @@ impl ContainerRootfs {
         }
         let flags = BindFlags {
             recursive: true,
-            readonly: false,
+            readonly,
         };
         self.share.bind(&rootfs, Path::new(id), flags)?;
         undo.steps.push(Step::ShareMount(id.into()));
@@ -424,7 +485,7 @@ mod tests {
             source: image.to_string_lossy().into(),
             options: vec!["rbind".into(), "ro".into()],
         }];
-        let mut rootfs = ContainerRootfs::setup(&mounts, &bundle, &shared).unwrap();
+        let mut rootfs = ContainerRootfs::setup(&mounts, &bundle, &shared, false).unwrap();
         assert_eq!(std::fs::read_to_string(shared.join("hello")).unwrap(), "hi");
         let opts = options(&shared).unwrap();
         for flag in ["ro", "nosuid", "nodev"] {
@@ -467,7 +528,8 @@ mod tests {
         }];
         let (share, _) = fixture(tmp.path());
         let shared = share.served().join("c");
-        let rootfs = ContainerRootfs::setup(&mounts, &tmp.path().join("b"), &shared).unwrap();
+        let rootfs =
+            ContainerRootfs::setup(&mounts, &tmp.path().join("b"), &shared, false).unwrap();
         std::fs::write(shared.join("g"), "new").unwrap();
         assert_eq!(std::fs::read_to_string(shared.join("f")).unwrap(), "lower");
         drop(rootfs);
@@ -475,6 +537,88 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("upper/g")).unwrap(),
             "new"
+        );
+        assert_pod_gone(tmp.path(), share);
+    }
+
+    #[test]
+    fn image_layers_drop_the_writable_part() {
+        let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let overlay = |o: &[&str]| MountSpec {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: opts(o),
+        };
+        let two = image_layers(&[overlay(&[
+            "index=off",
+            "workdir=/s/9/work",
+            "upperdir=/s/9/fs",
+            "lowerdir=/s/2/fs:/s/1/fs",
+        ])]);
+        assert_eq!(
+            two,
+            [overlay(&["index=off", "lowerdir=/s/2/fs:/s/1/fs", "ro"])]
+        );
+        let one = image_layers(&[overlay(&["workdir=/w", "upperdir=/u", "lowerdir=/s/1/fs"])]);
+        assert_eq!(
+            one,
+            [MountSpec {
+                kind: "bind".into(),
+                source: "/s/1/fs".into(),
+                options: opts(&["rbind", "ro"]),
+            }]
+        );
+        let bind = MountSpec {
+            kind: "bind".into(),
+            source: "/snap".into(),
+            options: opts(&["rbind", "rw"]),
+        };
+        assert_eq!(image_layers(&[bind])[0].options, opts(&["rbind", "ro"]));
+    }
+
+    #[test]
+    fn image_only_overlay_serves_the_layers_read_only_and_leaves_the_upper_alone() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["l1", "l2", "upper", "work", "b", "b1"] {
+            std::fs::create_dir(tmp.path().join(d)).unwrap();
+        }
+        std::fs::write(tmp.path().join("l1/f"), "l1").unwrap();
+        std::fs::write(tmp.path().join("l2/g"), "l2").unwrap();
+        std::fs::write(tmp.path().join("upper/old"), "upper").unwrap();
+        let p = |d: &str| tmp.path().join(d).to_string_lossy().into_owned();
+        let (share, _) = fixture(tmp.path());
+        for (lowers, bundle, id) in [
+            (format!("{}:{}", p("l2"), p("l1")), "b", "c"),
+            (p("l1"), "b1", "c1"),
+        ] {
+            let mounts = [MountSpec {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    format!("lowerdir={lowers}"),
+                    format!("upperdir={}", p("upper")),
+                    format!("workdir={}", p("work")),
+                ],
+            }];
+            let shared = share.served().join(id);
+            let rootfs =
+                ContainerRootfs::setup(&mounts, &tmp.path().join(bundle), &shared, true).unwrap();
+            assert_eq!(std::fs::read_to_string(shared.join("f")).unwrap(), "l1");
+            assert_eq!(shared.join("g").exists(), lowers.contains(':'), "{lowers}");
+            assert!(
+                !shared.join("old").exists(),
+                "the upper layer is not served"
+            );
+            let err = std::fs::write(shared.join("new"), "x").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+            assert!(options(&shared).unwrap().starts_with("ro"));
+            drop(rootfs);
+            assert!(!shared.exists());
+        }
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("upper")).unwrap().count(),
+            1
         );
         assert_pod_gone(tmp.path(), share);
     }
@@ -497,11 +641,12 @@ mod tests {
             },
         ];
         let b2 = tmp.path().join("b2");
-        let err = ContainerRootfs::setup(&mounts, &b2, &share.served().join("c")).unwrap_err();
+        let err =
+            ContainerRootfs::setup(&mounts, &b2, &share.served().join("c"), false).unwrap_err();
         assert!(matches!(err, RootfsError::UnsupportedType(_)), "{err}");
         assert!(!b2.join("rootfs").exists());
         for bad in [tmp.path().join("elsewhere/c"), share.served().join("..")] {
-            let err = ContainerRootfs::setup(&[], &bundle, &bad).unwrap_err();
+            let err = ContainerRootfs::setup(&[], &bundle, &bad, false).unwrap_err();
             assert!(matches!(err, RootfsError::NotInShare(_)), "{err}");
         }
         assert_pod_gone(tmp.path(), share);
@@ -542,7 +687,7 @@ mod tests {
         std::fs::write(&hosts, "127.0.0.1 x\n").unwrap();
         let (share, bundle) = fixture(tmp.path());
         let served = share.served();
-        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1")).unwrap();
+        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1"), false).unwrap();
         let volumes = [
             VolumeSpec {
                 source: data.clone(),
@@ -638,12 +783,13 @@ mod tests {
             let before = mounts_outside(tmp.path(), share.served().parent().unwrap());
             plant(&share, rel, target);
             let served = share.served();
-            let result =
-                ContainerRootfs::setup(&[], &bundle, &served.join("c1")).and_then(|mut r| {
+            let result = ContainerRootfs::setup(&[], &bundle, &served.join("c1"), false).and_then(
+                |mut r| {
                     let v = r.share_volumes(&volumes, &served, ".volumes/c1");
                     r.teardown()?;
                     v
-                });
+                },
+            );
             let err = result.expect_err("a planted symlink is refused");
             assert!(format!("{err}").contains("symlinks"), "{rel}: {err}");
             canary.assert_intact(rel);
@@ -681,7 +827,7 @@ mod tests {
         let served = share.served();
         let pod_dir = served.parent().unwrap().to_path_buf();
         let before = mounts_outside(tmp.path(), &pod_dir);
-        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1")).unwrap();
+        let mut rootfs = ContainerRootfs::setup(&[], &bundle, &served.join("c1"), false).unwrap();
         // The swapper flips `.volumes/c2` (and `c2/0`) between a directory and
         // a symlink out of the pod as fast as it can.
         let stop = Arc::new(AtomicBool::new(false));

@@ -15,7 +15,7 @@ use super::error::{Result, TaskError};
 use super::events::Events;
 use super::share::{self, PodShare, ShareError};
 use crate::backend::{Backend, SandboxRequest};
-use crate::config::Config;
+use crate::config::{Config, WritableLayer};
 
 /// The running sandbox of the pod.
 pub struct Sandbox {
@@ -23,6 +23,8 @@ pub struct Sandbox {
     pub backend: Arc<dyn Backend>,
     pub state_dir: PathBuf,
     pub share_dir: PathBuf,
+    /// Where the containers' writes go (the config's, when the backend can do it).
+    pub writable_layer: WritableLayer,
 }
 
 /// Reads `config_path` (field 2) from containerd's `runtimeoptions.v1.Options`.
@@ -71,6 +73,10 @@ impl Sandbox {
                 return Err(TaskError::Rootfs(e.into()));
             }
         };
+        let writable_layer = match backend.guest_writable_layer() {
+            true => config.writable_layer,
+            false => WritableLayer::Host,
+        };
         let req = SandboxRequest {
             sandbox_id: sandbox_id.to_string(),
             share_dir: share_dir.clone(),
@@ -90,6 +96,7 @@ impl Sandbox {
             backend,
             state_dir,
             share_dir,
+            writable_layer,
         })
     }
 

@@ -66,6 +66,7 @@ try mv .volumes .volumes-old
 try rmdir .volumes
 try ln -s {d} .volumes/hs1
 ls -la $S
+if touch $S/image-write 2>/tmp/err; then echo IMAGE-WRITTEN; else echo "IMAGE-REFUSED ($(cat /tmp/err))"; fi
 cp /bin/busybox /hs-suid && chmod 4755 /hs-suid && echo SUID-MADE
 if mknod /hs-blk b 7 0 2>/tmp/err; then echo MKNOD-MADE; else echo "MKNOD-REFUSED $(cat /tmp/err)"; fi
 touch /owned && chown 1234:4321 /owned && echo "CHOWN $(stat -c %u:%g /owned)"
@@ -161,13 +162,30 @@ fn lab_hostile_share_planted_symlinks_setuid_files_and_device_nodes() {
         assert!(out.contains("NOT-REACHED"), "{out}");
         println!("the guest did not reach the share's top level; the host side is checked below");
     }
-    assert!(
-        out.contains("MKNOD-REFUSED"),
-        "virtiofsd has no CAP_MKNOD:\n{out}"
-    );
     assert!(out.contains("CHOWN 1234:4321"), "chown still works:\n{out}");
-    let owned = std::fs::metadata(share.join("hs1/owned")).unwrap();
-    assert_eq!((owned.uid(), owned.gid()), (1234, 4321));
+    // With the writable layer in the guest, the container's root on the host is the
+    // read-only image: what the guest writes stays in the guest.
+    let in_guest = hull_tests::writable_layer() == "guest";
+    if in_guest {
+        assert!(
+            out.contains("IMAGE-REFUSED"),
+            "the image is read-only:\n{out}"
+        );
+        assert!(
+            out.contains("MKNOD-MADE"),
+            "mknod in the guest's own layer:\n{out}"
+        );
+        for f in ["owned", "hs-suid", "hs-blk", "image-write"] {
+            assert!(!share.join("hs1").join(f).exists(), "{f} reached the host");
+        }
+    } else {
+        assert!(
+            out.contains("MKNOD-REFUSED"),
+            "virtiofsd has no CAP_MKNOD:\n{out}"
+        );
+        let owned = std::fs::metadata(share.join("hs1/owned")).unwrap();
+        assert_eq!((owned.uid(), owned.gid()), (1234, 4321));
+    }
 
     // The next container of the pod, with a file and a directory volume, made
     // while the guest keeps planting.
@@ -214,8 +232,8 @@ fn lab_hostile_share_planted_symlinks_setuid_files_and_device_nodes() {
     );
     assert_eq!(std::fs::read_to_string(&vol_file).unwrap(), "file volume\n");
     for (point, ro) in [
-        (share.join("hs1"), false),
-        (share.join("hs2"), false),
+        (share.join("hs1"), in_guest),
+        (share.join("hs2"), in_guest),
         (share.join(".volumes/hs2/0"), false),
         (share.join(".volumes/hs2/1"), true),
     ] {
@@ -228,8 +246,10 @@ fn lab_hostile_share_planted_symlinks_setuid_files_and_device_nodes() {
     }
     // The setuid file from the guest sits on a nosuid mount; the device node
     // cannot be opened through the host path.
-    let suid = std::fs::metadata(share.join("hs1/hs-suid")).unwrap();
-    println!("hs-suid mode {:o} on a nosuid mount", suid.mode());
+    if !in_guest {
+        let suid = std::fs::metadata(share.join("hs1/hs-suid")).unwrap();
+        println!("hs-suid mode {:o} on a nosuid mount", suid.mode());
+    }
     let err = std::fs::File::open(share.join(".volumes/hs2/1/blk")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "nodev: {err}");
     assert!(

@@ -397,6 +397,7 @@ impl Backend for VmBackend {
             create.container_id = req.container_id.into();
             create.oci_spec_json = spec;
             create.rootfs = format!("{GUEST_SHARE}/{}", req.rootfs_in_share);
+            create.writable_layer_in_guest = req.writable_layer_in_guest;
             create.stdio = Some(stdio).into();
             vm.client
                 .create_container(vm.prompt(), &create)
@@ -719,6 +720,10 @@ impl Backend for VmBackend {
         vm.cgroup.lock().unwrap_or_else(|e| e.into_inner()).remove();
         tracing::info!(sandbox = %vm.sandbox_id, "VM stopped");
         Ok(())
+    }
+
+    fn guest_writable_layer(&self) -> bool {
+        true
     }
 }
 
