@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hull_bench::ctr::{Ctr, CtrResult};
-use hull_bench::model::{Config, Density, Env, HostFacts, Memory, RunData, RuntimeData, Sample};
+use hull_bench::model::{
+    Burst, Config, Density, Env, HostFacts, Memory, RunData, RuntimeData, Sample,
+};
 use hull_bench::probe_data::parse_probe_output;
 use hull_bench::{procs, report};
 
@@ -46,7 +48,8 @@ fn env_u32(name: &str, default: u32) -> Result<u32> {
 /// Run counts from `HULL_HULL_BENCH_*` variables, with defaults that fit the lab's 20-minute budget.
 pub fn config_from_env(lab: bool, cpus: usize) -> Result<Config> {
     let pick = |lab_v: u32, host_v: u32| if lab { lab_v } else { host_v };
-    let runtimes = std::env::var("HULL_BENCH_RUNTIMES").unwrap_or_else(|_| "runc,crun,hull".into());
+    let runtimes =
+        std::env::var("HULL_BENCH_RUNTIMES").unwrap_or_else(|_| "runc,crun,hull,hull-host".into());
     Ok(Config {
         runtimes: runtimes
             .split(',')
@@ -61,6 +64,7 @@ pub fn config_from_env(lab: bool, cpus: usize) -> Result<Config> {
         seq_mib: env_u32("HULL_BENCH_SEQ_MIB", pick(32, 256))?,
         small_files: env_u32("HULL_BENCH_SMALL_FILES", pick(300, 2000))?,
         blast_mib: env_u32("HULL_BENCH_BLAST_MIB", pick(16, 256))?,
+        burst_mib: env_u32("HULL_BENCH_BURST_MIB", 400)?,
         ctr_timeout_s: u64::from(env_u32("HULL_BENCH_CTR_TIMEOUT", pick(300, 60))?),
         crash_hull: std::env::var("HULL_BENCH_CRASH_HULL").is_ok_and(|v| v == "1"),
         image: IMAGE.into(),
@@ -153,10 +157,20 @@ fn runtimes(config: &Config, paths: &Paths) -> Vec<RuntimeData> {
                     vec!["--runtime", "io.containerd.hull.v2"],
                     hull_missing(paths),
                 ),
+                // Hull with the writable layer on the host (virtio-fs), the other setting.
+                "hull-host" => (
+                    vec![
+                        "--runtime",
+                        "io.containerd.hull.v2",
+                        "--annotation",
+                        "io.hull.writable_layer=host",
+                    ],
+                    hull_missing(paths),
+                ),
                 other => (
                     vec![],
                     Some(format!(
-                        "unknown runtime {other:?} (known: runc, crun, hull)"
+                        "unknown runtime {other:?} (known: runc, crun, hull, hull-host)"
                     )),
                 ),
             };
@@ -261,7 +275,7 @@ impl Bench {
         self.log_mark = log.len();
         let log = log.get(since..).unwrap_or_default();
         // Paths hold "hull-bench" for every runtime: match the shim's name instead.
-        let key = if name == "hull" {
+        let key = if name.starts_with("hull") {
             "containerd-shim-hull-v2"
         } else {
             "containerd-shim-runc-v2"
@@ -532,6 +546,101 @@ impl Bench {
         self.rts[rt].density = Some(d);
     }
 
+    /// Guest RAM on the host while a pod idles, after a burst of guest memory (a file on a
+    /// tmpfs in the guest), and after the file is deleted: freed guest pages go back to the
+    /// host through free page reporting, within seconds.
+    fn burst(&mut self, rt: usize) {
+        let mib = self.config.burst_mib;
+        if mib == 0 {
+            return;
+        }
+        let vm_mib = mib + 384;
+        let id = "hb-burst".to_string();
+        let tmpfs = format!("type=tmpfs,src=tmpfs,dst=/burst,options=size={}m", mib + 32);
+        let memory = format!("io.hull.memory_mib={vm_mib}");
+        let flags = ["--annotation", memory.as_str(), "--mount", tmpfs.as_str()];
+        let args = self.run_args(rt, &flags, &id, &[PROBE, "serve"]);
+        let mut child = self.ctr.spawn(&args);
+        let timeout = self.ctr.timeout;
+        if child.wait_first_byte(timeout).is_none() {
+            let r = child.finish(Duration::from_secs(5));
+            self.failure(rt, "burst", &r, false);
+            return;
+        }
+        let guest_ram = |id: &str| {
+            let all = procs::list();
+            let shim = procs::find_shim(&all, id)?;
+            let m = Memory {
+                procs: procs::memory_of(&procs::tree(&all, shim)),
+            };
+            Some(m.guest_ram_kib())
+        };
+        let exec = |ctr: &Ctr, n: &str, cmd: &str| {
+            ctr.run(&[
+                "task".into(),
+                "exec".into(),
+                "--exec-id".into(),
+                n.into(),
+                id.clone(),
+                "sh".into(),
+                "-c".into(),
+                cmd.into(),
+            ])
+        };
+        std::thread::sleep(Duration::from_secs(5));
+        let idle = guest_ram(&id);
+        let fill = exec(
+            &self.ctr,
+            "fill",
+            &format!("dd if=/dev/zero of=/burst/x bs=1M count={mib} 2>&1"),
+        );
+        let peak = guest_ram(&id);
+        let free = exec(&self.ctr, "free", "rm /burst/x && sync");
+        let freed = Instant::now();
+        let mut after = guest_ram(&id);
+        // The guest reports free pages 2 s after they gather; give it up to 30 s.
+        while freed.elapsed() < Duration::from_secs(30) {
+            if let (Some(a), Some(i)) = (after, idle) {
+                if a <= i + (u64::from(mib) << 10) / 10 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            after = guest_ram(&id);
+        }
+        let after_s = freed.elapsed().as_secs_f64();
+        match (fill.ok && free.ok, idle, peak, after) {
+            (true, Some(idle_kib), Some(peak_kib), Some(after_kib)) => {
+                self.log.say(&format!(
+                    "hull: memory burst of {mib} MiB in a {vm_mib} MiB guest: guest RAM on the host \
+                     idle {:.1} MiB, after the burst {:.1} MiB, {after_s:.1} s after the delete {:.1} MiB",
+                    idle_kib as f64 / 1024.0,
+                    peak_kib as f64 / 1024.0,
+                    after_kib as f64 / 1024.0
+                ));
+                self.rts[rt].burst = Some(Burst {
+                    mib,
+                    vm_mib,
+                    idle_kib,
+                    peak_kib,
+                    after_kib,
+                    after_s,
+                });
+            }
+            _ => {
+                let r = if fill.ok { &free } else { &fill };
+                self.failure(rt, "burst", r, false);
+            }
+        }
+        let k = self
+            .ctr
+            .run(&["task".into(), "kill".into(), "-s".into(), "KILL".into(), id]);
+        if !k.ok {
+            self.failure(rt, "cleanup", &k, false);
+        }
+        child.finish(timeout);
+    }
+
     /// Opt-in: panics the guest kernel of a privileged Hull container, then checks the host.
     fn crash(&mut self, rt: usize) {
         let started = Instant::now();
@@ -757,6 +866,11 @@ pub fn run(paths: Paths) -> Result<RunData> {
         bench.first_byte_round();
         for rt in bench.usable() {
             bench.pod(rt);
+        }
+        for rt in bench.usable() {
+            if bench.rts[rt].name == "hull" {
+                bench.burst(rt);
+            }
         }
         for rt in bench.usable() {
             bench.privileged(rt);

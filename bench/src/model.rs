@@ -56,6 +56,9 @@ pub struct Config {
     pub seq_mib: u32,
     pub small_files: u32,
     pub blast_mib: u32,
+    /// MiB written to a tmpfs in the guest and deleted, for the memory-back figure (0: skip).
+    #[serde(default)]
+    pub burst_mib: u32,
     pub ctr_timeout_s: u64,
     pub crash_hull: bool,
     pub image: String,
@@ -139,6 +142,8 @@ pub struct RuntimeData {
     pub isolation: Option<Isolation>,
     pub privileged: Option<Isolation>,
     pub density: Option<Density>,
+    /// Guest RAM on the host around a burst of guest memory (Hull only).
+    pub burst: Option<Burst>,
     /// What the opt-in kernel crash probe found (Hull only).
     pub crash: Option<String>,
     /// Scenario name -> what went wrong in it.
@@ -150,6 +155,20 @@ impl RuntimeData {
     pub fn usable(&self) -> bool {
         self.unavailable.is_none() && self.failed.is_none()
     }
+}
+
+/// Host memory of a pod's guest RAM (PSS of the memfd mapping in hull-vmm and virtiofsd)
+/// while idle, after `mib` MiB were written to a tmpfs in the guest, and after they were
+/// deleted and the guest reported the free pages (virtio-balloon free page reporting).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Burst {
+    pub mib: u32,
+    pub vm_mib: u32,
+    pub idle_kib: u64,
+    pub peak_kib: u64,
+    pub after_kib: u64,
+    /// Seconds from the delete to the `after` figure.
+    pub after_s: f64,
 }
 
 /// One row of the cost table: a named series of samples.

@@ -265,6 +265,30 @@ pub fn markdown(data: &RunData) -> String {
             }
         }
     }
+    if let Some((rt, b)) = data
+        .runtimes
+        .iter()
+        .find_map(|rt| rt.burst.as_ref().map(|b| (rt, b)))
+    {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let _ = write!(
+            s,
+            "\n### Memory back to the host ({})\n\nGuest RAM of one pod on the host (PSS of the memfd \
+             mapping) while idle, after {} MiB were written to a tmpfs in its {} MiB guest, and {:.1} s after \
+             the file was deleted (virtio-balloon free page reporting returns freed guest pages).\n\n\
+             | idle MiB | after the burst MiB | after the delete MiB | given back |\n|---|---|---|---|\n\
+             | {:.1} | {:.1} | {:.1} | {:.0}% |\n",
+            rt.name,
+            b.mib,
+            b.vm_mib,
+            b.after_s,
+            mib(b.idle_kib),
+            mib(b.peak_kib),
+            mib(b.after_kib),
+            100.0 * b.peak_kib.saturating_sub(b.after_kib) as f64
+                / b.peak_kib.saturating_sub(b.idle_kib).max(1) as f64
+        );
+    }
     s.push_str(
         "\n### Density\n\n| runtime | N | total s | failures | errors |\n|---|---|---|---|---|\n",
     );
