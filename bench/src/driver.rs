@@ -673,13 +673,15 @@ fn sample(r: &CtrResult) -> Sample {
     }
 }
 
-fn write_hull_config(paths: &Paths, path: &Path) -> Result<()> {
+/// The shim's config for Hull pods; the guest's RAM holds the writable layer's tmpfs (half
+/// of it at most), so the default grows with the sequential-write size.
+fn write_hull_config(paths: &Paths, path: &Path, seq_mib: u32) -> Result<()> {
     let p = |o: &Option<PathBuf>| {
         o.as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     };
-    let mem = env_u32("HULL_BENCH_HULL_MEMORY_MIB", 256)?;
+    let mem = env_u32("HULL_BENCH_HULL_MEMORY_MIB", (2 * seq_mib + 128).max(256))?;
     fs::write(
         path,
         format!(
@@ -764,7 +766,7 @@ pub fn run(paths: Paths) -> Result<RunData> {
     let volume = paths.work.join("vol");
     fs::create_dir_all(&volume)?;
     let hull_config = paths.work.join("hull.toml");
-    write_hull_config(&paths, &hull_config)?;
+    write_hull_config(&paths, &hull_config, config.seq_mib)?;
     let mut data = RunData {
         started: output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         env: Env {

@@ -38,6 +38,8 @@ mod hostile_guest;
 mod hostile_host;
 #[path = "lab_shim/hostile_share.rs"]
 mod hostile_share;
+#[path = "lab_shim/memory_back.rs"]
+mod memory_back;
 #[path = "lab_shim/metrics.rs"]
 mod metrics;
 #[path = "lab_shim/netfilter.rs"]
