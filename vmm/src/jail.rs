@@ -169,15 +169,38 @@ pub fn enter_pid_namespace() -> Result<(), Error> {
     }
     // SAFETY: the holder's own copy of the pidfd, not needed by it.
     unsafe { libc::close(parent as libc::c_int) };
-    hold(pid, &set)
+    // The holder stays root outside the jail: it gets a filter of its own. Compiled here,
+    // where it may still allocate; a failure ends the VMM with the holder (no unfiltered
+    // holder is left).
+    let filter = match crate::seccomp::holder(pid) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("hull-vmm-jail: {}", hull_protocol::error::chain(&e));
+            // SAFETY: killing our own child; then leaving without unwinding.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::_exit(1)
+            }
+        }
+    };
+    hold(pid, &set, &filter)
 }
 
-/// The holder's life: forward the signals in `set` to `child` until it ends, then end alike.
-fn hold(child: libc::pid_t, set: &libc::sigset_t) -> ! {
+/// The holder's life, under `filter`: forward the signals in `set` to `child` until it ends,
+/// then end alike.
+fn hold(child: libc::pid_t, set: &libc::sigset_t, filter: &seccompiler::BpfProgram) -> ! {
     // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"hull-vmm-jail".as_ptr(), 0, 0, 0) };
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Holder, filter) {
+        eprintln!("hull-vmm-jail: {}", hull_protocol::error::chain(&e));
+        // SAFETY: killing our own child; then leaving without unwinding.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::_exit(1)
+        }
+    }
     loop {
         // SAFETY: `set` is a valid sigset; no siginfo is asked for.
         let sig = unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) };

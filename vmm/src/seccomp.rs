@@ -54,6 +54,8 @@ pub enum ThreadKind {
     Vmm,
     /// The console writer thread.
     Console,
+    /// The jail's holder, `hull-vmm-jail`: the VMM's parent outside its PID namespace.
+    Holder,
 }
 
 impl ThreadKind {
@@ -62,6 +64,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Vmm => "event loop",
             ThreadKind::Console => "console writer",
+            ThreadKind::Holder => "jail holder",
         }
     }
 }
@@ -136,6 +139,7 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, Error> {
         ThreadKind::Vcpu => vcpu_rules(),
         ThreadKind::Vmm => vmm_rules(),
         ThreadKind::Console => common_rules(),
+        ThreadKind::Holder => holder_rules(0),
     };
     compile_rules(kind, rules)
 }
@@ -221,6 +225,30 @@ fn common_rules() -> Vec<(i64, Vec<Cond>)> {
         // A vCPU kick from another thread and abort() on a double panic, inside this process.
         own_signal(libc::SIGRTMIN()),
         own_signal(libc::SIGABRT),
+        any(libc::SYS_exit),
+        any(libc::SYS_exit_group),
+    ]
+}
+
+/// The jail's holder (see `jail::enter_pid_namespace`), which stays root outside the jail:
+/// it waits for signals and for its one child, the VMM (`child`), passes signals on to it,
+/// and ends as the VMM ends (exit code, or the VMM's signal raised at itself). Nothing else:
+/// no memory calls, no files, no signals to any other process.
+pub fn holder(child: libc::pid_t) -> Result<BpfProgram, Error> {
+    compile_rules(ThreadKind::Holder, holder_rules(child))
+}
+
+fn holder_rules(child: libc::pid_t) -> Vec<(i64, Vec<Cond>)> {
+    let own = u64::from(std::process::id());
+    vec![
+        any(libc::SYS_rt_sigtimedwait),
+        any(libc::SYS_rt_sigprocmask),
+        any(libc::SYS_rt_sigaction),
+        any(libc::SYS_rt_sigreturn),
+        arg_eq(libc::SYS_kill, 0, child as u64),
+        arg_eq(libc::SYS_kill, 0, own),
+        arg_eq(libc::SYS_wait4, 0, child as u64),
+        any(libc::SYS_getpid),
         any(libc::SYS_exit),
         any(libc::SYS_exit_group),
     ]
@@ -340,11 +368,18 @@ mod tests {
 
     #[test]
     fn no_thread_may_spawn_exec_or_change_ids() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Console] {
+        let kinds = [
+            ThreadKind::Vcpu,
+            ThreadKind::Vmm,
+            ThreadKind::Console,
+            ThreadKind::Holder,
+        ];
+        for kind in kinds {
             let rules = match kind {
                 ThreadKind::Vcpu => vcpu_rules(),
                 ThreadKind::Vmm => vmm_rules(),
                 ThreadKind::Console => common_rules(),
+                ThreadKind::Holder => holder_rules(1),
             };
             for (nr, _) in rules {
                 assert!(
@@ -399,6 +434,62 @@ mod tests {
         // SAFETY: `pid` is our child; `status` is a valid out pointer.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         status
+    }
+
+    #[test]
+    fn the_holder_may_signal_only_its_child_and_itself() {
+        let other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let (sleeper, me) = (other.id() as libc::pid_t, std::process::id() as libc::pid_t);
+        let filter = holder(sleeper).unwrap();
+        let run = |f: &dyn Fn() -> i32| {
+            // SAFETY: the child only makes raw syscalls before _exit.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                let code = if seccompiler::apply_filter(&filter).is_err() {
+                    3
+                } else {
+                    f()
+                };
+                // SAFETY: exiting the forked child.
+                unsafe { libc::_exit(code) };
+            }
+            let mut status = 0;
+            // SAFETY: `pid` is our child; `status` is a valid out pointer.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            status
+        };
+        // SAFETY: kill with signal 0 only checks; no memory arguments.
+        let child = run(&|| unsafe { libc::kill(sleeper, 0) });
+        assert!(
+            libc::WIFEXITED(child) && libc::WEXITSTATUS(child) == 0,
+            "{child:#x}"
+        );
+        // The test process stands for the holder's own pid (the filter was compiled here).
+        // SAFETY: as above.
+        let own = run(&|| unsafe { libc::kill(me, 0) });
+        assert!(
+            libc::WIFEXITED(own) && libc::WEXITSTATUS(own) == 0,
+            "{own:#x}"
+        );
+        // SAFETY: as above; init is neither the child nor the holder.
+        let init = run(&|| unsafe { libc::kill(1, 0) });
+        assert!(
+            libc::WIFSIGNALED(init) && libc::WTERMSIG(init) == libc::SIGSYS,
+            "{init:#x}"
+        );
+        // SAFETY: getppid has no arguments; it is outside the holder's list.
+        let ppid = run(&|| unsafe { libc::getppid() });
+        assert!(
+            libc::WIFSIGNALED(ppid) && libc::WTERMSIG(ppid) == libc::SIGSYS,
+            "{ppid:#x}"
+        );
+        let mut other = other;
+        let _ = other.kill();
+        let _ = other.wait();
     }
 
     #[test]

@@ -163,8 +163,21 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
         BufReader::new(&s).read_line(&mut line).unwrap();
         line
     });
+    let holder_seccomp = std::fs::read_to_string(format!("/proc/{holder}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_string()));
+    // SIGTERM to the holder (what the shim sends first) goes on to the VMM, and the holder
+    // ends as the VMM ends, all under its seccomp filter.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(holder as libc::pid_t, libc::SIGTERM) };
+    let term_deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && Instant::now() < term_deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ended_on_term = child.try_wait().unwrap();
     // SIGKILL of the holder (what the shim does last) takes the VMM with it.
-    child.kill().unwrap();
+    let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -179,6 +192,15 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
         "{children}"
     );
     assert!(pid != 0, "no VMM under the holder: {children:?}\n{stderr}");
+    assert_eq!(
+        holder_seccomp.as_deref(),
+        Some("2"),
+        "the holder is filtered"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    let ended = ended_on_term.expect("the holder ends after SIGTERM, as the VMM does");
+    assert_ne!(ended.signal(), Some(libc::SIGSYS), "{stderr}");
+    println!("holder after SIGTERM: {ended:?}");
     assert_eq!(
         ns_pid.as_deref(),
         Some("1"),

@@ -249,7 +249,6 @@ impl Pod {
             &share_dir.join(&req.id),
             image_only,
         )?;
-        let readonly = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
         let volumes_dir = format!("{VOLUMES_DIR}/{}", req.id);
         let volumes = match rootfs.share_volumes(&bind_volumes(spec), &share_dir, &volumes_dir) {
             Ok(volumes) => volumes,
@@ -263,7 +262,10 @@ impl Pod {
             container_id: &req.id,
             spec,
             rootfs_in_share: &req.id,
-            writable_layer_in_guest: image_only && !readonly,
+            // A read-only root gets the layer too: the mount points its spec needs are
+            // made there before the agent makes the root read-only (as runc does on the
+            // snapshot).
+            writable_layer_in_guest: image_only,
             volumes: &volumes,
             stdio: wanted,
         }) {
