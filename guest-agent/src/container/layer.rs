@@ -74,8 +74,12 @@ impl WritableLayer {
         for d in [&upper, &work, &layer.root] {
             std::fs::create_dir(d).map_err(io("create", d))?;
         }
+        // The image's root in the share is a virtio-fs submount (virtiofsd announces the
+        // shim's bind mount), an automount point that overlayfs refuses as a layer: name
+        // the directory inside it, which mounts the submount and resolves to its root.
+        let image = image.join(".");
         // The merged root takes its owner and mode from the upper directory: the image's.
-        let top = std::fs::metadata(image).map_err(io("stat the image root", image))?;
+        let top = std::fs::metadata(&image).map_err(io("stat the image root", &image))?;
         chown(&upper, Some(top.uid()), Some(top.gid())).map_err(io("chown", &upper))?;
         let mode = std::fs::Permissions::from_mode(top.mode() & 0o7777);
         std::fs::set_permissions(&upper, mode).map_err(io("chmod", &upper))?;
