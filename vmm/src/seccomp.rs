@@ -416,13 +416,17 @@ mod tests {
 
     /// Runs `f` in a forked child under the event-loop filter; its wait status.
     fn under_vmm_filter(f: impl FnOnce() -> i32) -> i32 {
-        let filter = compile(ThreadKind::Vmm).unwrap();
+        under_filter(&compile(ThreadKind::Vmm).unwrap(), f)
+    }
+
+    /// Runs `f` in a forked child under `filter`; its wait status.
+    fn under_filter(filter: &BpfProgram, f: impl FnOnce() -> i32) -> i32 {
         // SAFETY: the child only makes raw syscalls before _exit (the filter's installation is
         // prctl + seccomp on a prebuilt program).
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let code = if seccompiler::apply_filter(&filter).is_err() {
+            let code = if seccompiler::apply_filter(filter).is_err() {
                 3
             } else {
                 f()
@@ -444,24 +448,7 @@ mod tests {
             .unwrap();
         let (sleeper, me) = (other.id() as libc::pid_t, std::process::id() as libc::pid_t);
         let filter = holder(sleeper).unwrap();
-        let run = |f: &dyn Fn() -> i32| {
-            // SAFETY: the child only makes raw syscalls before _exit.
-            let pid = unsafe { libc::fork() };
-            assert!(pid >= 0);
-            if pid == 0 {
-                let code = if seccompiler::apply_filter(&filter).is_err() {
-                    3
-                } else {
-                    f()
-                };
-                // SAFETY: exiting the forked child.
-                unsafe { libc::_exit(code) };
-            }
-            let mut status = 0;
-            // SAFETY: `pid` is our child; `status` is a valid out pointer.
-            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-            status
-        };
+        let run = |f: &dyn Fn() -> i32| under_filter(&filter, f);
         // SAFETY: kill with signal 0 only checks; no memory arguments.
         let child = run(&|| unsafe { libc::kill(sleeper, 0) });
         assert!(
