@@ -65,6 +65,7 @@ pub fn config_from_env(lab: bool, cpus: usize) -> Result<Config> {
         small_files: env_u32("HULL_BENCH_SMALL_FILES", pick(300, 2000))?,
         blast_mib: env_u32("HULL_BENCH_BLAST_MIB", pick(16, 256))?,
         burst_mib: env_u32("HULL_BENCH_BURST_MIB", 400)?,
+        untar_files: env_u32("HULL_BENCH_UNTAR_FILES", 2000)?,
         ctr_timeout_s: u64::from(env_u32("HULL_BENCH_CTR_TIMEOUT", pick(300, 60))?),
         crash_hull: std::env::var("HULL_BENCH_CRASH_HULL").is_ok_and(|v| v == "1"),
         image: IMAGE.into(),
@@ -392,6 +393,7 @@ impl Bench {
             self.rts[rt].exec.push(sample(&r));
         }
         self.work(rt, &id);
+        self.untar(rt, &id);
         let k = self.ctr.run(&[
             "task".into(),
             "kill".into(),
@@ -544,6 +546,47 @@ impl Bench {
             d.total_s, d.failures
         ));
         self.rts[rt].density = Some(d);
+    }
+
+    /// Metadata-heavy work on the container's root: a tarball of small files (made in the
+    /// container, untimed) extracted with busybox `tar`, timed inside by /proc/uptime.
+    fn untar(&mut self, rt: usize, id: &str) {
+        let n = self.config.untar_files;
+        if n == 0 {
+            return;
+        }
+        let script = format!(
+            "set -e; cd /tmp; rm -rf hb-src hb-x hb.tar; mkdir hb-src hb-x; i=0; \
+             while [ $i -lt {n} ]; do echo $i > hb-src/f$i; i=$((i+1)); done; \
+             tar cf hb.tar hb-src; rm -rf hb-src; a=$(cut -d' ' -f1 /proc/uptime); \
+             tar xf hb.tar -C hb-x; b=$(cut -d' ' -f1 /proc/uptime); \
+             echo \"UNTAR $a $b\"; rm -rf hb-x hb.tar"
+        );
+        let r = self.ctr.run(&[
+            "task".into(),
+            "exec".into(),
+            "--exec-id".into(),
+            "untar".into(),
+            id.into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+        ]);
+        let secs = r.stdout.lines().find_map(|l| {
+            let mut w = l.strip_prefix("UNTAR ")?.split(' ');
+            let a: f64 = w.next()?.parse().ok()?;
+            let b: f64 = w.next()?.parse().ok()?;
+            Some(b - a)
+        });
+        let name = self.rts[rt].name.clone();
+        match secs.filter(|_| r.ok) {
+            Some(s) => {
+                self.log
+                    .say(&format!("{name}: untar of {n} files on the root: {s:.2} s"));
+                self.rts[rt].untar_s = Some(s);
+            }
+            None => self.failure(rt, "untar", &r, false),
+        }
     }
 
     /// Guest RAM on the host while a pod idles, after a burst of guest memory (a file on a

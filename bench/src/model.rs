@@ -59,6 +59,9 @@ pub struct Config {
     /// MiB written to a tmpfs in the guest and deleted, for the memory-back figure (0: skip).
     #[serde(default)]
     pub burst_mib: u32,
+    /// Files in the tarball extracted on the container's root (0: skip).
+    #[serde(default)]
+    pub untar_files: u32,
     pub ctr_timeout_s: u64,
     pub crash_hull: bool,
     pub image: String,
@@ -144,6 +147,8 @@ pub struct RuntimeData {
     pub density: Option<Density>,
     /// Guest RAM on the host around a burst of guest memory (Hull only).
     pub burst: Option<Burst>,
+    /// Seconds to extract a tarball of small files on the container's root.
+    pub untar_s: Option<f64>,
     /// What the opt-in kernel crash probe found (Hull only).
     pub crash: Option<String>,
     /// Scenario name -> what went wrong in it.
@@ -247,6 +252,11 @@ pub fn metrics(rt: &RuntimeData) -> Vec<Metric> {
             label: "rootfs: small files (create+read+delete)",
             unit: "files/s",
             samples: one(root.map(|f| f.small_files_per_s)),
+        },
+        Metric {
+            label: "rootfs: extract a tarball of small files (`tar x`)",
+            unit: "s",
+            samples: one(rt.untar_s),
         },
         Metric {
             label: "volume: sequential write",
