@@ -552,7 +552,18 @@ impl Bench {
     /// container, untimed) extracted with busybox `tar`, timed inside by /proc/uptime.
     fn untar(&mut self, rt: usize, id: &str) {
         let n = self.config.untar_files;
+        let name = self.rts[rt].name.clone();
         if n == 0 {
+            return;
+        }
+        if name == "hull-host" && std::env::var("HULL_BENCH_UNTAR_HOST").map_or(true, |v| v != "1")
+        {
+            // Through virtio-fs, making, packing and extracting the files outlasts the 300 s
+            // ctr bound in the lab (2026-12-01).
+            self.rts[rt].errors.insert(
+                "untar".into(),
+                "skipped on the virtio-fs root (over 300 s in the lab); HULL_BENCH_UNTAR_HOST=1 runs it".into(),
+            );
             return;
         }
         let script = format!(
@@ -578,7 +589,6 @@ impl Bench {
             let b: f64 = w.next()?.parse().ok()?;
             Some(b - a)
         });
-        let name = self.rts[rt].name.clone();
         match secs.filter(|_| r.ok) {
             Some(s) => {
                 self.log
