@@ -37,6 +37,10 @@ pub const POD_GUEST_CID: u64 = MIN_GUEST_CID;
 pub const MAX_FS_TAG_LEN: usize = 36;
 /// virtio-fs tag of the pod share.
 pub const SHARE_TAG: &str = "hullshare";
+/// Longest virtio-blk serial (the VIRTIO_BLK_T_GET_ID answer holds 20 bytes).
+pub const MAX_DISK_SERIAL_LEN: usize = 20;
+/// The id a virtio-blk disk reports when its configuration names no serial.
+pub const DEFAULT_DISK_SERIAL: &str = "hull-blk";
 /// Where the agent mounts the pod share in the guest; container rootfs paths lie under it.
 pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
 /// Most virtio-net devices of a VM (one per interface CNI created in the pod's netns).
@@ -89,6 +93,10 @@ pub enum VmConfigError {
     CmdlineTooLong(usize),
     #[error("cmdline holds a NUL or newline: give plain words")]
     CmdlineControl,
+    #[error("disks[{0}]: an empty slot (no path) must be read_only: true; the shim fills it with a read-only image")]
+    WritableEmptySlot(usize),
+    #[error("disk serial {0:?}: must be 1 to {MAX_DISK_SERIAL_LEN} bytes of A-Z, a-z, 0-9, '.', '_' or '-'")]
+    DiskSerial(String),
     #[error("virtio-fs tag {0:?}: must be 1 to {MAX_FS_TAG_LEN} bytes")]
     FsTag(String),
     #[error("{0} network devices: at most {MAX_NET_DEVICES}")]
@@ -131,15 +139,47 @@ fn default_cid() -> u64 {
     MIN_GUEST_CID
 }
 
-/// A virtio-blk disk.
+/// A virtio-blk disk, or an empty slot the shim fills while the VM runs (virtio-mmio has no
+/// hotplug): `{"path": null, "read_only": true}` boots with capacity 0 and takes its backing
+/// file later through the control socket's `attach-disk`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
-    /// Backing file.
-    pub path: PathBuf,
+    /// Backing file; `None` for an empty slot, which must be read-only.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     /// Refuse guest writes.
     #[serde(default)]
     pub read_only: bool,
+    /// What the guest reads as the disk's id (`/sys/block/vdX/serial`): at most
+    /// [`MAX_DISK_SERIAL_LEN`] bytes of `[A-Za-z0-9._-]`; `None` gives [`DEFAULT_DISK_SERIAL`].
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+impl DiskConfig {
+    /// An empty read-only slot with `serial` as its id.
+    pub fn empty_slot(serial: Option<String>) -> Self {
+        DiskConfig {
+            path: None,
+            read_only: true,
+            serial,
+        }
+    }
+
+    /// The id the guest reads: the configured serial or [`DEFAULT_DISK_SERIAL`].
+    pub fn serial_or_default(&self) -> &str {
+        self.serial.as_deref().unwrap_or(DEFAULT_DISK_SERIAL)
+    }
+}
+
+/// Checks a virtio-blk serial: 1 to [`MAX_DISK_SERIAL_LEN`] bytes of `[A-Za-z0-9._-]`.
+pub fn check_disk_serial(serial: &str) -> Result<(), VmConfigError> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if serial.is_empty() || serial.len() > MAX_DISK_SERIAL_LEN || !serial.bytes().all(allowed) {
+        return Err(VmConfigError::DiskSerial(serial.to_string()));
+    }
+    Ok(())
 }
 
 /// A vhost-user-fs share served by virtiofsd.
@@ -425,6 +465,14 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             check_range("vsock.cid", v.cid, MIN_GUEST_CID, u32::MAX.into())?;
         }
+        for (i, disk) in self.disks.iter().enumerate() {
+            if disk.path.is_none() && !disk.read_only {
+                return Err(VmConfigError::WritableEmptySlot(i));
+            }
+            if let Some(serial) = &disk.serial {
+                check_disk_serial(serial)?;
+            }
+        }
         for fs in &self.fs {
             if fs.tag.is_empty() || fs.tag.len() > MAX_FS_TAG_LEN {
                 return Err(VmConfigError::FsTag(fs.tag.clone()));
@@ -488,6 +536,45 @@ mod tests {
             debug: true,
             ..VmConfig::new("/k")
         }
+    }
+
+    #[test]
+    fn disks_and_empty_slots() {
+        // Today's shape still parses: a path, no serial.
+        let old =
+            VmConfig::from_json(r#"{"kernel":"/k","disks":[{"path":"/d","read_only":true}]}"#)
+                .unwrap();
+        assert_eq!(
+            old.disks[0].path.as_deref(),
+            Some(std::path::Path::new("/d"))
+        );
+        assert_eq!(old.disks[0].serial_or_default(), DEFAULT_DISK_SERIAL);
+        let slot = VmConfig::from_json(
+            r#"{"kernel":"/k","disks":[{"read_only":true,"serial":"ctr-1.img_a"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            slot.disks,
+            [DiskConfig::empty_slot(Some("ctr-1.img_a".into()))]
+        );
+        assert!(slot.validate().is_ok());
+        assert_eq!(VmConfig::from_json(&slot.to_json()).unwrap(), slot);
+        let mut writable = slot.clone();
+        writable.disks[0].read_only = false;
+        let msg = writable.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("disks[0]") && msg.contains("read_only"),
+            "{msg}"
+        );
+        for bad in ["", "a b", "x/y", "é", &"s".repeat(MAX_DISK_SERIAL_LEN + 1)] {
+            let mut cfg = slot.clone();
+            cfg.disks[0].serial = Some(bad.into());
+            assert!(
+                matches!(cfg.validate(), Err(VmConfigError::DiskSerial(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(check_disk_serial(&"s".repeat(MAX_DISK_SERIAL_LEN)).is_ok());
     }
 
     #[test]

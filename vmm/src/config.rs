@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 
 pub use hull_protocol::vm::{
     Console, DiskConfig, FsConfig, NetConfig, VmConfig, VmConfigError, VsockConfig,
-    DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_MTU, DEFAULT_VCPUS, MAX_FS_TAG_LEN,
-    MAX_MEMORY_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEMORY_MIB, MIN_VCPUS,
+    DEFAULT_CMDLINE, DEFAULT_DISK_SERIAL, DEFAULT_MEMORY_MIB, DEFAULT_MTU, DEFAULT_VCPUS,
+    MAX_DISK_SERIAL_LEN, MAX_FS_TAG_LEN, MAX_MEMORY_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEMORY_MIB,
+    MIN_VCPUS,
 };
+
+/// The `--disk` value that asks for an empty slot instead of a file.
+const EMPTY_DISK: &str = "empty";
 
 /// Errors in the VM description.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +65,13 @@ OPTIONS:
                        PATH: the host connects to PATH and sends 'CONNECT <port>\\n' (answer
                        'OK <n>\\n'); guest connections to host port P go to PATH_P.
                        PATH must not exist yet; it is removed when the VMM exits
-    --disk PATH[,ro]   virtio-blk disk backed by a file, read-write unless ',ro'; repeatable
+    --disk PATH[,ro][,serial=S]
+                       virtio-blk disk backed by a file, read-write unless ',ro'; S is the
+                       id the guest reads (/sys/block/vdX/serial), 1 to {MAX_DISK_SERIAL_LEN} bytes of
+                       [A-Za-z0-9._-] [default: {DEFAULT_DISK_SERIAL}]; repeatable.
+                       '--disk empty[,serial=S]' is an empty read-only slot, filled while
+                       the VM runs with the control socket's attach-disk (write ./empty for
+                       a file of that name)
     --fs TAG,SOCKET    virtio-fs share (TAG: 1 to {MAX_FS_TAG_LEN} bytes) served over vhost-user by a
                        virtiofsd already listening on SOCKET, e.g.
                        'virtiofsd --socket-path=SOCKET --shared-dir=DIR --sandbox=chroot';
@@ -76,7 +86,7 @@ OPTIONS:
                        guest kernel (free page reporting) are not given back to the host
     --config FILE      read the whole VM description from a JSON file (same fields:
                        kernel, initrd, cmdline, vcpus, memory_mib, console, vsock {{cid, uds}},
-                       disks [{{path, read_only}}], fs [{{socket, tag}}],
+                       disks [{{path, read_only, serial}}], fs [{{socket, tag}}],
                        net [{{tap_fd, mac, mtu}}], control, balloon, allow_pvm,
                        debug); the shim writes this file for every pod
     --allow-pvm        run even on a PVM-backed /dev/kvm, which cannot boot a standard
@@ -116,15 +126,30 @@ fn parse_vsock(v: &str) -> Result<VsockConfig, Error> {
     })
 }
 
+/// `PATH[,ro|,rw][,serial=S]` or `empty[,serial=S]`; options are taken from the end, so a
+/// path may hold commas. An empty slot is read-only (`empty,rw` fails validation).
 fn parse_disk(v: &str) -> DiskConfig {
-    match v.strip_suffix(",ro") {
-        Some(path) => DiskConfig {
-            path: PathBuf::from(path),
-            read_only: true,
+    let (mut rest, mut read_only, mut serial) = (v, None, None);
+    while let Some((head, opt)) = rest.rsplit_once(',') {
+        match opt {
+            "ro" => read_only = read_only.or(Some(true)),
+            "rw" => read_only = read_only.or(Some(false)),
+            _ => match opt.strip_prefix("serial=") {
+                Some(s) if serial.is_none() => serial = Some(s.to_string()),
+                _ => break,
+            },
+        }
+        rest = head;
+    }
+    match rest {
+        EMPTY_DISK => DiskConfig {
+            read_only: read_only.unwrap_or(true),
+            ..DiskConfig::empty_slot(serial)
         },
-        None => DiskConfig {
-            path: PathBuf::from(v.strip_suffix(",rw").unwrap_or(v)),
-            read_only: false,
+        path => DiskConfig {
+            path: Some(PathBuf::from(path)),
+            read_only: read_only.unwrap_or(false),
+            serial,
         },
     }
 }
@@ -276,6 +301,17 @@ mod tests {
         );
         assert_eq!(c.disks, vec![parse_disk("d,ro"), parse_disk("e")]);
         assert!(c.disks[0].read_only && !c.disks[1].read_only);
+        let d = parse_disk("a,b,rw,serial=img-1");
+        assert_eq!(d.path, Some(PathBuf::from("a,b")));
+        assert_eq!((d.read_only, d.serial.as_deref()), (false, Some("img-1")));
+        assert_eq!(
+            run("--kernel k --disk empty,serial=c1 --disk empty").disks,
+            vec![
+                DiskConfig::empty_slot(Some("c1".into())),
+                DiskConfig::empty_slot(None)
+            ]
+        );
+        assert_eq!(parse_disk("./empty").path, Some(PathBuf::from("./empty")));
         assert_eq!(c.fs[0].tag, "share");
         assert_eq!(c.cmdline, DEFAULT_CMDLINE);
         let c = run("--kernel k --net 3,02:00:00:00:00:01 --net=4,02:00:00:00:00:02,9000");
@@ -323,6 +359,8 @@ mod tests {
         for (bad, want) in [
             ("--kernel k --net 3,01:00:00:00:00:01", "unicast MAC"),
             ("--kernel k --net 1,02:00:00:00:00:01", "3 or above"),
+            ("--kernel k --disk empty,rw", "read_only"),
+            ("--kernel k --disk d,serial=a/b", "disk serial"),
         ] {
             let text = hull_protocol::error::chain(&parse_args(&args(bad)).unwrap_err());
             assert!(text.contains(want), "{bad}: {text}");

@@ -341,9 +341,10 @@ pub fn limits(cfg: &VmConfig) -> Result<Vec<(u32, &'static str, &'static str, u6
         Some(mib) => mib,
         None => {
             let mut mib = hull_protocol::vm::DEFAULT_VMM_FSIZE_MIB;
-            for disk in &cfg.disks {
-                let len = std::fs::metadata(&disk.path)
-                    .map_err(|e| Error::DiskSize(disk.path.display().to_string(), e))?
+            // Empty slots take read-only images later: nothing is ever written to them.
+            for path in cfg.disks.iter().filter_map(|d| d.path.as_ref()) {
+                let len = std::fs::metadata(path)
+                    .map_err(|e| Error::DiskSize(path.display().to_string(), e))?
                     .len();
                 mib = mib.max(len.div_ceil(1 << 20));
             }
@@ -428,14 +429,16 @@ mod tests {
         };
         assert_eq!(fsize(&cfg), DEFAULT_VMM_FSIZE_MIB << 20);
         cfg.disks.push(DiskConfig {
-            path: big.clone(),
+            path: Some(big.clone()),
             read_only: false,
+            serial: None,
         });
+        cfg.disks.push(DiskConfig::empty_slot(None));
         assert_eq!(fsize(&cfg), (DEFAULT_VMM_FSIZE_MIB + 3) << 20);
         cfg.limits.fsize_mib = Some(7);
         assert_eq!(fsize(&cfg), 7 << 20);
         cfg.limits.fsize_mib = None;
-        cfg.disks[0].path = dir.join("missing.img");
+        cfg.disks[0].path = Some(dir.join("missing.img"));
         let err = limits(&cfg).unwrap_err().to_string();
         assert!(err.contains("missing.img"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
