@@ -138,6 +138,9 @@ pub struct VmParts {
     pub cmdline_extra: Vec<String>,
     /// virtio devices, polled by the event loop.
     pub devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    /// The virtio-blk disks in configuration order (also in `devices`), for the control
+    /// socket's `attach-disk`.
+    pub disks: Vec<Arc<Mutex<Block>>>,
     /// Files to remove when the VMM exits (sockets it created).
     pub cleanup: Vec<PathBuf>,
     /// The control socket server, if asked for.
@@ -195,6 +198,7 @@ pub fn create_vm(ram: GuestRam) -> Result<VmParts, Error> {
         control: Arc::new(RunControl::default()),
         cmdline_extra: Vec::new(),
         devices: Vec::new(),
+        disks: Vec::new(),
         cleanup: Vec::new(),
         control_server: None,
         console: None,
@@ -313,11 +317,18 @@ pub fn attach_vsock(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     attach_virtio(parts, Arc::new(Mutex::new(dev)))
 }
 
-/// Adds the virtio-blk disks, in order (the guest sees vda, vdb, ...).
+/// Adds the virtio-blk disks, in order (the guest sees vda, vdb, ...); a disk without a path
+/// is an empty slot the control socket fills.
 pub fn attach_disks(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> {
     for disk in &cfg.disks {
-        let dev = Block::new(&disk.path, disk.read_only)?;
-        attach_virtio(parts, Arc::new(Mutex::new(dev)))?;
+        let serial = disk.serial_or_default();
+        let dev = match &disk.path {
+            Some(path) => Block::new(path, disk.read_only, serial)?,
+            None => Block::empty(serial)?,
+        };
+        let dev = Arc::new(Mutex::new(dev));
+        attach_virtio(parts, dev.clone())?;
+        parts.disks.push(dev);
     }
     Ok(())
 }
@@ -378,6 +389,7 @@ pub fn attach_control(parts: &mut VmParts, cfg: &VmConfig) -> Result<(), Error> 
         cfg.memory_mib,
         cfg.vcpus,
         counters,
+        parts.disks.clone(),
     )?;
     parts.cleanup.push(path.clone());
     parts.control_server = Some(Arc::new(Mutex::new(server)));

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     if !path.exists() {
         std::fs::write(&path, vec![0u8; 64 * 1024]).unwrap();
     }
-    let mut dev = Block::new(&path, false).unwrap();
+    let mut dev = Block::new(&path, false, "hull-blk").unwrap();
     let offered = dev.common().offered();
     dev.common_mut().ack_features(offered).unwrap();
     let mem = common::memory(data);

@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         if !path.exists() {
             std::fs::write(&path, vec![0u8; 64 * 1024]).unwrap();
         }
-        Arc::new(Mutex::new(Block::new(&path, which & 2 != 0).unwrap()))
+        Arc::new(Mutex::new(Block::new(&path, which & 2 != 0, "hull-blk").unwrap()))
     } else {
         let uds = std::env::temp_dir().join(format!("hull-fuzz-mmio-vsock-{pid}"));
         let _ = std::fs::remove_file(&uds);

@@ -8,7 +8,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::counters::{DeviceCounters, Seen};
-use super::{ActivateError, Interrupt, INT_VRING, VIRTIO_F_VERSION_1};
+use super::{ActivateError, Interrupt, INT_CONFIG, INT_VRING, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMem;
 
 /// Virtio device types (virtio 1.x, section 5) Hull implements.
@@ -87,6 +87,9 @@ pub struct VirtioCommon {
     queue_events: Vec<EventFd>,
     counters: Arc<DeviceCounters>,
     state: DeviceState,
+    /// The ConfigGeneration register: changes whenever the configuration space does, so a
+    /// driver reading it in several accesses sees a torn read and reads again.
+    config_generation: u32,
 }
 
 /// `word` placed in the 32-bit page `page` of `current` (pages above 1 do not exist: `current`
@@ -133,6 +136,7 @@ impl VirtioCommon {
                 Seen::Everything,
             )),
             state: DeviceState::Inactive,
+            config_generation: 0,
         })
     }
 
@@ -270,6 +274,31 @@ impl VirtioCommon {
         match &mut self.state {
             DeviceState::Activated(a) => Some(a),
             DeviceState::Inactive => None,
+        }
+    }
+
+    /// The ConfigGeneration register's value.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation
+    }
+
+    /// Records a change of the configuration space (by the driver or the device).
+    pub fn bump_config_generation(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+    }
+
+    /// The device changed its configuration space: bumps the generation and, on a running
+    /// device, raises the configuration-change interrupt so the driver reads it again. An
+    /// inactive device raises nothing (a driver reads the configuration when it probes).
+    /// Returns whether the interrupt was raised.
+    pub fn signal_config(&mut self) -> bool {
+        self.bump_config_generation();
+        match self.active() {
+            Some(a) => {
+                a.interrupt.trigger(INT_CONFIG);
+                true
+            }
+            None => false,
         }
     }
 

@@ -38,7 +38,6 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     driver_features: u64,
     status: u32,
-    config_generation: u32,
 }
 
 impl MmioTransport {
@@ -59,7 +58,6 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             status: 0,
-            config_generation: 0,
         }
     }
 
@@ -178,7 +176,7 @@ impl MmioTransport {
             }
             0x60 => self.interrupt.status(),
             0x70 => self.status,
-            0xfc => self.config_generation,
+            0xfc => self.dev().common().config_generation(),
             _ => 0,
         }
     }
@@ -255,8 +253,9 @@ impl BusDevice for MmioTransport {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_OFFSET {
             if self.status & STATUS_FAILED == 0 {
-                self.dev().write_config(offset - CONFIG_OFFSET, data);
-                self.config_generation = self.config_generation.wrapping_add(1);
+                let mut dev = self.dev();
+                dev.write_config(offset - CONFIG_OFFSET, data);
+                dev.common_mut().bump_config_generation();
             }
         } else if data.len() == 4 && offset & 3 == 0 {
             let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);

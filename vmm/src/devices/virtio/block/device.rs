@@ -1,10 +1,16 @@
 //! The virtio-blk device: a file-backed disk, read-only or read-write, with flush. Requests are
 //! bounds-checked against the disk and guest memory; a malformed one fails with an error status
 //! (or is returned unused when there is nowhere to put a status), never panics.
+//!
+//! A disk may also start as an empty read-only slot ([`Block::empty`]: capacity 0, every read
+//! fails) that takes its one image while the VM runs ([`Block::attach`], from the control
+//! socket's `attach-disk`): virtio-mmio has no hotplug, so the shim boots the VM with slots and
+//! fills them as containers start. The new capacity reaches the guest through a
+//! configuration-change interrupt, which its driver answers by reading the capacity again.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
 use virtio_queue::{QueueT, Reader, Writer};
@@ -43,24 +49,74 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
 }
 
+/// Why an image cannot fill a disk slot.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The disk already has its backing file (from the configuration or an earlier attach).
+    #[error("the disk is not an empty slot: it already holds an image, and a guest may cache what it read")]
+    Occupied,
+    /// The descriptor's file cannot be examined.
+    #[error("cannot examine the image descriptor")]
+    Stat(#[source] std::io::Error),
+    /// The descriptor is not a regular file.
+    #[error("the image descriptor is a {0}, not a regular file")]
+    NotRegular(&'static str),
+    /// The file holds no whole sector.
+    #[error("the image is {0} bytes: it needs at least one {SECTOR_SIZE}-byte sector")]
+    TooSmall(u64),
+}
+
 /// The backing file and what the guest may do with it.
 struct Disk {
-    file: File,
+    /// None for an empty slot.
+    file: Option<File>,
     read_only: bool,
     capacity_sectors: u64,
     /// The driver acked VIRTIO_BLK_F_FLUSH.
     flush: bool,
+    /// The VIRTIO_BLK_T_GET_ID answer, NUL-padded.
+    id: [u8; ID_LEN],
 }
 
-/// A file-backed virtio-blk disk.
+/// A virtio-blk disk: file-backed, or an empty slot until [`Block::attach`].
 pub struct Block {
     common: VirtioCommon,
     disk: Disk,
+    /// The capacity changed while no driver ran: raise the configuration interrupt once one
+    /// starts (it may have read the old capacity while probing).
+    config_pending: bool,
+}
+
+/// `serial` as the GET_ID answer: its first [`ID_LEN`] bytes, NUL-padded (the configuration
+/// validates the length; longer text is cut, never an overflow).
+fn id_bytes(serial: &str) -> [u8; ID_LEN] {
+    let mut id = [0u8; ID_LEN];
+    let n = serial.len().min(ID_LEN);
+    id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+    id
+}
+
+/// A name for a file type that is not a regular file.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "directory"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_fifo() {
+        "pipe"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "symbolic link"
+    }
 }
 
 impl Block {
-    /// Opens `path` as a disk; its size is rounded down to whole sectors.
-    pub fn new(path: &Path, read_only: bool) -> Result<Self, Error> {
+    /// Opens `path` as a disk; its size is rounded down to whole sectors. The guest reads
+    /// `serial` as the disk's id.
+    pub fn new(path: &Path, read_only: bool, serial: &str) -> Result<Self, Error> {
         let name = path.display().to_string();
         let file = OpenOptions::new()
             .read(true)
@@ -68,6 +124,20 @@ impl Block {
             .open(path)
             .map_err(|e| Error::Open(name.clone(), e))?;
         let len = file.metadata().map_err(|e| Error::Open(name, e))?.len();
+        Self::with(Some(file), read_only, len / SECTOR_SIZE, serial)
+    }
+
+    /// An empty read-only slot: capacity 0 (every read fails) until [`Block::attach`].
+    pub fn empty(serial: &str) -> Result<Self, Error> {
+        Self::with(None, true, 0, serial)
+    }
+
+    fn with(
+        file: Option<File>,
+        read_only: bool,
+        capacity_sectors: u64,
+        serial: &str,
+    ) -> Result<Self, Error> {
         let features = F_FLUSH | if read_only { F_RO } else { 0 };
         Ok(Block {
             common: VirtioCommon::new(DeviceType::Block, features, &[QUEUE_SIZE])
@@ -75,15 +145,44 @@ impl Block {
             disk: Disk {
                 file,
                 read_only,
-                capacity_sectors: len / SECTOR_SIZE,
+                capacity_sectors,
                 flush: false,
+                id: id_bytes(serial),
             },
+            config_pending: false,
         })
     }
 
     /// Disk size in sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.disk.capacity_sectors
+    }
+
+    /// Whether this is an empty slot that still waits for its image.
+    pub fn is_empty_slot(&self) -> bool {
+        self.disk.file.is_none()
+    }
+
+    /// Fills an empty slot with `file`, read-only, once: the capacity becomes the file's size
+    /// in whole sectors and the driver, if running, gets a configuration-change interrupt (one
+    /// that has not started yet reads the capacity when it probes, and gets the interrupt
+    /// when it starts). Refused on a disk that has a file: an image never changes under a
+    /// guest that may cache it. On refusal `file` is dropped (closed).
+    pub fn attach(&mut self, file: File) -> Result<(), AttachError> {
+        if self.disk.file.is_some() {
+            return Err(AttachError::Occupied);
+        }
+        let meta = file.metadata().map_err(AttachError::Stat)?;
+        if !meta.file_type().is_file() {
+            return Err(AttachError::NotRegular(file_kind(meta.file_type())));
+        }
+        if meta.len() < SECTOR_SIZE {
+            return Err(AttachError::TooSmall(meta.len()));
+        }
+        self.disk.file = Some(file);
+        self.disk.capacity_sectors = meta.len() / SECTOR_SIZE;
+        self.config_pending = !self.common.signal_config();
+        Ok(())
     }
 
     /// Serves at most [`EVENT_BUDGET`] available requests. When the budget runs out, the device
@@ -126,12 +225,14 @@ impl Disk {
     }
 
     fn read_into(&self, offset: u64, len: usize, w: &mut Writer<'_>) -> bool {
+        let Some(file) = &self.file else {
+            return false;
+        };
         let mut buf = vec![0u8; CHUNK.min(len)];
         let mut done = 0;
         while done < len {
             let n = CHUNK.min(len - done);
-            if self
-                .file
+            if file
                 .read_exact_at(&mut buf[..n], offset + done as u64)
                 .is_err()
                 || w.write_all(&buf[..n]).is_err()
@@ -144,15 +245,15 @@ impl Disk {
     }
 
     fn write_from(&self, offset: u64, len: usize, r: &mut Reader<'_>) -> bool {
+        let Some(file) = &self.file else {
+            return false;
+        };
         let mut buf = vec![0u8; CHUNK.min(len)];
         let mut done = 0;
         while done < len {
             let n = CHUNK.min(len - done);
             if r.read_exact(&mut buf[..n]).is_err()
-                || self
-                    .file
-                    .write_all_at(&buf[..n], offset + done as u64)
-                    .is_err()
+                || file.write_all_at(&buf[..n], offset + done as u64).is_err()
             {
                 return false;
             }
@@ -238,12 +339,12 @@ impl Disk {
                     _ => S_IOERR,
                 }
             }
-            T_FLUSH if self.flush => ok(self.read_only || self.file.sync_data().is_ok()),
+            T_FLUSH if self.flush => {
+                ok(self.read_only || self.file.as_ref().is_some_and(|f| f.sync_data().is_ok()))
+            }
             T_GET_ID => {
-                let mut id = [0u8; ID_LEN];
-                id[..8].copy_from_slice(b"hull-blk");
                 let n = ID_LEN.min(data_len);
-                ok(data.write_all(&id[..n]).is_ok())
+                ok(data.write_all(&self.id[..n]).is_ok())
             }
             _ => S_UNSUPP,
         }
@@ -262,6 +363,9 @@ impl VirtioDevice for Block {
     }
     fn on_activate(&mut self) -> Result<(), crate::devices::virtio::ActivateError> {
         self.disk.flush = self.common.has_acked(F_FLUSH);
+        if std::mem::take(&mut self.config_pending) {
+            self.common.signal_config();
+        }
         Ok(())
     }
     fn process_queue(&mut self, _index: usize) {

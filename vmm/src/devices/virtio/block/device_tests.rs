@@ -33,7 +33,7 @@ fn rig_sized(name: &str, read_only: bool, size: u16) -> Rig {
     content[..11].copy_from_slice(b"hello disk\n");
     content[512..520].copy_from_slice(b"sector 1");
     std::fs::write(&path, &content).unwrap();
-    let mut dev = Block::new(&path, read_only).unwrap();
+    let mut dev = Block::new(&path, read_only, "hull-blk").unwrap();
     let mem = crate::memory::create(16).unwrap().mem;
     let q = TestQueue::new(&mem, 0x10_0000, size);
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
@@ -183,7 +183,7 @@ fn hostile_requests() {
 #[test]
 fn missing_file_is_an_error() {
     assert!(matches!(
-        Block::new(Path::new("/nonexistent/disk"), true),
+        Block::new(Path::new("/nonexistent/disk"), true, "hull-blk"),
         Err(Error::Open(..))
     ));
 }
@@ -223,7 +223,7 @@ fn a_queue_storm_does_not_starve_the_event_loop() {
     let kick = r.dev.common().queue_events()[0].try_clone().unwrap();
     // The rig keeps the disk file (removed on drop); the loop and the "vCPU" get the rest.
     let mut q = std::mem::replace(&mut r.q, TestQueue::new(&mem, 0x20_0000, 16));
-    let dev = std::mem::replace(&mut r.dev, Block::new(&r.path, false).unwrap());
+    let dev = std::mem::replace(&mut r.dev, Block::new(&r.path, false, "hull-blk").unwrap());
     let dev = Arc::new(Mutex::new(dev));
     let exit = Arc::new(ExitNotifier::new().unwrap());
     let mut el = EventLoop::new(exit.clone()).unwrap();
