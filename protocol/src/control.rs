@@ -3,26 +3,31 @@
 //!
 //! Request: `{"v":1,"cmd":"stats"}`. Commands: `stats` ([`VmStats`]), `pause`,
 //! `resume`, `shutdown` (stop the VM now; hull-vmm exits with status 4),
-//! `wait-exit` (answered when the VM stops, with [`VmExit`]). Every answer
-//! carries `"v":1` and `"ok"`; a failure adds `"error"`, a `stats` answer adds
-//! `"stats"`, a `wait-exit` answer adds `"exit"`.
+//! `wait-exit` (answered when the VM stops, with [`VmExit`]), and
+//! `{"v":1,"cmd":"attach-disk","disk":N}`, which fills the empty disk slot at
+//! position N of the VM's `disks` with a read-only image whose open descriptor
+//! travels as `SCM_RIGHTS` data on the same `sendmsg` as the request line (one
+//! descriptor, a regular file of at least one sector; a slot is filled once).
+//! Every answer carries `"v":1` and `"ok"`; a failure adds `"error"`, a `stats`
+//! answer adds `"stats"`, a `wait-exit` answer adds `"exit"`. Descriptors sent
+//! with any other request are closed unused.
 //!
-//! The client that asks for the figures is [`vm_stats`] ([`client`]), used by
-//! the shim and the operator tools alike.
+//! The clients are [`vm_stats`], used by the shim and the operator tools alike,
+//! and [`attach_disk`], the shim's ([`client`]).
 
 use serde::{Deserialize, Serialize};
 
 pub mod client;
-pub use client::{vm_stats, ControlError};
+pub use client::{attach_disk, vm_stats, ControlError};
 
 /// Protocol version spoken on the control socket.
 pub const VERSION: u64 = 1;
 /// Longest request line hull-vmm accepts.
 pub const MAX_LINE: usize = 4096;
 
-/// What a request asks for.
+/// What a request asks for: the `cmd` field, with the command's own fields beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Command {
     /// The VM's figures.
     Stats,
@@ -34,12 +39,18 @@ pub enum Command {
     Shutdown,
     /// Answer when the VM exits.
     WaitExit,
+    /// Fill an empty disk slot with the image whose descriptor comes with the request.
+    AttachDisk {
+        /// The slot's position in the VM configuration's `disks`.
+        disk: usize,
+    },
 }
 
 /// One request line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub v: u64,
+    #[serde(flatten)]
     pub cmd: Command,
 }
 
@@ -51,7 +62,8 @@ impl Request {
 
     /// The request as one line, newline included.
     pub fn to_line(&self) -> String {
-        format!("{}\n", serde_json::json!({"v": self.v, "cmd": self.cmd}))
+        // Plain integers and names: serializing cannot fail.
+        format!("{}\n", serde_json::to_string(self).unwrap_or_default())
     }
 
     /// Parses one request line; the error is the text to send back.
@@ -274,6 +286,23 @@ mod tests {
             .unwrap_err()
             .contains("unknown"));
         assert!(Request::parse("not json").is_err());
+        let attach = Request::new(Command::AttachDisk { disk: 2 }).to_line();
+        assert_eq!(attach, "{\"v\":1,\"cmd\":\"attach-disk\",\"disk\":2}\n");
+        assert_eq!(
+            Request::parse(attach.trim()),
+            Ok(Command::AttachDisk { disk: 2 })
+        );
+        assert_eq!(
+            Request::new(Command::Stats).to_line(),
+            "{\"v\":1,\"cmd\":\"stats\"}\n"
+        );
+        for bad in [
+            r#"{"v":1,"cmd":"attach-disk"}"#,
+            r#"{"v":1,"cmd":"attach-disk","disk":-1}"#,
+            r#"{"v":1,"cmd":"attach-disk","disk":"a"}"#,
+        ] {
+            assert!(Request::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

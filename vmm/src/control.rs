@@ -1,14 +1,22 @@
 //! The control socket server: a Unix socket speaking the versioned JSON lines
-//! of [`hull_protocol::control`] (stats, pause, resume, shutdown, wait-exit),
-//! which the shim and hull-monitor read VM figures from, the virtio devices'
-//! counters included.
+//! of [`hull_protocol::control`] (stats, pause, resume, shutdown, wait-exit,
+//! attach-disk), which the shim and hull-monitor read VM figures from, the
+//! virtio devices' counters included, and through which the shim fills empty
+//! disk slots with container images.
+//!
+//! `attach-disk` carries its image as an `SCM_RIGHTS` descriptor, so the socket is read with
+//! `recvmsg`. Descriptors belong to the request line holding the last byte of the read that
+//! brought them (the kernel ends a read at a message that carries descriptors); any a request
+//! does not use, and any left with a client that goes away, are closed at once. A client that
+//! piles up more than [`MAX_FDS`] descriptors without a request to use them is cut off.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hull_protocol::control::{
@@ -16,6 +24,7 @@ use hull_protocol::control::{
 };
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::devices::virtio::block::device::Block;
 use crate::devices::virtio::counters::DeviceCounters;
 use crate::event_loop::EventHandler;
 use crate::exit::{ExitNotifier, ExitReason};
@@ -24,6 +33,8 @@ use crate::vcpu::RunControl;
 pub use hull_protocol::control::{MAX_LINE, VERSION};
 /// Most clients at once.
 const MAX_CLIENTS: usize = 16;
+/// Most descriptors a client may have waiting for a request (and most one read takes).
+pub const MAX_FDS: usize = 4;
 
 /// Errors creating the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -68,24 +79,106 @@ pub fn process_usage() -> (f64, f64, u64) {
     (field(11) / ticks, field(12) / ticks, rss_pages * page_kib)
 }
 
+/// Bytes and descriptors one `recvmsg` brought.
+struct Received {
+    len: usize,
+    fds: Vec<OwnedFd>,
+    /// The kernel dropped descriptors that did not fit [`MAX_FDS`].
+    truncated: bool,
+}
+
+/// Reads what `sock` has (without blocking) into `buf`, with any `SCM_RIGHTS` descriptors,
+/// received close-on-exec and owned at once so none can leak.
+fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> std::io::Result<Received> {
+    // u64 words: the control buffer must be aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = (space as usize).min(std::mem::size_of_val(&control));
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, all alive and large enough for
+    // the lengths given; the kernel writes only within them.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay within msg_controllen.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is a header inside `control`, as CMSG_FIRSTHDR/NXTHDR returned it.
+        let hdr = unsafe { std::ptr::read_unaligned(cmsg) };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN only computes a size.
+            let data_len = hdr.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            // SAFETY: the data of an SCM_RIGHTS header are `data_len` bytes of descriptors.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..data_len / std::mem::size_of::<RawFd>() {
+                // SAFETY: `i` is within the header's data; the kernel installed each descriptor
+                // for this process just now, and nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))) });
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(Received {
+        len: n as usize,
+        fds,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}
+
+/// One connected client: its socket, the bytes of its unfinished request line, and the
+/// descriptors it sent, each with the position in `line` of the byte it belongs to.
+struct Client {
+    stream: UnixStream,
+    line: Vec<u8>,
+    fds: Vec<(usize, OwnedFd)>,
+}
+
+impl Client {
+    /// The first complete request line, with the descriptors that belong to it.
+    fn next_request(&mut self) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+        let pos = self.line.iter().position(|&b| b == b'\n')?;
+        let text: Vec<u8> = self.line.drain(..=pos).collect();
+        let (mine, rest): (Vec<_>, Vec<_>) = self.fds.drain(..).partition(|(at, _)| *at <= pos);
+        self.fds = rest
+            .into_iter()
+            .map(|(at, fd)| (at - pos - 1, fd))
+            .collect();
+        Some((text, mine.into_iter().map(|(_, fd)| fd).collect()))
+    }
+}
+
 /// The control socket server; registered with the event loop through its own epoll fd.
 pub struct ControlServer {
     path: std::path::PathBuf,
     listener: UnixListener,
     epoll: Epoll,
-    clients: HashMap<RawFd, (UnixStream, Vec<u8>)>,
+    clients: HashMap<RawFd, Client>,
     waiters: Vec<UnixStream>,
     run: Arc<RunControl>,
     exit: Arc<ExitNotifier>,
     guest_mib: u64,
     vcpus: u8,
     devices: Vec<Arc<DeviceCounters>>,
+    disks: Vec<Arc<Mutex<Block>>>,
     started: Instant,
 }
 
 impl ControlServer {
     /// Listens on `path` (which must not exist); `devices` are the virtio devices' counters in
-    /// attach order.
+    /// attach order, `disks` the virtio-blk disks in configuration order (for `attach-disk`).
     pub fn new(
         path: &Path,
         run: Arc<RunControl>,
@@ -93,6 +186,7 @@ impl ControlServer {
         guest_mib: u64,
         vcpus: u8,
         devices: Vec<Arc<DeviceCounters>>,
+        disks: Vec<Arc<Mutex<Block>>>,
     ) -> Result<Self, Error> {
         let name = path.display().to_string();
         let listener = UnixListener::bind(path).map_err(|e| Error::Listen(name.clone(), e))?;
@@ -122,6 +216,7 @@ impl ControlServer {
             guest_mib,
             vcpus,
             devices,
+            disks,
             started: Instant::now(),
         })
     }
@@ -162,8 +257,16 @@ impl ControlServer {
             .collect()
     }
 
-    /// Answers a request; None for `wait-exit` (answered at exit).
-    pub fn answer(&self, cmd: Command) -> Option<Answer> {
+    /// Answers a request that came with `fds` (closed here unless `attach-disk` keeps its
+    /// one); None for `wait-exit` (answered at exit).
+    pub fn answer(&self, cmd: Command, fds: Vec<OwnedFd>) -> Option<Answer> {
+        if !fds.is_empty() && !matches!(cmd, Command::AttachDisk { .. }) {
+            tracing::debug!(
+                count = fds.len(),
+                ?cmd,
+                "control: closing descriptors sent with a request that takes none"
+            );
+        }
         match cmd {
             Command::Stats => Some(Answer::stats(self.stats())),
             Command::Pause => {
@@ -179,7 +282,47 @@ impl ControlServer {
                 Some(Answer::ok())
             }
             Command::WaitExit => None,
+            Command::AttachDisk { disk } => Some(match self.attach_disk(disk, fds) {
+                Ok(()) => Answer::ok(),
+                Err(msg) => Answer::error(msg),
+            }),
         }
+    }
+
+    /// Fills empty disk slot `index` with the one descriptor that came with the request.
+    fn attach_disk(&self, index: usize, fds: Vec<OwnedFd>) -> Result<(), String> {
+        let Some(disk) = self.disks.get(index) else {
+            return Err(format!(
+                "no disk {index}: this VM has {} disks (0-based positions in its configuration)",
+                self.disks.len()
+            ));
+        };
+        let fd = match <[OwnedFd; 1]>::try_from(fds) {
+            Ok([fd]) => fd,
+            Err(fds) if fds.is_empty() => {
+                return Err(
+                    "attach-disk needs the image's descriptor as SCM_RIGHTS data on \
+                    the request's sendmsg; none arrived"
+                        .into(),
+                )
+            }
+            Err(fds) => {
+                return Err(format!(
+                    "attach-disk takes one descriptor; {} arrived (all closed)",
+                    fds.len()
+                ))
+            }
+        };
+        let mut block = disk.lock().unwrap_or_else(|e| e.into_inner());
+        block
+            .attach(File::from(fd))
+            .map_err(|e| format!("disk {index}: {}", hull_protocol::error::chain(&e)))?;
+        tracing::info!(
+            disk = index,
+            sectors = block.capacity_sectors(),
+            "image attached to an empty disk slot"
+        );
+        Ok(())
     }
 
     fn accept(&mut self) {
@@ -197,7 +340,14 @@ impl ControlServer {
                 )
                 .is_ok()
             {
-                self.clients.insert(fd, (s, Vec::new()));
+                self.clients.insert(
+                    fd,
+                    Client {
+                        stream: s,
+                        line: Vec::new(),
+                        fds: Vec::new(),
+                    },
+                );
             }
         }
     }
@@ -206,21 +356,37 @@ impl ControlServer {
         let _ = self
             .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-        self.clients.remove(&fd).map(|(s, _)| s)
+        self.clients.remove(&fd).map(|c| c.stream)
+    }
+
+    /// Drops client `fd` (closing the descriptors it sent) after telling it why.
+    fn cut_off(&mut self, fd: RawFd, why: &str) {
+        if let Some(mut s) = self.drop_client(fd) {
+            let _ = writeln!(s, "{}", Answer::error(why).to_line());
+        }
     }
 
     fn serve(&mut self, fd: RawFd) {
         let mut buf = [0u8; 512];
         loop {
-            let Some((stream, line)) = self.clients.get_mut(&fd) else {
+            let Some(client) = self.clients.get_mut(&fd) else {
                 return;
             };
-            match stream.read(&mut buf) {
-                Ok(0) => {
+            match recv_with_fds(&client.stream, &mut buf) {
+                Ok(Received { len: 0, .. }) => {
                     self.drop_client(fd);
                     return;
                 }
-                Ok(n) => line.extend_from_slice(&buf[..n]),
+                Ok(r) => {
+                    client.line.extend_from_slice(&buf[..r.len]);
+                    let at = client.line.len() - 1;
+                    client.fds.extend(r.fds.into_iter().map(|fd| (at, fd)));
+                    if r.truncated || client.fds.len() > MAX_FDS {
+                        let why = format!("more than {MAX_FDS} descriptors sent; all closed");
+                        self.cut_off(fd, &why);
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -228,35 +394,31 @@ impl ControlServer {
                     return;
                 }
             }
-            if line.len() > MAX_LINE && !line.contains(&b'\n') {
-                if let Some(mut s) = self.drop_client(fd) {
-                    let _ = writeln!(s, "{}", Answer::error("request line too long").to_line());
-                }
+            let client = &self.clients[&fd];
+            if client.line.len() > MAX_LINE && !client.line.contains(&b'\n') {
+                self.cut_off(fd, "request line too long");
                 return;
             }
         }
         loop {
-            let Some((_, line)) = self.clients.get_mut(&fd) else {
+            let Some((text, fds)) = self.clients.get_mut(&fd).and_then(Client::next_request) else {
                 return;
             };
-            let Some(pos) = line.iter().position(|&b| b == b'\n') else {
-                return;
-            };
-            let text: Vec<u8> = line.drain(..=pos).collect();
             let text = String::from_utf8_lossy(&text);
             let answer = match Request::parse(text.trim()) {
                 Ok(Command::WaitExit) => {
+                    drop(fds);
                     if let Some(s) = self.drop_client(fd) {
                         let _ = s.set_nonblocking(false);
                         self.waiters.push(s);
                     }
                     return;
                 }
-                Ok(cmd) => self.answer(cmd),
+                Ok(cmd) => self.answer(cmd, fds),
                 Err(msg) => Some(Answer::error(msg)),
             };
-            if let (Some(a), Some((stream, _))) = (answer, self.clients.get_mut(&fd)) {
-                if writeln!(stream, "{}", a.to_line()).is_err() {
+            if let (Some(a), Some(client)) = (answer, self.clients.get_mut(&fd)) {
+                if writeln!(client.stream, "{}", a.to_line()).is_err() {
                     self.drop_client(fd);
                     return;
                 }
@@ -313,8 +475,16 @@ mod tests {
         vsock.notified(1, 2);
         vsock.add_rx_bytes(9);
         let devices = vec![fs(), vsock.clone(), fs()];
-        let mut server =
-            ControlServer::new(&path, run.clone(), exit.clone(), 128, 2, devices).unwrap();
+        let mut server = ControlServer::new(
+            &path,
+            run.clone(),
+            exit.clone(),
+            128,
+            2,
+            devices,
+            Vec::new(),
+        )
+        .unwrap();
         let client = UnixStream::connect(&path).unwrap();
         let waiter = UnixStream::connect(&path).unwrap();
         let mut c = &client;
