@@ -403,6 +403,25 @@ mod tests {
     }
 
     #[test]
+    fn a_configuration_change_bumps_the_generation_and_interrupts_only_a_running_device() {
+        let mut c = common();
+        assert!(
+            !c.signal_config(),
+            "nothing to interrupt before the driver starts"
+        );
+        assert_eq!(c.config_generation(), 1);
+        let (mem, queues, irq) = parts(2);
+        c.activate(mem, queues, irq.clone()).unwrap();
+        assert!(c.signal_config());
+        assert_eq!((c.config_generation(), irq.status()), (2, INT_CONFIG));
+        assert_eq!(
+            c.counters().snapshot(0).interrupts,
+            0,
+            "the counter is of used-ring interrupts"
+        );
+    }
+
+    #[test]
     fn reset_returns_to_inactive_with_nothing_acked() {
         let mut c = common();
         c.ack_features(F_A | VIRTIO_F_VERSION_1).unwrap();

@@ -369,6 +369,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_generation_register_follows_config_changes_from_both_sides() {
+        let (mut t, dev) = setup();
+        assert_eq!(r(&mut t, 0xfc), 0);
+        w(&mut t, 0x70, STATUS_ACK);
+        t.write(0x100, &[1]);
+        assert_eq!(r(&mut t, 0xfc), 1, "a driver write");
+        dev.lock().unwrap().common_mut().signal_config();
+        assert_eq!(r(&mut t, 0xfc), 2, "a device change");
+    }
+
+    #[test]
     fn negotiation_and_activation() {
         let (mut t, dev) = setup();
         drive(&mut t, 1);

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::devices::virtio::test_utils::TestQueue;
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::{Interrupt, INT_CONFIG};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -261,4 +261,180 @@ fn a_queue_storm_does_not_starve_the_event_loop() {
     assert_eq!(looping.join().unwrap(), ExitReason::Stopped);
     assert!(added as usize > EVENT_BUDGET, "no storm: {added} requests");
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
+}
+
+/// Starts `dev` as a driver would (all features acked); its queue and interrupt.
+fn start(dev: &mut Block) -> (TestQueue, Arc<Interrupt>) {
+    let mem = crate::memory::create(16).unwrap().mem;
+    let q = TestQueue::new(&mem, 0x10_0000, 16);
+    let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let offered = dev.common().offered();
+    dev.common_mut().ack_features(offered).unwrap();
+    dev.activate(mem, vec![q.queue()], irq.clone()).unwrap();
+    (q, irq)
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hull-blk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A temporary image of `sectors` sectors, sector `i` starting with `sector i`.
+fn image(name: &str, sectors: usize) -> (Scratch, std::path::PathBuf) {
+    let dir = Scratch::new(name);
+    let path = dir.0.join("image");
+    let mut content = vec![0u8; sectors * 512];
+    for i in 0..sectors {
+        let tag = format!("sector {i}");
+        content[i * 512..i * 512 + tag.len()].copy_from_slice(tag.as_bytes());
+    }
+    std::fs::write(&path, content).unwrap();
+    (dir, path)
+}
+
+fn capacity(dev: &Block) -> u64 {
+    let mut b = [0u8; 8];
+    dev.read_config(0, &mut b);
+    u64::from_le_bytes(b)
+}
+
+#[test]
+fn an_empty_slot_fails_reads_and_answers_its_serial() {
+    let mut dev = Block::empty("ctr-7.img").unwrap();
+    assert!(dev.is_empty_slot());
+    assert_eq!(capacity(&dev), 0);
+    assert_ne!(
+        dev.common().offered() & F_RO,
+        0,
+        "an empty slot is read-only"
+    );
+    let (mut q, irq) = start(&mut dev);
+    let mem = q.mem.clone();
+    for kind in [T_IN, T_OUT] {
+        header(&mem, kind, 0);
+        q.add_chain(&[
+            (HDR, 16, false),
+            (DATA, 512, kind == T_IN),
+            (STATUS, 1, true),
+        ]);
+        dev.process_requests();
+        assert_eq!(status(&mem), S_IOERR, "request type {kind}");
+    }
+    header(&mem, T_FLUSH, 0);
+    q.add_chain(&[(HDR, 16, false), (STATUS, 1, true)]);
+    dev.process_requests();
+    assert_eq!(status(&mem), S_OK, "nothing to flush on a read-only disk");
+    mem.write_slice(&[0xff; ID_LEN], GuestAddress(DATA))
+        .unwrap();
+    header(&mem, T_GET_ID, 0);
+    q.add_chain(&[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    dev.process_requests();
+    assert_eq!(status(&mem), S_OK);
+    let mut id = [0u8; ID_LEN];
+    mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id, b"ctr-7.img\0\0\0\0\0\0\0\0\0\0\0");
+    assert_eq!(irq.status() & INT_CONFIG, 0, "no configuration change yet");
+}
+
+#[test]
+fn attach_sets_the_capacity_and_tells_a_running_driver() {
+    let mut dev = Block::empty("slot").unwrap();
+    let (mut q, irq) = start(&mut dev);
+    let mem = q.mem.clone();
+    irq.irqfd().read().unwrap_or(0);
+    let generation = dev.common().config_generation();
+    let (_dir, path) = image("attach-img", 3);
+    dev.attach(std::fs::File::open(&path).unwrap()).unwrap();
+    assert!(!dev.is_empty_slot());
+    assert_eq!((dev.capacity_sectors(), capacity(&dev)), (3, 3));
+    assert_eq!(dev.common().config_generation(), generation.wrapping_add(1));
+    assert_eq!(irq.status() & INT_CONFIG, INT_CONFIG);
+    assert_eq!(irq.irqfd().read().unwrap(), 1, "the line was raised");
+    header(&mem, T_IN, 2);
+    q.add_chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
+    dev.process_requests();
+    assert_eq!(status(&mem), S_OK);
+    let mut got = [0u8; 8];
+    mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(&got, b"sector 2");
+    // Past the image's end still fails, and a write to the image is refused.
+    for (kind, sector) in [(T_IN, 3), (T_OUT, 0)] {
+        header(&mem, kind, sector);
+        q.add_chain(&[
+            (HDR, 16, false),
+            (DATA, 512, kind == T_IN),
+            (STATUS, 1, true),
+        ]);
+        dev.process_requests();
+        assert_eq!(status(&mem), S_IOERR);
+    }
+    // A filled slot stays as it is.
+    let (_dir2, other) = image("attach-other", 5);
+    let err = dev
+        .attach(std::fs::File::open(&other).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, AttachError::Occupied), "{err}");
+    assert_eq!(capacity(&dev), 3);
+}
+
+#[test]
+fn attach_before_the_driver_starts_signals_when_it_does() {
+    let mut dev = Block::empty("slot").unwrap();
+    let (_dir, path) = image("early-img", 2);
+    dev.attach(std::fs::File::open(&path).unwrap()).unwrap();
+    assert_eq!(capacity(&dev), 2);
+    assert_eq!(dev.common().config_generation(), 1);
+    let (_q, irq) = start(&mut dev);
+    assert_eq!(irq.status() & INT_CONFIG, INT_CONFIG);
+}
+
+#[test]
+fn attach_refuses_configured_disks_and_what_is_not_an_image() {
+    let mut r = rig("occupied", true);
+    let (_dir, path) = image("refuse-img", 1);
+    assert!(matches!(
+        r.dev.attach(std::fs::File::open(&path).unwrap()),
+        Err(AttachError::Occupied)
+    ));
+    let mut dev = Block::empty("slot").unwrap();
+    let (_q, irq) = start(&mut dev);
+    let dir = Scratch::new("refuse-dir");
+    let small = dir.0.join("small");
+    std::fs::write(&small, [1u8; 511]).unwrap();
+    let refused = [
+        (std::fs::File::open(&dir.0).unwrap(), "directory"),
+        (
+            std::fs::File::open("/dev/null").unwrap(),
+            "character device",
+        ),
+        (std::fs::File::open(&small).unwrap(), "511 bytes"),
+    ];
+    for (file, why) in refused {
+        let err = dev.attach(file).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let err = dev.attach(std::fs::File::from(std::os::fd::OwnedFd::from(sock)));
+    assert!(
+        matches!(err, Err(AttachError::NotRegular("socket"))),
+        "{err:?}"
+    );
+    assert!(dev.is_empty_slot());
+    assert_eq!((capacity(&dev), irq.status() & INT_CONFIG), (0, 0));
+    assert_eq!(dev.common().config_generation(), 0);
+    dev.attach(std::fs::File::open(&path).unwrap()).unwrap();
+    assert_eq!(capacity(&dev), 1);
 }
