@@ -537,4 +537,233 @@ mod tests {
         assert_eq!(v["exit"]["status"], 0);
         std::fs::remove_file(&path).unwrap();
     }
+
+    /// A server with an empty slot (disk 0), a configured disk (disk 1) and a second slot
+    /// (disk 2), on a fresh socket named after `name`.
+    fn disk_server(name: &str) -> (ControlServer, Vec<Arc<Mutex<Block>>>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("hull-ctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let image = dir.join("configured.img");
+        std::fs::write(&image, [0u8; 1024]).unwrap();
+        let disks = vec![
+            Arc::new(Mutex::new(Block::empty("slot0").unwrap())),
+            Arc::new(Mutex::new(Block::new(&image, true, "conf").unwrap())),
+            Arc::new(Mutex::new(Block::empty("slot2").unwrap())),
+        ];
+        let server = ControlServer::new(
+            &dir.join("control.sock"),
+            Arc::new(RunControl::default()),
+            Arc::new(ExitNotifier::new().unwrap()),
+            128,
+            1,
+            Vec::new(),
+            disks.clone(),
+        )
+        .unwrap();
+        (server, disks, dir)
+    }
+
+    /// A file of `sectors` sectors under `dir`, with a name of its own.
+    fn image(dir: &Path, name: &str, sectors: usize) -> File {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; sectors * 512]).unwrap();
+        File::open(path).unwrap()
+    }
+
+    /// How many of this process's descriptors are open on `path` (robust to other tests'
+    /// descriptors coming and going).
+    fn open_on(path: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    /// One sendmsg of `bytes` with `fds` as SCM_RIGHTS data.
+    fn send(stream: &UnixStream, bytes: &str, fds: &[RawFd]) {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let cmsgs = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
+        let iov = [std::io::IoSlice::new(bytes.as_bytes())];
+        let sent = sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None);
+        assert_eq!(sent, Ok(bytes.len()));
+    }
+
+    /// Serves until `client` has an answer line, or None once it was hung up on. Reads byte
+    /// by byte, so a second answer stays in the socket for the next call.
+    fn answer_to(server: &mut ControlServer, client: &UnixStream) -> Option<Value> {
+        use std::io::Read;
+        client
+            .set_read_timeout(Some(std::time::Duration::from_millis(20)))
+            .unwrap();
+        let mut line = Vec::new();
+        for _ in 0..200 {
+            server.handle(server.poll_fd());
+            let mut byte = [0u8; 1];
+            loop {
+                match (&*client).read(&mut byte) {
+                    Ok(0) => return None,
+                    Ok(_) if byte[0] == b'\n' => {
+                        return Some(serde_json::from_slice(&line).unwrap())
+                    }
+                    Ok(_) => line.push(byte[0]),
+                    Err(_) => break,
+                }
+            }
+        }
+        panic!("no answer");
+    }
+
+    fn attach_line(disk: usize) -> String {
+        Request::new(Command::AttachDisk { disk }).to_line()
+    }
+
+    #[test]
+    fn attach_disk_fills_a_slot_with_the_client_library() {
+        let (mut server, disks, dir) = disk_server("attach");
+        let socket = dir.join("control.sock");
+        let img = dir.join("three.img");
+        std::fs::write(&img, vec![7u8; 3 * 512]).unwrap();
+        let client = {
+            let (socket, img) = (socket.clone(), img.clone());
+            std::thread::spawn(move || {
+                hull_protocol::control::attach_disk(&socket, 2, &File::open(img).unwrap())
+            })
+        };
+        while !client.is_finished() {
+            server.handle(server.poll_fd());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        client.join().unwrap().unwrap();
+        let slot = disks[2].lock().unwrap();
+        assert_eq!((slot.is_empty_slot(), slot.capacity_sectors()), (false, 3));
+        assert_eq!(open_on(&img), 1, "the disk holds the one descriptor it got");
+        assert!(disks[0].lock().unwrap().is_empty_slot());
+        drop(slot);
+        // Filled once: the library reports the refusal.
+        let again = {
+            let img = img.clone();
+            std::thread::spawn(move || {
+                hull_protocol::control::attach_disk(&socket, 2, &File::open(img).unwrap())
+            })
+        };
+        while !again.is_finished() {
+            server.handle(server.poll_fd());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let err = again.join().unwrap().unwrap_err().to_string();
+        assert!(err.contains("not an empty slot"), "{err}");
+        assert_eq!(open_on(&img), 1, "the refused descriptor was closed");
+        drop(server);
+        drop(disks);
+        assert_eq!(open_on(&img), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn attach_disk_errors_say_what_was_wrong_and_close_every_descriptor() {
+        let (mut server, disks, dir) = disk_server("errors");
+        let client = UnixStream::connect(dir.join("control.sock")).unwrap();
+        let a = image(&dir, "a.img", 1);
+        let b = image(&dir, "b.img", 1);
+        let small_path = dir.join("small.img");
+        std::fs::write(&small_path, [0u8; 100]).unwrap();
+        let small = File::open(&small_path).unwrap();
+        let folder = File::open(&dir).unwrap();
+        let cases: [(String, Vec<RawFd>, &str); 7] = [
+            (attach_line(9), vec![a.as_raw_fd()], "no disk 9"),
+            (attach_line(1), vec![a.as_raw_fd()], "not an empty slot"),
+            (attach_line(0), vec![], "none arrived"),
+            (
+                attach_line(0),
+                vec![a.as_raw_fd(), b.as_raw_fd()],
+                "2 arrived",
+            ),
+            (
+                attach_line(0),
+                vec![folder.as_raw_fd()],
+                "not a regular file",
+            ),
+            (attach_line(0), vec![small.as_raw_fd()], "100 bytes"),
+            ("garbage\n".into(), vec![a.as_raw_fd()], "invalid JSON"),
+        ];
+        for (line, fds, want) in cases {
+            send(&client, &line, &fds);
+            let answer = answer_to(&mut server, &client).unwrap();
+            assert_eq!(answer["ok"], false, "{line}");
+            let error = answer["error"].as_str().unwrap();
+            assert!(error.contains(want), "{line}: {error}");
+        }
+        // A descriptor sent with `stats` is closed; the answer is the usual one.
+        send(&client, r#"{"v":1,"cmd":"stats"}"#, &[a.as_raw_fd()]);
+        send(&client, "\n", &[]);
+        let answer = answer_to(&mut server, &client).unwrap();
+        assert_eq!(answer["stats"]["vcpus"], 1);
+        // A line before the one with the descriptor, sent before the server reads either:
+        // the descriptor still goes with its own request.
+        send(&client, r#"{"v":1,"cmd":"pause"}"#, &[]);
+        send(&client, "\n", &[]);
+        send(&client, &attach_line(0), &[b.as_raw_fd()]);
+        assert_eq!(answer_to(&mut server, &client).unwrap()["ok"], true);
+        assert_eq!(answer_to(&mut server, &client).unwrap()["ok"], true);
+        assert!(!disks[0].lock().unwrap().is_empty_slot());
+        drop((a, b, small, folder));
+        for name in ["a.img", "small.img"] {
+            assert_eq!(open_on(&dir.join(name)), 0, "{name} leaked");
+        }
+        assert_eq!(open_on(&dir.join("b.img")), 1, "held by disk 0");
+        assert_eq!(open_on(&dir), 0, "the directory leaked");
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hostile_clients_lose_their_descriptors_and_the_connection() {
+        let (mut server, disks, dir) = disk_server("hostile");
+        let socket = dir.join("control.sock");
+        let a = image(&dir, "a.img", 1);
+        let fd = a.as_raw_fd();
+        // More descriptors in one message than a read takes.
+        let flood = UnixStream::connect(&socket).unwrap();
+        send(&flood, &attach_line(0), &[fd; MAX_FDS + 1]);
+        let answer = answer_to(&mut server, &flood).unwrap();
+        assert!(answer["error"].as_str().unwrap().contains("descriptors"));
+        assert!(answer_to(&mut server, &flood).is_none(), "cut off");
+        // Descriptors piling up without a request line.
+        let pile = UnixStream::connect(&socket).unwrap();
+        for _ in 0..3 {
+            send(&pile, "{", &[fd, fd]);
+        }
+        let answer = answer_to(&mut server, &pile).unwrap();
+        assert!(answer["error"].as_str().unwrap().contains("descriptors"));
+        // Descriptors with half a line, then the client goes away.
+        let quitter = UnixStream::connect(&socket).unwrap();
+        send(&quitter, r#"{"v":1,"cmd":"attach-di"#, &[fd]);
+        for _ in 0..5 {
+            server.handle(server.poll_fd());
+        }
+        drop(quitter);
+        for _ in 0..5 {
+            server.handle(server.poll_fd());
+        }
+        // A wait-exit client's descriptor is not kept either.
+        let waiter = UnixStream::connect(&socket).unwrap();
+        send(&waiter, "{\"v\":1,\"cmd\":\"wait-exit\"}\n", &[fd]);
+        for _ in 0..5 {
+            server.handle(server.poll_fd());
+        }
+        drop(a);
+        assert_eq!(open_on(&dir.join("a.img")), 0, "a descriptor leaked");
+        assert!(disks
+            .iter()
+            .all(|d| d.lock().unwrap().capacity_sectors() != 1));
+        // The server still serves.
+        let fine = UnixStream::connect(&socket).unwrap();
+        send(&fine, "{\"v\":1,\"cmd\":\"resume\"}\n", &[]);
+        assert_eq!(answer_to(&mut server, &fine).unwrap()["ok"], true);
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
