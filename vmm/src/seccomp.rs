@@ -272,8 +272,9 @@ fn vcpu_rules() -> Vec<(i64, Vec<Cond>)> {
 }
 
 /// The event loop: epoll, the devices' descriptors and backends (block file I/O, vsock Unix
-/// sockets, vhost-user, tap, the balloon's hole punching in guest RAM), the control socket,
-/// /proc reads for stats.
+/// sockets, vhost-user, tap, the balloon's hole punching in guest RAM), the control socket
+/// (its `attach-disk` images arrive by recvmsg with SCM_RIGHTS and are examined by statx or
+/// fstat; unused ones are closed), /proc reads for stats.
 fn vmm_rules() -> Vec<(i64, Vec<Cond>)> {
     let writes = (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u64;
     let mut rules = common_rules();
@@ -497,6 +498,60 @@ mod tests {
             libc::WIFSIGNALED(alloc) && libc::WTERMSIG(alloc) == libc::SIGSYS,
             "allocating: status {alloc:#x}: expected death by SIGSYS"
         );
+    }
+
+    /// The control socket's attach-disk, served under the event-loop filter: accepting the
+    /// client, recvmsg with SCM_RIGHTS, statx of the image, the answer, closing what is unused.
+    #[test]
+    fn the_event_loop_may_receive_and_attach_an_image_descriptor() {
+        use crate::control::ControlServer;
+        use crate::devices::virtio::block::device::Block;
+        use crate::event_loop::EventHandler;
+        use hull_protocol::control::{Command, Request};
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        use std::sync::Mutex;
+
+        let dir = std::env::temp_dir().join(format!("hull-seccomp-attach-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let image = dir.join("image");
+        std::fs::write(&image, [0u8; 4096]).unwrap();
+        let disk = Arc::new(Mutex::new(Block::empty("slot").unwrap()));
+        let socket = dir.join("control.sock");
+        let mut server = ControlServer::new(
+            &socket,
+            Arc::default(),
+            Arc::new(crate::exit::ExitNotifier::new().unwrap()),
+            128,
+            1,
+            Vec::new(),
+            vec![disk.clone()],
+        )
+        .unwrap();
+        let client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let file = std::fs::File::open(&image).unwrap();
+        let stats = Request::new(Command::Stats).to_line();
+        let attach = Request::new(Command::AttachDisk { disk: 0 }).to_line();
+        for line in [stats, attach] {
+            let fds = [file.as_raw_fd()];
+            let iov = [std::io::IoSlice::new(line.as_bytes())];
+            let cmsgs = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(client.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
+        }
+        let status = under_vmm_filter(|| {
+            for _ in 0..10 {
+                server.handle(server.poll_fd());
+            }
+            let sectors = disk.lock().map_or(0, |d| d.capacity_sectors());
+            i32::from(sectors != 8)
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "attach under the filter: status {status:#x}"
+        );
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Installs the event-loop filter in a forked child and checks that an allowed syscall
