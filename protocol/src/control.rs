@@ -80,8 +80,8 @@ impl Request {
                 versioned.v
             ));
         }
-        let req: Request =
-            serde_json::from_str(line).map_err(|e| format!("unknown command: {e}"))?;
+        let req: Request = serde_json::from_str(line)
+            .map_err(|e| format!("not a request of this protocol: {e}"))?;
         Ok(req.cmd)
     }
 }
@@ -303,6 +303,8 @@ mod tests {
         ] {
             assert!(Request::parse(bad).is_err(), "{bad}");
         }
+        let missing = Request::parse(r#"{"v":1,"cmd":"attach-disk"}"#).unwrap_err();
+        assert!(missing.contains("`disk`"), "{missing}");
     }
 
     #[test]
