@@ -119,7 +119,8 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> std::io::Result<Received>
         let hdr = unsafe { std::ptr::read_unaligned(cmsg) };
         if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
             // SAFETY: CMSG_LEN only computes a size.
-            let data_len = hdr.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let data_len =
+                (hdr.cmsg_len as usize).saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
             // SAFETY: the data of an SCM_RIGHTS header are `data_len` bytes of descriptors.
             let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
             for i in 0..data_len / std::mem::size_of::<RawFd>() {
