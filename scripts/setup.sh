@@ -17,6 +17,7 @@ packages=(
     libseccomp-dev libcap-ng-dev pkg-config                            # virtiofsd build
     containerd runc crun umoci                                         # runtimes (crun: benchmarks) and images
     containernetworking-plugins                                        # CNI bridge for the CRI tests
+    e2fsprogs                                                          # image disks (mkfs.ext4, debugfs)
     qemu-system-x86 qemu-system-common                                 # the lab, reference VMM
     busybox-static iproute2 procps psmisc util-linux jq                  # images, debugging, tests
 )

@@ -566,11 +566,18 @@ impl Bench {
             );
             return;
         }
+        // Extra `tar x` arguments, e.g. `--numeric-owner` to skip the per-file owner-name
+        // lookups in the image's /etc/passwd and /etc/group.
+        let args = std::env::var("HULL_BENCH_UNTAR_ARGS").unwrap_or_default();
+        let args: String = args
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "-= ".contains(*c))
+            .collect();
         let script = format!(
             "set -e; cd /tmp; rm -rf hb-src hb-x hb.tar; mkdir hb-src hb-x; i=0; \
              while [ $i -lt {n} ]; do echo $i > hb-src/f$i; i=$((i+1)); done; \
              tar cf hb.tar hb-src; rm -rf hb-src; a=$(cut -d' ' -f1 /proc/uptime); \
-             tar xf hb.tar -C hb-x; b=$(cut -d' ' -f1 /proc/uptime); \
+             tar xf hb.tar {args} -C hb-x; b=$(cut -d' ' -f1 /proc/uptime); \
              echo \"UNTAR $a $b\"; rm -rf hb-x hb.tar"
         );
         let r = self.ctr.run(&[

@@ -112,6 +112,41 @@ pub struct Config {
     /// Where each container's writes go: an overlay upper layer in the guest (`guest`, the
     /// default) or containerd's snapshot on the host through virtio-fs (`host`).
     pub writable_layer: WritableLayer,
+    /// How the guest reads the image's files when the writable layer is in the guest: from a
+    /// read-only ext4 disk made once per image (`disk`, the default) or through virtio-fs
+    /// (`share`).
+    pub image_layers: ImageLayers,
+    /// Empty virtio-blk slots each pod VM boots with, filled with images as containers
+    /// come (at most [`MAX_IMAGE_DISK_SLOTS`]); images past them are read through the share.
+    pub image_disk_slots: u32,
+    /// Where the image disks are kept, one file per image, shared by every pod.
+    pub image_cache_dir: PathBuf,
+}
+
+/// The most empty image slots a pod VM boots with.
+pub const MAX_IMAGE_DISK_SLOTS: u32 = 16;
+
+/// How the guest reads the image's files (see the README, "The container root").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageLayers {
+    /// A read-only ext4 file made from the image once, handed to the guest on a virtio-blk
+    /// slot: the guest's page cache keeps the image's files.
+    #[default]
+    Disk,
+    /// The image's layers through virtio-fs, as the volumes.
+    Share,
+}
+
+impl std::str::FromStr for ImageLayers {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "disk" => Ok(Self::Disk),
+            "share" => Ok(Self::Share),
+            _ => Err(()),
+        }
+    }
 }
 
 /// Where a container's writable layer lives (see the README, "The container root").
@@ -162,6 +197,9 @@ impl Default for Config {
             vmm_uid: None,
             vmm_gid: None,
             writable_layer: WritableLayer::Guest,
+            image_layers: ImageLayers::Disk,
+            image_disk_slots: 4,
+            image_cache_dir: PathBuf::from("/var/lib/hull/images"),
         }
     }
 }
@@ -258,6 +296,12 @@ impl Config {
         )?;
         check_range("vcpus", self.vcpus, vm::MIN_VCPUS, self.max_vcpus)?;
         check_range(
+            "image_disk_slots",
+            self.image_disk_slots,
+            0u32,
+            MAX_IMAGE_DISK_SLOTS,
+        )?;
+        check_range(
             "memory_mib",
             self.memory_mib,
             vm::MIN_POD_MEMORY_MIB,
@@ -269,6 +313,7 @@ impl Config {
             ("hull_vmm", &self.hull_vmm),
             ("virtiofsd", &self.virtiofsd),
             ("run_dir", &self.run_dir),
+            ("image_cache_dir", &self.image_cache_dir),
         ] {
             check_path(field, path)?;
         }
@@ -317,6 +362,9 @@ impl Config {
                 "writable_layer" => {
                     config.writable_layer = value.parse().map_err(|()| bad("not guest or host"))?;
                 }
+                "image_layers" => {
+                    config.image_layers = value.parse().map_err(|()| bad("not disk or share"))?;
+                }
                 name @ ("kernel" | "initrd") => {
                     if !self.allow_path_annotations {
                         return Err(bad("guest image paths from annotations are refused; set \
@@ -332,7 +380,8 @@ impl Config {
                 _ => {
                     return Err(bad(
                         "unknown Hull annotation (allowed: io.hull.vcpus, io.hull.memory_mib, \
-                         io.hull.debug, io.hull.kernel, io.hull.initrd, io.hull.writable_layer)",
+                         io.hull.debug, io.hull.kernel, io.hull.initrd, io.hull.writable_layer, \
+                         io.hull.image_layers)",
                     ))
                 }
             }
@@ -497,6 +546,17 @@ mod tests {
         let file = Config::parse("writable_layer = \"host\"\n").unwrap();
         assert_eq!(file.writable_layer, WritableLayer::Host);
         assert!(Config::parse("writable_layer = \"disk\"\n").is_err());
+        assert_eq!(c.image_layers, ImageLayers::Disk, "the default");
+        let share = annotations(&[("io.hull.image_layers", "share")]);
+        let c = Config::default().with_annotations(&share).unwrap();
+        assert_eq!(c.image_layers, ImageLayers::Share);
+        let file = Config::parse("image_layers = \"share\"\nimage_disk_slots = 0\n").unwrap();
+        assert_eq!(
+            (file.image_layers, file.image_disk_slots),
+            (ImageLayers::Share, 0)
+        );
+        assert!(Config::parse("image_disk_slots = 17\n").is_err());
+        assert!(Config::parse("image_cache_dir = \"relative\"\n").is_err());
     }
 
     #[test]
@@ -507,6 +567,7 @@ mod tests {
             ("io.hull.memory_mib", "-5"),
             ("io.hull.cpus", "2"),
             ("io.hull.writable_layer", "disk"),
+            ("io.hull.image_layers", "guest"),
         ] {
             let err = Config::default()
                 .with_annotations(&annotations(&[(key, value)]))

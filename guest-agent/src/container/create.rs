@@ -9,6 +9,7 @@ use hull_protocol::agent::CreateContainerRequest;
 use hull_protocol::ids::{validate_id, IdKind};
 use oci_spec::runtime::Spec;
 
+use super::image_disk;
 use super::layer::{self, WritableLayer, LAYERS_DIR};
 use super::spawn::spawn;
 use super::{Container, ContainerError, Process};
@@ -27,6 +28,11 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
     let spec: Spec = serde_json::from_slice(&req.oci_spec_json).map_err(ContainerError::Spec)?;
     let image = check_rootfs(&sandbox.config.containers_root, Path::new(&req.rootfs))?;
     check_spec(&spec)?;
+    if !req.image_disk.is_empty() && !req.writable_layer_in_guest {
+        return Err(ContainerError::Invalid(
+            "an image disk needs the writable layer in the guest".into(),
+        ));
+    }
     let own =
         ids_of("/proc/self").map_err(|e| ContainerError::Namespaces("the agent".into(), e))?;
     let joinable: Vec<NsId> = sandbox
@@ -53,6 +59,10 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
     if let Some(res) = &resources {
         cgroup.apply(res).map_err(|e| undo(e.into()))?;
     }
+    let lower = match req.image_disk.as_str() {
+        "" => image.clone(),
+        serial => image_disk::mount_image(serial).map_err(|e| undo(e.into()))?,
+    };
     let layer = match req.writable_layer_in_guest {
         true => {
             let limit = resources
@@ -60,7 +70,7 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
                 .and_then(|r| r.memory().as_ref()?.limit());
             let size = layer::size_for(limit);
             let base = Path::new(LAYERS_DIR);
-            Some(WritableLayer::create(base, id, &image, size).map_err(|e| undo(e.into()))?)
+            Some(WritableLayer::create(base, id, &lower, size).map_err(|e| undo(e.into()))?)
         }
         false => None,
     };

@@ -2,6 +2,7 @@
 
 mod create;
 mod exec;
+mod image_disk;
 mod layer;
 mod remove;
 mod signal;
@@ -58,6 +59,8 @@ pub enum ContainerError {
     Setup(String),
     #[error("writable layer")]
     Layer(#[from] layer::LayerError),
+    #[error("image disk")]
+    ImageDisk(#[from] image_disk::ImageDiskError),
     #[error("cannot read the namespaces of {0}")]
     Namespaces(String, #[source] std::io::Error),
     #[error("container {0} was already started")]

@@ -104,8 +104,19 @@ pub struct ContainerRequest<'a> {
     pub rootfs_in_share: &'a str,
     /// The root in the share is the read-only image; the guest adds the writable layer.
     pub writable_layer_in_guest: bool,
+    /// The image as a read-only ext4 file, for the guest to read from a disk rather than
+    /// through the share (only with `writable_layer_in_guest`).
+    pub image_disk: Option<ImageDisk>,
     pub volumes: &'a [SharedVolume],
     pub stdio: StdioWanted,
+}
+
+/// A container image made into a read-only ext4 file (see `task/image_disk.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDisk {
+    /// The image's cache name: the same key, the same files.
+    pub key: String,
+    pub path: PathBuf,
 }
 
 /// An additional process in a running container; it waits for [`Backend::start`].

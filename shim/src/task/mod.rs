@@ -4,6 +4,7 @@
 mod control;
 mod error;
 pub mod events;
+mod image_disk;
 mod pod;
 mod process;
 pub mod rootfs;

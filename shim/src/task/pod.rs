@@ -24,12 +24,13 @@ use oci_spec::runtime::Spec;
 
 use super::error::{Result, TaskError};
 use super::events::Events;
+use super::image_disk;
 use super::process::{task_pid, Exit, Process, Status, StdioPaths};
 use super::rootfs::{bind_volumes, ContainerRootfs, MountSpec, VOLUMES_DIR};
 use super::sandbox::{config_path_from_options, Sandbox};
 use super::stdio::{self, BinaryLogger, StdioError, Target};
 use crate::backend::vm::sizing;
-use crate::backend::{self, Backend, ContainerRequest, ProcessStreams, StdioWanted};
+use crate::backend::{self, Backend, ContainerRequest, ImageDisk, ProcessStreams, StdioWanted};
 use crate::config::{Config, WritableLayer};
 
 /// The annotation that names a container's pod (CRI); containers without it are their own pod.
@@ -234,13 +235,19 @@ impl Pod {
     }
 
     fn create_container(&self, req: &CreateRequest, spec: &Spec) -> Result<()> {
-        let (backend, share_dir, writable_layer) = {
+        let (backend, share_dir, writable_layer, image_cache) = {
             let state = self.lock();
             let sandbox = state.sandbox.as_ref().ok_or_else(|| {
                 TaskError::FailedPrecondition("the pod's sandbox is gone".to_string())
             })?;
             let share_dir = sandbox.share_dir.clone();
-            (sandbox.backend.clone(), share_dir, sandbox.writable_layer)
+            let cache = sandbox.image_cache.clone();
+            (
+                sandbox.backend.clone(),
+                share_dir,
+                sandbox.writable_layer,
+                cache,
+            )
         };
         let image_only = writable_layer == WritableLayer::Guest;
         let mut rootfs = ContainerRootfs::setup(
@@ -249,6 +256,10 @@ impl Pod {
             &share_dir.join(&req.id),
             image_only,
         )?;
+        let image_disk = match (image_only, &image_cache) {
+            (true, Some(cache)) => image_disk(cache, &req.rootfs, Path::new(&req.bundle), &req.id),
+            _ => None,
+        };
         let volumes_dir = format!("{VOLUMES_DIR}/{}", req.id);
         let volumes = match rootfs.share_volumes(&bind_volumes(spec), &share_dir, &volumes_dir) {
             Ok(volumes) => volumes,
@@ -266,6 +277,7 @@ impl Pod {
             // made there before the agent makes the root read-only (as runc does on the
             // snapshot).
             writable_layer_in_guest: image_only,
+            image_disk,
             volumes: &volumes,
             stdio: wanted,
         }) {
@@ -608,6 +620,26 @@ pub(super) fn container_mut<'a>(state: &'a mut PodState, id: &str) -> Result<&'a
         .containers
         .get_mut(id)
         .ok_or_else(|| TaskError::NotFound(format!("container {id}")))
+}
+
+/// The container's image as a disk from the cache (made now from the image mounted at
+/// `<bundle>/rootfs` if the cache does not hold it); `None`, with a warning when making it
+/// failed, leaves the image to the share.
+fn image_disk(cache: &Path, mounts: &[MountSpec], bundle: &Path, id: &str) -> Option<ImageDisk> {
+    let key = image_disk::key(mounts)?;
+    let started = std::time::Instant::now();
+    match image_disk::ensure(cache, &key, &bundle.join("rootfs")) {
+        Ok(path) => {
+            tracing::debug!(container = %id, disk = %path.display(),
+                ms = started.elapsed().as_millis() as u64, "image disk ready");
+            Some(ImageDisk { key, path })
+        }
+        Err(e) => {
+            tracing::warn!(container = %id, error = %hull_protocol::error::chain(&e),
+                "image disk not made; the image is read through the share");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

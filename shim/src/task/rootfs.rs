@@ -97,7 +97,7 @@ pub struct MountSpec {
 /// containerd's rootfs mounts without their writable part, all read-only: an overlay loses
 /// `upperdir` and `workdir` (a single lower layer becomes a bind mount of it, since an
 /// overlay without an upper layer needs two), a bind mount gains `ro`.
-fn image_layers(mounts: &[MountSpec]) -> Vec<MountSpec> {
+pub(super) fn image_layers(mounts: &[MountSpec]) -> Vec<MountSpec> {
     let read_only = |options: Vec<String>| {
         let mut options: Vec<String> = options.into_iter().filter(|o| o != "rw").collect();
         if !options.iter().any(|o| o == "ro") {

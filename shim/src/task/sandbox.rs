@@ -15,7 +15,7 @@ use super::error::{Result, TaskError};
 use super::events::Events;
 use super::share::{self, PodShare, ShareError};
 use crate::backend::{Backend, SandboxRequest};
-use crate::config::{Config, WritableLayer};
+use crate::config::{Config, ImageLayers, WritableLayer};
 
 /// The running sandbox of the pod.
 pub struct Sandbox {
@@ -25,6 +25,8 @@ pub struct Sandbox {
     pub share_dir: PathBuf,
     /// Where the containers' writes go (the config's, when the backend can do it).
     pub writable_layer: WritableLayer,
+    /// The image cache when images go to the guest on disks (see `image_disk.rs`).
+    pub image_cache: Option<PathBuf>,
 }
 
 /// Reads `config_path` (field 2) from containerd's `runtimeoptions.v1.Options`.
@@ -77,6 +79,10 @@ impl Sandbox {
             true => config.writable_layer,
             false => WritableLayer::Host,
         };
+        let image_cache = (writable_layer == WritableLayer::Guest
+            && config.image_layers == ImageLayers::Disk
+            && config.image_disk_slots > 0)
+            .then(|| config.image_cache_dir.clone());
         let req = SandboxRequest {
             sandbox_id: sandbox_id.to_string(),
             share_dir: share_dir.clone(),
@@ -97,6 +103,7 @@ impl Sandbox {
             state_dir,
             share_dir,
             writable_layer,
+            image_cache,
         })
     }
 

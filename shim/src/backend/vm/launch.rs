@@ -114,6 +114,7 @@ pub fn vm_config(req: &SandboxRequest, sockets: &Sockets) -> Result<VmConfig, Vm
             tag: SHARE_TAG.into(),
         }],
         control: Some(sockets.control.clone()),
+        disks: super::images::slots(config),
         debug: config.debug,
         jail: config.vmm_jail.then(|| JailConfig {
             // The directory of the pod's sockets: the pod's state directory.

@@ -5,6 +5,7 @@ mod agent;
 mod cgroup;
 mod console;
 mod hybrid;
+mod images;
 mod launch;
 mod netlink;
 pub mod network;
@@ -67,6 +68,8 @@ struct Vm {
     children: Mutex<Vec<Child>>,
     /// The pod's host cgroup holding them, removed after them.
     cgroup: Mutex<cgroup::PodCgroup>,
+    /// Which image fills which of the VM's image slots.
+    images: Mutex<images::ImageSlots>,
 }
 
 impl Vm {
@@ -324,12 +327,24 @@ impl VmBackend {
             ports: streams::Ports::default(),
             children: Mutex::new(vec![vmm, virtiofsd]),
             cgroup: Mutex::new(cgroup),
+            images: Mutex::new(images::ImageSlots::new(&vm_config.disks)),
         };
         self.vm
             .set(vm)
             .map_err(|_| BackendError::Invalid("the pod's sandbox exists already".into()))?;
         *self.fs_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
         Ok(())
+    }
+
+    /// The serial of the slot holding `image` (filled now if need be), or "" for the share.
+    fn image_serial(&self, image: &super::ImageDisk, container: &str) -> Result<String> {
+        let vm = self.vm()?;
+        let mut slots = vm.images.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = slots.serial_for(image, container, |index, file| {
+            hull_protocol::control::attach_disk(&vm.sockets.control, index, file)
+                .map_err(|e| hull_protocol::error::chain(&e))
+        });
+        Ok(serial.unwrap_or_default())
     }
 
     /// Binds the stdio listeners, makes the agent call (which returns the guest
@@ -391,6 +406,10 @@ impl Backend for VmBackend {
         sizing::check_container_limit(req.container_id, req.spec, self.vm()?.memory_mib)
             .map_err(|e| BackendError::Invalid(e.to_string()))?;
         let spec = guest_spec(req.spec, req.volumes, &self.pod_namespaces())?;
+        let image_disk = match (&req.image_disk, req.writable_layer_in_guest) {
+            (Some(image), true) => self.image_serial(image, req.container_id)?,
+            _ => String::new(),
+        };
         let key = (req.container_id.to_string(), String::new());
         let streams = self.with_stdio(key, req.stdio, |vm, stdio| {
             let mut create = CreateContainerRequest::new();
@@ -398,6 +417,7 @@ impl Backend for VmBackend {
             create.oci_spec_json = spec;
             create.rootfs = format!("{GUEST_SHARE}/{}", req.rootfs_in_share);
             create.writable_layer_in_guest = req.writable_layer_in_guest;
+            create.image_disk = image_disk;
             create.stdio = Some(stdio).into();
             vm.client
                 .create_container(vm.prompt(), &create)
@@ -777,6 +797,7 @@ mod tests {
             ports: streams::Ports::default(),
             children: Mutex::new(vec![sleeper(), sleeper()]),
             cgroup: Mutex::default(),
+            images: Mutex::default(),
         };
         let backend = VmBackend::default();
         assert!(backend.vm.set(vm).is_ok());
