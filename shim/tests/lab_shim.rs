@@ -38,6 +38,8 @@ mod hostile_guest;
 mod hostile_host;
 #[path = "lab_shim/hostile_share.rs"]
 mod hostile_share;
+#[path = "lab_shim/image_disk.rs"]
+mod image_disk;
 #[path = "lab_shim/memory_back.rs"]
 mod memory_back;
 #[path = "lab_shim/metrics.rs"]
@@ -122,11 +124,13 @@ impl Containerd {
             format!(
                 "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {vmm:?}\nvirtiofsd = {:?}\n\
                  run_dir = {:?}\nmemory_mib = 256\ndebug = true\n\
-                 vmm_uid = {JAIL_ID}\nvmm_gid = {JAIL_ID}\nwritable_layer = {:?}\n",
+                 vmm_uid = {JAIL_ID}\nvmm_gid = {JAIL_ID}\nwritable_layer = {:?}\n\
+                 image_cache_dir = {:?}\n",
                 kernel,
                 virtiofsd(),
                 base.join("pods"),
                 hull_tests::writable_layer(),
+                base.join("images"),
             ),
         )
         .unwrap();
