@@ -168,10 +168,21 @@ fn runtimes(config: &Config, paths: &Paths) -> Vec<RuntimeData> {
                     ],
                     hull_missing(paths),
                 ),
+                // Hull with the writable layer in the guest over the image read through
+                // virtio-fs rather than from an image disk.
+                "hull-share" => (
+                    vec![
+                        "--runtime",
+                        "io.containerd.hull.v2",
+                        "--annotation",
+                        "io.hull.image_layers=share",
+                    ],
+                    hull_missing(paths),
+                ),
                 other => (
                     vec![],
                     Some(format!(
-                        "unknown runtime {other:?} (known: runc, crun, hull, hull-host)"
+                        "unknown runtime {other:?} (known: runc, crun, hull, hull-host, hull-share)"
                     )),
                 ),
             };
