@@ -485,7 +485,37 @@ pub fn hull(explicit: Option<&Path>) -> Vec<Finding> {
     }
     out.push(run_dir(&config.run_dir));
     out.push(vmm_user(&config));
+    out.push(image_disk_tools(&config, which));
     out
+}
+
+/// The tools that make image disks, when the config asks for them: without them every image
+/// is read through the share (slower, and a warning in the shim's log for each container).
+fn image_disk_tools(config: &Config, find: impl Fn(&str) -> Option<PathBuf>) -> Finding {
+    use containerd_shim_hull_v2::config::{ImageLayers, WritableLayer};
+    let wanted = config.writable_layer == WritableLayer::Guest
+        && config.image_layers == ImageLayers::Disk
+        && config.image_disk_slots > 0;
+    if !wanted {
+        return Finding::ok("image disks: off in the config (images read through the share)");
+    }
+    let missing: Vec<&str> = ["mkfs.ext4", "debugfs"]
+        .into_iter()
+        .filter(|t| find(t).is_none())
+        .collect();
+    match missing.is_empty() {
+        true => Finding::ok(format!(
+            "image disks: mkfs.ext4 and debugfs found; cache {}",
+            config.image_cache_dir.display()
+        )),
+        false => Finding::warn(
+            format!(
+                "image disks: {} not on PATH: images will be read through the share",
+                missing.join(" and ")
+            ),
+            "apt-get install e2fsprogs (make setup does), or set image_layers = \"share\"",
+        ),
+    }
 }
 
 /// Who each pod's hull-vmm runs as inside its jail.
@@ -752,6 +782,25 @@ mod tests {
         let f = image("kernel", &dir.path().join("none"), &[b"\x7fELF"]);
         assert_eq!(f.status, Status::Fail);
         assert!(f.fix.contains("make install"));
+    }
+
+    #[test]
+    fn image_disk_tools_are_a_warning_when_missing() {
+        let config = Config::default();
+        let found = image_disk_tools(&config, |t| Some(PathBuf::from("/sbin").join(t)));
+        assert!(found.to_string().contains("found"), "{found}");
+        let none = image_disk_tools(&config, |_| None);
+        let text = none.to_string();
+        assert!(
+            text.contains("mkfs.ext4 and debugfs") && text.contains("e2fsprogs"),
+            "{text}"
+        );
+        assert!(!failed(&[none]), "a warning, not a failure");
+        let off = Config {
+            image_disk_slots: 0,
+            ..Config::default()
+        };
+        assert!(image_disk_tools(&off, |_| None).to_string().contains("off"));
     }
 
     #[test]
