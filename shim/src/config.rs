@@ -138,17 +138,6 @@ pub enum ImageLayers {
     Share,
 }
 
-impl std::str::FromStr for ImageLayers {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "disk" => Ok(Self::Disk),
-            "share" => Ok(Self::Share),
-            _ => Err(()),
-        }
-    }
-}
-
 /// Where a container's writable layer lives (see the README, "The container root").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -160,17 +149,6 @@ pub enum WritableLayer {
     /// containerd's snapshot (its upper directory) is the root, served read-write
     /// through virtio-fs: writes land on the host, where `ctr snapshot diff` sees them.
     Host,
-}
-
-impl std::str::FromStr for WritableLayer {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "guest" => Ok(Self::Guest),
-            "host" => Ok(Self::Host),
-            _ => Err(()),
-        }
-    }
 }
 
 impl Default for Config {
@@ -208,6 +186,14 @@ impl Default for Config {
 pub const DEFAULT_VMM_USER: &str = "hull-vmm";
 
 impl Config {
+    /// Whether containers' images go to the guest on image disks: the writable layer in the
+    /// guest, `image_layers = "disk"` and at least one slot.
+    pub fn image_disks(&self) -> bool {
+        self.writable_layer == WritableLayer::Guest
+            && self.image_layers == ImageLayers::Disk
+            && self.image_disk_slots > 0
+    }
+
     /// The uid and gid hull-vmm drops to in its jail: `vmm_uid`/`vmm_gid` when either is set
     /// (the other then 0), else `vmm_user`'s uid and primary group from the user database.
     pub fn vmm_ids(&self) -> Result<(u32, u32), ConfigError> {
@@ -360,10 +346,10 @@ impl Config {
                     config.debug = value.parse().map_err(|_| bad("not true or false"))?
                 }
                 "writable_layer" => {
-                    config.writable_layer = value.parse().map_err(|()| bad("not guest or host"))?;
+                    config.writable_layer = word(value).ok_or_else(|| bad("not guest or host"))?;
                 }
                 "image_layers" => {
-                    config.image_layers = value.parse().map_err(|()| bad("not disk or share"))?;
+                    config.image_layers = word(value).ok_or_else(|| bad("not disk or share"))?;
                 }
                 name @ ("kernel" | "initrd") => {
                     if !self.allow_path_annotations {
@@ -389,6 +375,12 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// An annotation's value as one of a setting's words, spelled as in the config file.
+fn word<'a, T: Deserialize<'a>>(value: &'a str) -> Option<T> {
+    use serde::de::{value::Error, IntoDeserializer};
+    T::deserialize(IntoDeserializer::<Error>::into_deserializer(value)).ok()
 }
 
 fn check_range(

@@ -492,11 +492,7 @@ pub fn hull(explicit: Option<&Path>) -> Vec<Finding> {
 /// The tools that make image disks, when the config asks for them: without them every image
 /// is read through the share (slower, and a warning in the shim's log for each container).
 fn image_disk_tools(config: &Config, find: impl Fn(&str) -> Option<PathBuf>) -> Finding {
-    use containerd_shim_hull_v2::config::{ImageLayers, WritableLayer};
-    let wanted = config.writable_layer == WritableLayer::Guest
-        && config.image_layers == ImageLayers::Disk
-        && config.image_disk_slots > 0;
-    if !wanted {
+    if !config.image_disks() {
         return Finding::ok("image disks: off in the config (images read through the share)");
     }
     let missing: Vec<&str> = ["mkfs.ext4", "debugfs"]

@@ -15,7 +15,7 @@ use super::error::{Result, TaskError};
 use super::events::Events;
 use super::share::{self, PodShare, ShareError};
 use crate::backend::{Backend, SandboxRequest};
-use crate::config::{Config, ImageLayers, WritableLayer};
+use crate::config::{Config, WritableLayer};
 
 /// The running sandbox of the pod.
 pub struct Sandbox {
@@ -79,9 +79,7 @@ impl Sandbox {
             true => config.writable_layer,
             false => WritableLayer::Host,
         };
-        let image_cache = (writable_layer == WritableLayer::Guest
-            && config.image_layers == ImageLayers::Disk
-            && config.image_disk_slots > 0)
+        let image_cache = (writable_layer == WritableLayer::Guest && config.image_disks())
             .then(|| config.image_cache_dir.clone());
         let req = SandboxRequest {
             sandbox_id: sandbox_id.to_string(),

@@ -10,16 +10,18 @@ use std::path::Path;
 use hull_protocol::vm::DiskConfig;
 
 use crate::backend::ImageDisk;
-use crate::config::{Config, ImageLayers, WritableLayer};
+use crate::config::Config;
 
 /// The slots' serials: `hull-image-<n>`, what the agent finds the disk by.
 const SERIAL_PREFIX: &str = "hull-image-";
 
 /// The empty slots a pod VM boots with under `config`: none unless its images go on disks.
 pub fn slots(config: &Config) -> Vec<DiskConfig> {
-    let on =
-        config.writable_layer == WritableLayer::Guest && config.image_layers == ImageLayers::Disk;
-    let count = if on { config.image_disk_slots } else { 0 };
+    let count = if config.image_disks() {
+        config.image_disk_slots
+    } else {
+        0
+    };
     (0..count)
         .map(|i| DiskConfig::empty_slot(Some(format!("{SERIAL_PREFIX}{i}"))))
         .collect()
@@ -96,6 +98,7 @@ fn open(path: &Path) -> Result<std::fs::File, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ImageLayers, WritableLayer};
 
     fn image(dir: &Path, key: &str) -> ImageDisk {
         let path = dir.join(format!("{key}.ext4"));
