@@ -256,10 +256,10 @@ impl Pod {
             &share_dir.join(&req.id),
             image_only,
         )?;
-        let image_disk = match (image_only, &image_cache) {
-            (true, Some(cache)) => image_disk(cache, &req.rootfs, Path::new(&req.bundle), &req.id),
-            _ => None,
-        };
+        // The sandbox has an image cache only with the writable layer in the guest.
+        let image_disk = image_cache
+            .as_deref()
+            .and_then(|cache| image_disk(cache, &req.rootfs, Path::new(&req.bundle), &req.id));
         let volumes_dir = format!("{VOLUMES_DIR}/{}", req.id);
         let volumes = match rootfs.share_volumes(&bind_volumes(spec), &share_dir, &volumes_dir) {
             Ok(volumes) => volumes,
