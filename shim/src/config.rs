@@ -121,10 +121,15 @@ pub struct Config {
     pub image_disk_slots: u32,
     /// Where the image disks are kept, one file per image, shared by every pod.
     pub image_cache_dir: PathBuf,
+    /// MiB the image disks may take on the host (0: no bound); past it, making a disk removes
+    /// the least recently used ones (at most [`MAX_IMAGE_CACHE_MIB`]).
+    pub image_cache_max_mib: u64,
 }
 
 /// The most empty image slots a pod VM boots with.
 pub const MAX_IMAGE_DISK_SLOTS: u32 = 16;
+/// The highest `image_cache_max_mib`: its bytes fit in a u64.
+pub const MAX_IMAGE_CACHE_MIB: u64 = u64::MAX >> 20;
 
 /// How the guest reads the image's files (see the README, "The container root").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -178,6 +183,7 @@ impl Default for Config {
             image_layers: ImageLayers::Disk,
             image_disk_slots: 4,
             image_cache_dir: PathBuf::from("/var/lib/hull/images"),
+            image_cache_max_mib: 10 * 1024,
         }
     }
 }
@@ -288,6 +294,12 @@ impl Config {
             MAX_IMAGE_DISK_SLOTS,
         )?;
         check_range(
+            "image_cache_max_mib",
+            self.image_cache_max_mib,
+            0u64,
+            MAX_IMAGE_CACHE_MIB,
+        )?;
+        check_range(
             "memory_mib",
             self.memory_mib,
             vm::MIN_POD_MEMORY_MIB,
@@ -385,7 +397,7 @@ fn word<'a, T: Deserialize<'a>>(value: &'a str) -> Option<T> {
 
 fn check_range(
     field: &'static str,
-    value: u32,
+    value: impl Into<u64>,
     min: impl Into<u64>,
     max: impl Into<u64>,
 ) -> Result<(), ConfigError> {
@@ -549,6 +561,20 @@ mod tests {
         );
         assert!(Config::parse("image_disk_slots = 17\n").is_err());
         assert!(Config::parse("image_cache_dir = \"relative\"\n").is_err());
+        assert_eq!(Config::default().image_cache_max_mib, 10240);
+        let unbounded = Config::parse("image_cache_max_mib = 0\n").unwrap();
+        assert_eq!(unbounded.image_cache_max_mib, 0);
+        assert!(matches!(
+            Config::parse(&format!(
+                "image_cache_max_mib = {}\n",
+                MAX_IMAGE_CACHE_MIB + 1
+            )),
+            Err(ConfigError::OutOfRange(VmConfigError::OutOfRange {
+                field: "image_cache_max_mib",
+                ..
+            }))
+        ));
+        assert!(Config::parse("image_cache_max_mib = -1\n").is_err());
     }
 
     #[test]
@@ -560,6 +586,7 @@ mod tests {
             ("io.hull.cpus", "2"),
             ("io.hull.writable_layer", "disk"),
             ("io.hull.image_layers", "guest"),
+            ("io.hull.image_cache_max_mib", "0"),
         ] {
             let err = Config::default()
                 .with_annotations(&annotations(&[(key, value)]))

@@ -499,9 +499,13 @@ fn image_disk_tools(config: &Config, find: impl Fn(&str) -> Option<PathBuf>) -> 
         .into_iter()
         .filter(|t| find(t).is_none())
         .collect();
+    let bound = match config.image_cache_max_mib {
+        0 => "no bound".to_string(),
+        mib => format!("at most {mib} MiB"),
+    };
     match missing.is_empty() {
         true => Finding::ok(format!(
-            "image disks: mkfs.ext4 and debugfs found; cache {}",
+            "image disks: mkfs.ext4 and debugfs found; cache {} ({bound})",
             config.image_cache_dir.display()
         )),
         false => Finding::warn(
@@ -785,6 +789,7 @@ mod tests {
         let config = Config::default();
         let found = image_disk_tools(&config, |t| Some(PathBuf::from("/sbin").join(t)));
         assert!(found.to_string().contains("found"), "{found}");
+        assert!(found.to_string().contains("at most 10240 MiB"), "{found}");
         let none = image_disk_tools(&config, |_| None);
         let text = none.to_string();
         assert!(

@@ -2,11 +2,13 @@
 //! their merged files are copied once into an ext4 file in the image cache, named by the
 //! layers' identity, and every pod that runs the image gets that file on a virtio-blk slot:
 //! the guest's page cache then keeps the image's files, where virtio-fs sends every open,
-//! read and close to virtiofsd (see the README, "The container root").
+//! read and close to virtiofsd (see the README, "The container root"). The cache is bounded:
+//! after making a disk, the least recently used ones go until the rest fit.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -18,6 +20,19 @@ const BLOCK: u64 = 4096;
 const SLACK_BYTES: u64 = 8 << 20;
 /// Bytes per inode in the inode tables (mkfs.ext4's default inode size).
 const INODE_BYTES: u64 = 256;
+/// A disk used more recently is never pruned: a pod may be between [`ensure`] and handing
+/// the file to its VM.
+const IN_USE: Duration = Duration::from_secs(10 * 60);
+/// A temporary file left unwritten this long is a crashed shim's, removed by [`prune`]
+/// (mkfs.ext4 and debugfs write it all along while a disk is being made).
+const ABANDONED: Duration = Duration::from_secs(60 * 60);
+
+/// The image cache: where the disks are kept, and the bytes they may take (0: no bound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageCache {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
 
 /// Errors of making an image disk.
 #[derive(Debug, thiserror::Error)]
@@ -138,19 +153,22 @@ fn usage(root: &Path) -> Result<Usage, ImageDiskError> {
 
 /// The image disk of `key` in `cache`, made from the image mounted at `root` when the cache
 /// does not hold it yet. Made under a temporary name and renamed, so a reader never sees a
-/// half-made disk and two pods making the same one at once both succeed.
-pub fn ensure(cache: &Path, key: &str, root: &Path) -> Result<PathBuf, ImageDiskError> {
-    let path = cache.join(format!("{key}.ext4"));
+/// half-made disk and two pods making the same one at once both succeed. A hit marks the
+/// disk used (its modification time); a new disk makes room for itself ([`prune`]).
+pub fn ensure(cache: &ImageCache, key: &str, root: &Path) -> Result<PathBuf, ImageDiskError> {
+    let dir = cache.dir.as_path();
+    let path = dir.join(format!("{key}.ext4"));
     if path.is_file() {
+        touch(&path);
         return Ok(path);
     }
     let cache_err = |source| ImageDiskError::Cache {
-        path: cache.to_path_buf(),
+        path: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(cache).map_err(cache_err)?;
-    std::fs::set_permissions(cache, std::fs::Permissions::from_mode(0o700)).map_err(cache_err)?;
-    let tmp = cache.join(format!(".{key}.{}.tmp", std::process::id()));
+    std::fs::create_dir_all(dir).map_err(cache_err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(cache_err)?;
+    let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
     let made = make(&tmp, root).and_then(|()| {
         std::fs::rename(&tmp, &path).map_err(|source| ImageDiskError::Cache {
             path: path.clone(),
@@ -160,7 +178,111 @@ pub fn ensure(cache: &Path, key: &str, root: &Path) -> Result<PathBuf, ImageDisk
     if made.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    made.map(|()| path)
+    made?;
+    prune(dir, cache.max_bytes, &path, SystemTime::now());
+    Ok(path)
+}
+
+/// Marks a cached disk used now, for [`prune`]; a failure only makes it an earlier candidate.
+fn touch(path: &Path) {
+    let touched = std::fs::File::open(path).and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::warn!(disk = %path.display(), error = %e,
+            "image disk not marked used; the cache may prune it sooner");
+    }
+}
+
+/// Bounds the cache at `dir` to `max_bytes` (0: no bound): removes the least recently used
+/// disks (oldest modification time) while the disks take more, but never `keep` nor one used
+/// within [`IN_USE`]. Only regular files named `<64 hex digits>.ext4` are disks, counted by
+/// the blocks they hold (`st_blocks`): mkfs.ext4 leaves the file system's free space as
+/// holes, so a disk's length overstates what it takes from the host's disk. Symlinks,
+/// directories and other names are left alone, but for temporary files unwritten for
+/// [`ABANDONED`]. A VM holding a removed disk open keeps reading it; its blocks are freed
+/// when the VM ends. Errors are logged, never returned: a full cache must not fail a pod.
+fn prune(dir: &Path, max_bytes: u64, keep: &Path, now: SystemTime) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(cache = %dir.display(), error = %e, "image cache not pruned");
+            return;
+        }
+    };
+    let age = |modified: SystemTime| now.duration_since(modified).unwrap_or_default();
+    let mut disks = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            _ => continue,
+        };
+        let name = entry.file_name();
+        let (Ok(modified), Some(name)) = (meta.modified(), name.to_str()) else {
+            continue;
+        };
+        let bytes = meta.blocks() * 512;
+        if is_disk(name) {
+            disks.push((modified, bytes, path));
+        } else if is_temporary(name) && age(modified) > ABANDONED {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(file = %path.display(), bytes,
+                    "abandoned temporary image disk removed"),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e,
+                    "abandoned temporary image disk not removed"),
+            }
+        }
+    }
+    let mut total: u64 = disks.iter().map(|(_, bytes, _)| bytes).sum();
+    if max_bytes == 0 || total <= max_bytes {
+        return;
+    }
+    disks.sort();
+    for (modified, bytes, path) in disks {
+        if total <= max_bytes {
+            return;
+        }
+        if path == keep || age(modified) < IN_USE {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                total -= bytes;
+                tracing::info!(disk = %path.display(), bytes, "image disk pruned from the cache");
+            }
+            // Another shim pruned it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => total -= bytes,
+            Err(e) => tracing::warn!(disk = %path.display(), error = %e,
+                "image disk not pruned"),
+        }
+    }
+    if total > max_bytes {
+        tracing::warn!(cache = %dir.display(), bytes = total, max_bytes,
+            "image cache still above its bound: the disks left are in use");
+    }
+}
+
+/// Whether `name` is a disk's: the 64 hex digits of a [`key`] and `.ext4`.
+fn is_disk(name: &str) -> bool {
+    name.strip_suffix(".ext4").is_some_and(is_key)
+}
+
+/// Whether `name` is one of the files [`ensure`] and [`make`] write while making a disk:
+/// `.<key>.<pid>.tmp` and its debugfs script `.<key>.<pid>.debugfs`.
+fn is_temporary(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some(rest) = rest.strip_suffix(".tmp").or(rest.strip_suffix(".debugfs")) else {
+        return false;
+    };
+    rest.split_once('.').is_some_and(|(key, pid)| {
+        is_key(key) && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Whether `s` is spelled as a [`key`]: 64 lowercase hex digits.
+fn is_key(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Makes an ext4 file at `out` holding exactly the files under `root`: no journal (it is
@@ -243,6 +365,8 @@ fn run(tool: &'static str, out: &Path, cmd: &mut Command) -> Result<(), ImageDis
 
 #[cfg(test)]
 mod tests {
+    use tempfile::TempDir;
+
     use super::*;
 
     fn overlay(lowers: &str) -> MountSpec {
@@ -315,12 +439,17 @@ mod tests {
         std::fs::write(root.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
         std::os::unix::fs::symlink("etc/passwd", root.join("link")).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o751)).unwrap();
-        let cache = tmp.path().join("cache");
+        let cache = ImageCache {
+            dir: tmp.path().join("cache"),
+            max_bytes: 0,
+        };
         let disk = ensure(&cache, "k1", &root).unwrap();
-        assert_eq!(disk, cache.join("k1.ext4"));
-        let mode = std::fs::metadata(&cache).unwrap().mode() & 0o777;
+        assert_eq!(disk, cache.dir.join("k1.ext4"));
+        let mode = std::fs::metadata(&cache.dir).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700, "the cache is private");
-        let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        let meta = std::fs::metadata(&disk).unwrap();
+        assert!(meta.blocks() * 512 < meta.len(), "the free space is holes");
+        let leftovers: Vec<_> = std::fs::read_dir(&cache.dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
@@ -347,16 +476,142 @@ mod tests {
             "root:x:0:0::/:/bin/sh\n"
         );
         // Cached: the second call makes nothing.
-        let before = std::fs::metadata(&disk).unwrap().modified().unwrap();
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(ensure(&cache, "k1", &root).unwrap(), disk);
-        assert_eq!(
-            std::fs::metadata(&disk).unwrap().modified().unwrap(),
-            before
-        );
         // A root that cannot be read fails cleanly and leaves nothing.
         let err = ensure(&cache, "k2", &tmp.path().join("gone")).unwrap_err();
         assert!(matches!(err, ImageDiskError::Walk { .. }), "{err}");
-        assert!(!cache.join("k2.ext4").exists());
+        assert!(!cache.dir.join("k2.ext4").exists());
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// The name of cached disk `n`.
+    fn disk(n: u8) -> String {
+        format!("{n:064x}.ext4")
+    }
+
+    /// Writes a file of `kib` KiB in `dir`, last modified `ago` before `now`; returns its path.
+    fn file(dir: &Path, name: &str, kib: usize, ago: Duration, now: SystemTime) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![1u8; kib << 10]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(now - ago).unwrap();
+        path
+    }
+
+    /// The blocks the files hold, as `prune` counts them.
+    fn held(paths: &[&PathBuf]) -> u64 {
+        paths
+            .iter()
+            .map(|p| std::fs::symlink_metadata(p).unwrap().blocks() * 512)
+            .sum()
+    }
+
+    /// A cache of 64 KiB disks, `disk(1)` on, last used the given minutes before now.
+    fn cache_of<const N: usize>(minutes: [u32; N]) -> (TempDir, SystemTime, [PathBuf; N]) {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let disks = std::array::from_fn(|i| {
+            file(tmp.path(), &disk(i as u8 + 1), 64, minutes[i] * MINUTE, now)
+        });
+        (tmp, now, disks)
+    }
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_until_the_rest_fit() {
+        let (tmp, now, [a, b, c, new]) = cache_of([180, 120, 60, 1]);
+        // One byte short of holding b: a goes, then b, and c stays.
+        prune(tmp.path(), held(&[&b, &c, &new]) - 1, &new, now);
+        assert!(!a.exists() && !b.exists());
+        assert!(c.exists() && new.exists());
+        // No bound: nothing goes.
+        prune(tmp.path(), 0, &new, now);
+        assert!(c.exists() && new.exists());
+    }
+
+    #[test]
+    fn pruning_keeps_the_new_disk_and_the_recently_used() {
+        let (tmp, now, [old, recent, new]) = cache_of([11, 9, 20]);
+        prune(tmp.path(), 1, &new, now);
+        assert!(!old.exists());
+        assert!(recent.exists() && new.exists(), "kept above the bound");
+    }
+
+    #[test]
+    fn pruning_leaves_symlinks_directories_and_other_names_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cache, outside) = (tmp.path().join("cache"), tmp.path().join("outside"));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(cache.join(disk(9))).unwrap();
+        let now = SystemTime::now();
+        let big = file(&outside, "big", 1024, 300 * MINUTE, now);
+        let link = cache.join(disk(8));
+        std::os::unix::fs::symlink(&big, &link).unwrap();
+        let others = [
+            file(&cache, "notes.ext4", 64, 300 * MINUTE, now),
+            file(&cache, &format!("{}.bak", disk(7)), 64, 300 * MINUTE, now),
+            file(
+                &cache,
+                &format!("{:064X}.ext4", 0xab),
+                64,
+                300 * MINUTE,
+                now,
+            ),
+        ];
+        let old = file(&cache, &disk(1), 64, 60 * MINUTE, now);
+        let new = file(&cache, &disk(2), 64, MINUTE, now);
+        // The disks fit: what is not one does not count.
+        prune(&cache, held(&[&old, &new]), &new, now);
+        assert!(link.symlink_metadata().is_ok() && big.exists());
+        assert!(cache.join(disk(9)).is_dir());
+        assert!(others.iter().all(|p| p.exists()));
+        assert!(old.exists() && new.exists());
+        // Over the bound, only the disk goes.
+        prune(&cache, 1, &new, now);
+        assert!(!old.exists());
+        assert!(link.symlink_metadata().is_ok() && big.exists());
+        assert!(others.iter().all(|p| p.exists()));
+    }
+
+    #[test]
+    fn pruning_removes_abandoned_temporary_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let key = format!("{:064x}", 1);
+        let stale = [
+            file(tmp.path(), &format!(".{key}.41.tmp"), 4, 61 * MINUTE, now),
+            file(
+                tmp.path(),
+                &format!(".{key}.41.debugfs"),
+                4,
+                61 * MINUTE,
+                now,
+            ),
+        ];
+        let kept = [
+            file(tmp.path(), &format!(".{key}.42.tmp"), 4, 59 * MINUTE, now),
+            file(tmp.path(), ".other.41.tmp", 4, 61 * MINUTE, now),
+            file(tmp.path(), &format!(".{key}..tmp"), 4, 61 * MINUTE, now),
+        ];
+        prune(tmp.path(), 0, &tmp.path().join(disk(1)), now);
+        assert!(stale.iter().all(|p| !p.exists()));
+        assert!(kept.iter().all(|p| p.exists()));
+    }
+
+    #[test]
+    fn a_cache_hit_marks_the_disk_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = format!("{:064x}", 1);
+        let old = SystemTime::now() - 120 * MINUTE;
+        let path = file(tmp.path(), &format!("{key}.ext4"), 4, Duration::ZERO, old);
+        let cache = ImageCache {
+            dir: tmp.path().to_path_buf(),
+            max_bytes: 1,
+        };
+        let hit = ensure(&cache, &key, &tmp.path().join("no-image")).unwrap();
+        assert_eq!(hit, path);
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(modified > old + 110 * MINUTE, "{modified:?}");
     }
 }

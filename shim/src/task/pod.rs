@@ -24,7 +24,7 @@ use oci_spec::runtime::Spec;
 
 use super::error::{Result, TaskError};
 use super::events::Events;
-use super::image_disk;
+use super::image_disk::{self, ImageCache};
 use super::process::{task_pid, Exit, Process, Status, StdioPaths};
 use super::rootfs::{bind_volumes, ContainerRootfs, MountSpec, VOLUMES_DIR};
 use super::sandbox::{config_path_from_options, Sandbox};
@@ -258,7 +258,7 @@ impl Pod {
         )?;
         // The sandbox has an image cache only with the writable layer in the guest.
         let image_disk = image_cache
-            .as_deref()
+            .as_ref()
             .and_then(|cache| image_disk(cache, &req.rootfs, Path::new(&req.bundle), &req.id));
         let volumes_dir = format!("{VOLUMES_DIR}/{}", req.id);
         let volumes = match rootfs.share_volumes(&bind_volumes(spec), &share_dir, &volumes_dir) {
@@ -625,7 +625,12 @@ pub(super) fn container_mut<'a>(state: &'a mut PodState, id: &str) -> Result<&'a
 /// The container's image as a disk from the cache (made now from the image mounted at
 /// `<bundle>/rootfs` if the cache does not hold it); `None`, with a warning when making it
 /// failed, leaves the image to the share.
-fn image_disk(cache: &Path, mounts: &[MountSpec], bundle: &Path, id: &str) -> Option<ImageDisk> {
+fn image_disk(
+    cache: &ImageCache,
+    mounts: &[MountSpec],
+    bundle: &Path,
+    id: &str,
+) -> Option<ImageDisk> {
     let key = image_disk::key(mounts)?;
     let started = std::time::Instant::now();
     match image_disk::ensure(cache, &key, &bundle.join("rootfs")) {

@@ -13,6 +13,7 @@ use containerd_shim::protos::topics;
 
 use super::error::{Result, TaskError};
 use super::events::Events;
+use super::image_disk::ImageCache;
 use super::share::{self, PodShare, ShareError};
 use crate::backend::{Backend, SandboxRequest};
 use crate::config::{Config, WritableLayer};
@@ -26,7 +27,7 @@ pub struct Sandbox {
     /// Where the containers' writes go (the config's, when the backend can do it).
     pub writable_layer: WritableLayer,
     /// The image cache when images go to the guest on disks (see `image_disk.rs`).
-    pub image_cache: Option<PathBuf>,
+    pub image_cache: Option<ImageCache>,
 }
 
 /// Reads `config_path` (field 2) from containerd's `runtimeoptions.v1.Options`.
@@ -79,8 +80,11 @@ impl Sandbox {
             true => config.writable_layer,
             false => WritableLayer::Host,
         };
-        let image_cache = (writable_layer == WritableLayer::Guest && config.image_disks())
-            .then(|| config.image_cache_dir.clone());
+        let image_cache =
+            (writable_layer == WritableLayer::Guest && config.image_disks()).then(|| ImageCache {
+                dir: config.image_cache_dir.clone(),
+                max_bytes: config.image_cache_max_mib << 20,
+            });
         let req = SandboxRequest {
             sandbox_id: sandbox_id.to_string(),
             share_dir: share_dir.clone(),
