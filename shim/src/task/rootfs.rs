@@ -432,8 +432,9 @@ mod tests {
     use super::share::test_util::*;
     use super::*;
     use std::os::unix::fs::symlink;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     fn is_mountpoint(p: &Path) -> bool {
         options(p).is_some()
@@ -831,10 +832,12 @@ mod tests {
         // The swapper flips `.volumes/c2` (and `c2/0`) between a directory and
         // a symlink out of the pod as fast as it can.
         let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicU64::new(0));
         let root = served.with_file_name(share::SHARE_ROOT);
         let swapper = {
-            let (stop, root, outside, canary) = (
+            let (stop, swaps, root, outside, canary) = (
                 stop.clone(),
+                swaps.clone(),
                 root.clone(),
                 outside.clone(),
                 canary.path.clone(),
@@ -842,20 +845,25 @@ mod tests {
             std::thread::spawn(move || {
                 let dir = root.join(".volumes/c2");
                 let (tmp_dir, tmp_link) = (root.join(".volumes/d"), root.join(".volumes/l"));
-                let mut swaps = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let _ = std::fs::create_dir(&tmp_dir);
                     let _ = symlink(&canary, tmp_dir.join("0"));
                     let _ = symlink(&outside, &tmp_link);
                     let _ = std::fs::rename(&tmp_dir, &dir);
                     let _ = std::fs::rename(&tmp_link, &dir);
-                    swaps += 1;
+                    swaps.fetch_add(1, Ordering::Relaxed);
                 }
-                swaps
             })
         };
-        let (mut ok, mut refused) = (0, 0);
-        for _ in 0..300 {
+        // 300 attempts at least, and on a loaded machine (the swapper starved of CPU) more,
+        // until the race has happened or a minute has passed.
+        let (mut ok, mut refused, mut attempts) = (0, 0, 0);
+        let started = Instant::now();
+        while attempts < 300
+            || ((swaps.load(Ordering::Relaxed) <= 100 || refused == 0)
+                && started.elapsed() < Duration::from_secs(60))
+        {
+            attempts += 1;
             match rootfs.share_volumes(&volumes, &served, ".volumes/c2") {
                 Ok(_) => ok += 1,
                 Err(e) => {
@@ -866,7 +874,8 @@ mod tests {
             let _ = rootfs.teardown();
         }
         stop.store(true, Ordering::Relaxed);
-        let swaps = swapper.join().unwrap();
+        swapper.join().unwrap();
+        let swaps = swaps.load(Ordering::Relaxed);
         println!("race: {ok} volume binds made, {refused} refused, {swaps} swaps");
         assert!(swaps > 100 && refused > 0, "the race happened");
         canary.assert_intact("the race");
