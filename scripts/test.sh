@@ -8,6 +8,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# The checkout whose scripts and sources the tests use (tests/src/lib.rs `repo_root`).
+export HULL_REPO_ROOT="$root"
 export PATH="$HOME/.cargo/bin:$PATH"
 tier="${1:-all}"
 logs="$root/target/test-logs"

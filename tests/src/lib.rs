@@ -11,8 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Root of the Hull checkout.
+/// Root of the Hull checkout: `HULL_REPO_ROOT` when set (scripts/test.sh sets it), else the
+/// one this crate was compiled in. The checkouts of one machine share a cargo target directory,
+/// so the test binary that runs may have been compiled in another checkout (a CI clone since
+/// removed); the variable names the checkout that runs it.
 pub fn repo_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HULL_REPO_ROOT").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")

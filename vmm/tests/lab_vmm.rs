@@ -224,7 +224,7 @@ fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, rdev: (u32, u32), data: 
 
 /// Builds an initramfs whose /init is tests/guest/test_init.c, compiled statically.
 fn test_initrd(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/test_init.c");
+    let src = hull_tests::repo_root().join("vmm/tests/guest/test_init.c");
     let bin = dir.join("test_init");
     let out = Command::new("gcc")
         .args(["-static", "-O2", "-o"])
