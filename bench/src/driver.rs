@@ -423,16 +423,12 @@ impl Bench {
     }
 
     fn memory(&mut self, rt: usize, id: &str) {
-        let all = procs::list();
-        let Some(shim) = procs::find_shim(&all, id) else {
+        let Some(m) = pod_memory(id) else {
             self.rts[rt].errors.insert(
                 "memory".into(),
                 format!("no shim process with `-id {id}` found"),
             );
             return;
-        };
-        let m = Memory {
-            procs: procs::memory_of(&procs::tree(&all, shim)),
         };
         self.log.say(&format!(
             "{}: idle pod PSS {:.1} MiB (guest RAM {:.1} MiB) over {} processes",
@@ -638,14 +634,7 @@ impl Bench {
             self.failure(rt, "burst", &r, false);
             return;
         }
-        let guest_ram = |id: &str| {
-            let all = procs::list();
-            let shim = procs::find_shim(&all, id)?;
-            let m = Memory {
-                procs: procs::memory_of(&procs::tree(&all, shim)),
-            };
-            Some(m.guest_ram_kib())
-        };
+        let guest_ram = |id: &str| pod_memory(id).map(|m| m.guest_ram_kib());
         let exec = |ctr: &Ctr, n: &str, cmd: &str| {
             ctr.run(&[
                 "task".into(),
@@ -765,6 +754,16 @@ fn write_hull_config(paths: &Paths, path: &Path, seq_mib: u32) -> Result<()> {
         ),
     )
     .with_context(|| format!("write {}", path.display()))
+}
+
+/// The memory of the pod whose shim runs with `-id ID`: its shim's process tree, the VM's
+/// processes included.
+fn pod_memory(id: &str) -> Option<Memory> {
+    let all = procs::list();
+    let shim = procs::find_shim(&all, id)?;
+    Some(Memory {
+        procs: procs::memory_of(&procs::tree(&all, shim)),
+    })
 }
 
 fn containerd_sh(paths: &Paths, action: &str, hull_config: &Path) -> Result<String> {
