@@ -59,18 +59,23 @@ pub fn do_create(sandbox: &Sandbox, req: &CreateContainerRequest) -> Result<u32,
     if let Some(res) = &resources {
         cgroup.apply(res).map_err(|e| undo(e.into()))?;
     }
-    let lower = match req.image_disk.as_str() {
-        "" => image.clone(),
-        serial => image_disk::mount_image(serial).map_err(|e| undo(e.into()))?,
-    };
+    // An image disk is only ever the lower layer of a writable layer in the guest.
     let layer = match req.writable_layer_in_guest {
         true => {
+            let disk;
+            let lower = match req.image_disk.as_str() {
+                "" => &image,
+                serial => {
+                    disk = image_disk::mount_image(serial).map_err(|e| undo(e.into()))?;
+                    &disk
+                }
+            };
             let limit = resources
                 .as_ref()
                 .and_then(|r| r.memory().as_ref()?.limit());
             let size = layer::size_for(limit);
             let base = Path::new(LAYERS_DIR);
-            Some(WritableLayer::create(base, id, &lower, size).map_err(|e| undo(e.into()))?)
+            Some(WritableLayer::create(base, id, lower, size).map_err(|e| undo(e.into()))?)
         }
         false => None,
     };

@@ -4,7 +4,7 @@
 //! the pod that runs the same image, for as long as the VM lives (the slot is never reused,
 //! so nothing the guest cached can go stale).
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -36,14 +36,13 @@ pub enum ImageDiskError {
 }
 
 /// The serials mounted so far.
-static MOUNTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+static MOUNTED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// The image on the disk with `serial`, mounted read-only (once per disk).
 pub fn mount_image(serial: &str) -> Result<PathBuf, ImageDiskError> {
     hull_protocol::vm::check_disk_serial(serial)?;
     let target = Path::new(IMAGES_DIR).join(serial);
     let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
-    let mounted = mounted.get_or_insert_with(HashSet::new);
     if mounted.contains(serial) {
         return Ok(target);
     }

@@ -49,6 +49,10 @@ impl WritableLayer {
             let path = path.to_path_buf();
             move |source| LayerError::Io { what, path, source }
         };
+        let mount_err = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LayerError::Mount { what, path, source }
+        };
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let mut layer = WritableLayer {
             root: dir.join("root"),
@@ -64,11 +68,7 @@ impl WritableLayer {
             flags,
             Some(data.as_str()),
         )
-        .map_err(|source| LayerError::Mount {
-            what: "mount the layer's tmpfs on",
-            path: layer.dir.clone(),
-            source,
-        })?;
+        .map_err(mount_err("mount the layer's tmpfs on", &layer.dir))?;
         layer.mounted.push(layer.dir.clone());
         let (upper, work) = (layer.dir.join("upper"), layer.dir.join("work"));
         for d in [&upper, &work, &layer.root] {
@@ -96,11 +96,7 @@ impl WritableLayer {
             MsFlags::empty(),
             Some(data.as_str()),
         )
-        .map_err(|source| LayerError::Mount {
-            what: "mount the image overlay on",
-            path: layer.root.clone(),
-            source,
-        })?;
+        .map_err(mount_err("mount the image overlay on", &layer.root))?;
         layer.mounted.push(layer.root.clone());
         Ok(layer)
     }
