@@ -442,6 +442,8 @@ pub fn create_vcpus(
 
 /// Builds a ready-to-run VM from `cfg`.
 pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
+    let start = std::time::Instant::now();
+    let ms = |since: std::time::Instant| since.elapsed().as_secs_f64() * 1e3;
     check_host(cfg.allow_pvm)?;
     check_paths(cfg)?;
     let ram = memory::create(cfg.memory_mib)?;
@@ -451,6 +453,8 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
         parts.seccomp = Some(crate::seccomp::Filters::compile(drop_to)?);
     }
     register_memory(&parts.vm, &parts.ram.mem)?;
+    let vm_ms = ms(start);
+    let step = std::time::Instant::now();
     attach_legacy(&mut parts, &cfg.console)?;
     attach_disks(&mut parts, cfg)?;
     attach_fs(&mut parts, cfg)?;
@@ -458,7 +462,12 @@ pub fn build(cfg: &VmConfig) -> Result<Vmm, Error> {
     attach_nets(&mut parts, cfg)?;
     attach_balloon(&mut parts, cfg)?;
     attach_control(&mut parts, cfg)?;
+    let devices_ms = ms(step);
+    let step = std::time::Instant::now();
     let boot = load_guest(&parts, cfg)?;
+    let load_ms = ms(step);
     let vcpus = create_vcpus(&parts, cfg.vcpus, &boot)?;
+    // Where a slow start goes: RAM, VM and filters; devices; kernel and initramfs.
+    tracing::debug!(vm_ms, devices_ms, load_ms, total_ms = ms(start), "VM built");
     Ok(Vmm::new(parts, vcpus))
 }
