@@ -82,6 +82,28 @@ impl Channel {
         Ok(())
     }
 
+    /// Whether a message (or end-of-file) is waiting, after up to `timeout`.
+    pub fn readable(&self, timeout: std::time::Duration) -> Result<bool, ChannelError> {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        loop {
+            // SAFETY: one valid pollfd on our own descriptor, for the length given.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            match rc {
+                0 => return Ok(false),
+                n if n > 0 => return Ok(true),
+                _ => match nix::errno::Errno::last() {
+                    nix::errno::Errno::EINTR => continue,
+                    e => return Err(ChannelError::Recv(e)),
+                },
+            }
+        }
+    }
+
     /// Next message and its descriptor, or `None` at end-of-file.
     pub fn recv(&self) -> Result<Option<(Msg, Option<OwnedFd>)>, ChannelError> {
         let mut buf = vec![0u8; MAX_MSG];

@@ -125,12 +125,18 @@ impl Containerd {
                 "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {vmm:?}\nvirtiofsd = {:?}\n\
                  run_dir = {:?}\nmemory_mib = 256\ndebug = true\n\
                  vmm_uid = {JAIL_ID}\nvmm_gid = {JAIL_ID}\nwritable_layer = {:?}\n\
-                 image_cache_dir = {:?}\n",
+                 image_cache_dir = {:?}\nagent_timeout_secs = {}\n",
                 kernel,
                 virtiofsd(),
                 base.join("pods"),
                 hull_tests::writable_layer(),
                 base.join("images"),
+                // The shim's bound on each agent call (its default, 120 s, unless
+                // HULL_LAB_AGENT_TIMEOUT_SECS says otherwise: a slow lab, a diagnosis).
+                std::env::var("HULL_LAB_AGENT_TIMEOUT_SECS")
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(120),
             ),
         )
         .unwrap();
@@ -277,6 +283,18 @@ impl Containerd {
             .filter(|l| l.contains("sandbox=") || l.contains("hull"))
             .collect();
         lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+
+    /// Every line of containerd's log about one pod (`sandbox=ID`).
+    fn pod_log(&self, id: &str) -> String {
+        let log = Path::new(BASE).join("containerd/containerd.log");
+        let all = std::fs::read_to_string(log).unwrap_or_default();
+        let tag = format!("sandbox={id} ");
+        let lines: Vec<&str> = all
+            .lines()
+            .filter(|l| l.contains(&tag) || l.ends_with(&tag[..tag.len() - 1]))
+            .collect();
+        lines.join("\n")
     }
 }
 

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
@@ -18,6 +19,9 @@ use crate::stdio::{relay_pty, Streams};
 
 /// Descriptors at or above this are free while the child rearranges its table.
 const SCRATCH_FD: i32 = 10;
+
+/// How long a setup runs before the agent says where it is, and again after each as long.
+const SLOW_SETUP: Duration = Duration::from_secs(15);
 
 /// Runs the helper until the process is set up (`Ready`); returns the process
 /// and the channel, which reaches end-of-file once the program is executed.
@@ -93,7 +97,20 @@ pub fn spawn(
 
     let (mut pid, mut pidfd, mut master, mut ready) = (None, None, None, false);
     // The helper reports the PID and its child reports Ready: either may come first.
+    let helper_pid = helper.id() as i32;
+    let waiting = Instant::now();
     let result = loop {
+        // A setup that takes long says where its processes are (the host's
+        // CreateContainer bound may end the wait first).
+        while !ours.readable(SLOW_SETUP)? {
+            tracing::warn!(
+                container = %id,
+                waited_s = waiting.elapsed().as_secs(),
+                helper = %describe(helper_pid),
+                process = %pid.map_or_else(|| "not forked yet".into(), describe),
+                "setup is slow"
+            );
+        }
         match ours.recv()? {
             Some((Msg::Pid(p), fd)) => {
                 pid = Some(p);
@@ -118,7 +135,6 @@ pub fn spawn(
             }
         }
     };
-    let helper_pid = helper.id() as i32;
     reaper().wait(helper_pid);
     reaper().forget(helper_pid);
     result?;
@@ -140,6 +156,28 @@ pub fn spawn(
         pty,
     };
     Ok((Arc::new(process), ours))
+}
+
+/// What a process is doing, from /proc: its state and, when it is in a
+/// system call, the call's number and first argument (`/proc/PID/syscall`).
+fn describe(pid: i32) -> String {
+    let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}"));
+    let state = read("stat").ok().and_then(|s| {
+        // The state follows the command name's closing parenthesis.
+        let rest = &s[s.rfind(')')? + 1..];
+        rest.split_whitespace().next().map(str::to_string)
+    });
+    let syscall = read("syscall").map_or_else(
+        |e| format!("syscall unknown ({e})"),
+        |s| {
+            let words: Vec<&str> = s.split_whitespace().take(2).collect();
+            format!("syscall {}", words.join(" "))
+        },
+    );
+    match state {
+        Some(state) => format!("pid {pid} state {state} {syscall}"),
+        None => format!("pid {pid} gone"),
+    }
 }
 
 /// After `Start` (or right away for exec): end-of-file means executed.

@@ -125,9 +125,19 @@ fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
     }
     assert_clean(ctrd, "the churn cycles");
 
-    // Pods started at once: every start succeeds.
+    // Pods started at once: every start succeeds. Where the machine's CPU went meanwhile is
+    // sampled each second (a start that fails shows whether the machine was saturated).
     let started = Instant::now();
+    let cpu = Mutex::new(hull_tests::procs::CpuCensus::default());
+    let starting = std::sync::atomic::AtomicBool::new(true);
     let starts: Vec<(String, f64, Output)> = std::thread::scope(|s| {
+        s.spawn(|| {
+            while starting.load(std::sync::atomic::Ordering::Relaxed) {
+                cpu.lock().unwrap().sample();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            cpu.lock().unwrap().sample();
+        });
         let handles: Vec<_> = all[cycles..]
             .iter()
             .map(|id| {
@@ -139,15 +149,26 @@ fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let starts = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        starting.store(false, std::sync::atomic::Ordering::Relaxed);
+        starts
     });
     let all_up = started.elapsed().as_secs_f64();
-    for (id, _, out) in &starts {
-        assert!(
-            out.status.success(),
-            "parallel start of {id}: {}\n{}",
-            text(&out.stderr),
-            ctrd.shim_log()
+    let cpu = cpu.into_inner().unwrap().summary();
+    let failed: Vec<String> = starts
+        .iter()
+        .filter(|(_, _, out)| !out.status.success())
+        .map(|(id, took, out)| format!("{id} after {took:.1} s: {}", text(&out.stderr).trim()))
+        .collect();
+    if !failed.is_empty() {
+        let first = failed[0].split(' ').next().unwrap_or_default();
+        panic!(
+            "{} of {} parallel starts failed:\n{}\nCPU during the starts: {cpu}\n\
+             containerd's lines of {first}:\n{}",
+            failed.len(),
+            starts.len(),
+            failed.join("\n"),
+            ctrd.pod_log(first),
         );
     }
     for (id, _, _) in &starts {
@@ -171,7 +192,7 @@ fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
         "FIGURES churn: {cycles} cycles (create, start, exec, kill, delete), {:.1} s per cycle \
          (first {:.1} s, last {:.1} s); {parallel} pods at once: all up in {all_up:.1} s, \
          slowest start {slowest:.1} s, {:.1} s per pod, against {alone:.1} s for one alone; \
-         census before {before:?}, after {after:?}",
+         census before {before:?}, after {after:?}; CPU during the starts: {cpu}",
         mean(&per_cycle),
         per_cycle.first().copied().unwrap_or(0.0),
         per_cycle.last().copied().unwrap_or(0.0),
