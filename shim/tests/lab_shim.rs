@@ -88,9 +88,17 @@ fn containerd() -> (&'static Containerd, std::sync::MutexGuard<'static, ()>) {
     (CTRD.get_or_init(Containerd::start), guard)
 }
 
+/// Where the shim and hull-vmm under test are: this build's, or `HULL_LAB_BIN_DIR` (another
+/// build of them, e.g. `target/release`).
+fn bin_dir() -> PathBuf {
+    std::env::var_os("HULL_LAB_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(SHIM).parent().unwrap().to_path_buf())
+}
+
 /// Runs `tests/lab/containerd.sh ACTION` for this binary's containerd; its stdout.
 fn containerd_action(action: &str) -> String {
-    let bin_dir = Path::new(SHIM).parent().unwrap();
+    let bin_dir = bin_dir();
     let config = Path::new(BASE).join("hull.toml");
     let out = containerd_sh(
         action,
@@ -110,7 +118,7 @@ fn containerd_action(action: &str) -> String {
 
 impl Containerd {
     fn start() -> Self {
-        let bin_dir = Path::new(SHIM).parent().unwrap();
+        let bin_dir = bin_dir();
         let vmm = bin_dir.join("hull-vmm");
         assert!(vmm.is_file(), "no {vmm:?}: cargo build -p hull-vmm");
         let (kernel, initrd) = (guest_kernel_dir().join("vmlinux"), guest_initrd());

@@ -94,62 +94,84 @@ pub fn cpu_secs(pid: i32) -> f64 {
     cpu_ticks(pid) as f64 / ticks_per_sec() as f64
 }
 
-/// Where a machine's CPU time went over a stretch of time, by program (and, for programs with
-/// named threads such as hull-vmm's `vcpu0` and `console`, by thread): sampled from
-/// `/proc/*/task/*/stat`, so a thread that lived between two samples is missed.
+/// Where a machine's CPU time went over a stretch of time, by program: sampled from
+/// `/proc/*/stat` (a process that lived between two samples is missed), and split by thread
+/// name for the programs named in `by_thread` (hull-vmm's `vcpu0`, `console`...).
 #[derive(Default)]
 pub struct CpuCensus {
-    /// Per thread id: its name and its CPU ticks at the first and the last sample.
-    threads: std::collections::HashMap<i32, (String, u64, u64)>,
+    /// Programs whose threads are counted apart (their comm, as `/proc/PID/comm` shows it).
+    by_thread: Vec<String>,
+    /// Per process or thread id: its name and its CPU ticks at the first and the last sample.
+    tasks: std::collections::HashMap<i32, (String, u64, u64)>,
     /// The machine's busy and total ticks (`/proc/stat`) at the first and last sample.
     machine: Option<((u64, u64), (u64, u64))>,
 }
 
+/// A `/proc/.../stat` file's command name and user + system ticks.
+fn stat_ticks(path: &Path) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(').map_or("", |(_, n)| n).to_string();
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15; 11 and 12 after the state.
+    Some((
+        name,
+        fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0),
+    ))
+}
+
 impl CpuCensus {
-    /// Records every thread's CPU time now.
+    /// A census that counts the threads of the programs `by_thread` (comm names) apart.
+    pub fn new(by_thread: &[&str]) -> Self {
+        Self {
+            by_thread: by_thread.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Records every process's (and the named programs' threads') CPU time now.
     pub fn sample(&mut self) {
-        for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            if proc_entry
-                .file_name()
-                .to_string_lossy()
-                .parse::<i32>()
-                .is_err()
-            {
-                continue;
-            }
-            let comm = std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
-            let comm = comm.trim();
-            let Ok(tasks) = std::fs::read_dir(proc_entry.path().join("task")) else {
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
-            for task in tasks.flatten() {
+            let Some((comm, ticks)) = stat_ticks(&entry.path().join("stat")) else {
+                continue;
+            };
+            if !self.by_thread.contains(&comm) {
+                seen.push((pid, comm, ticks));
+                continue;
+            }
+            for task in std::fs::read_dir(entry.path().join("task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let Ok(tid) = task.file_name().to_string_lossy().parse::<i32>() else {
                     continue;
                 };
-                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-                let Some((head, rest)) = stat.rsplit_once(')') else {
-                    continue;
-                };
-                let thread = head.split_once('(').map_or("", |(_, n)| n);
-                let fields: Vec<u64> = rest
-                    .split_whitespace()
-                    .map(|f| f.parse().unwrap_or(0))
-                    .collect();
-                let ticks =
-                    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-                let name = if thread == comm || thread.is_empty() {
-                    comm.to_string()
-                } else {
-                    format!(
-                        "{comm}:{}",
-                        thread.trim_end_matches(|c: char| c.is_ascii_digit())
-                    )
-                };
-                self.threads
-                    .entry(tid)
-                    .and_modify(|t| t.2 = ticks)
-                    .or_insert((name, ticks, ticks));
+                if let Some((thread, ticks)) = stat_ticks(&task.path().join("stat")) {
+                    let name = if thread == comm {
+                        comm.clone()
+                    } else {
+                        format!(
+                            "{comm}:{}",
+                            thread.trim_end_matches(|c: char| c.is_ascii_digit())
+                        )
+                    };
+                    seen.push((tid, name, ticks));
+                }
             }
+        }
+        for (id, name, ticks) in seen {
+            self.tasks
+                .entry(id)
+                .and_modify(|t| t.2 = ticks)
+                .or_insert((name, ticks, ticks));
         }
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let cpu: Vec<u64> = stat
@@ -171,7 +193,7 @@ impl CpuCensus {
     /// machine's busy share over the same stretch.
     pub fn summary(&self) -> String {
         let mut by_name: std::collections::BTreeMap<&str, u64> = Default::default();
-        for (name, first, last) in self.threads.values() {
+        for (name, first, last) in self.tasks.values() {
             *by_name.entry(name).or_default() += last - first;
         }
         let mut rows: Vec<(&str, u64)> = by_name.into_iter().filter(|r| r.1 > 0).collect();

@@ -128,13 +128,16 @@ fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
     // Pods started at once: every start succeeds. Where the machine's CPU went meanwhile is
     // sampled each second (a start that fails shows whether the machine was saturated).
     let started = Instant::now();
-    let cpu = Mutex::new(hull_tests::procs::CpuCensus::default());
+    let cpu = Mutex::new(hull_tests::procs::CpuCensus::new(&[
+        "hull-vmm",
+        "containerd-shim",
+    ]));
     let starting = std::sync::atomic::AtomicBool::new(true);
     let starts: Vec<(String, f64, Output)> = std::thread::scope(|s| {
         s.spawn(|| {
             while starting.load(std::sync::atomic::Ordering::Relaxed) {
                 cpu.lock().unwrap().sample();
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(Duration::from_secs(2));
             }
             cpu.lock().unwrap().sample();
         });
