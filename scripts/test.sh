@@ -52,6 +52,12 @@ if [[ $tier == lab || $tier == all ]]; then
     HULL_KERNEL="$(kernel-config/build.sh)/vmlinux"
     HULL_INITRD="$(rootfs/build.sh)"
     export HULL_KERNEL HULL_INITRD
+    # The lab tests run the release build of the shim, hull-vmm and the tools: what ships
+    # and what `make install` installs (HULL_LAB_BIN_DIR; pods start ~1.6x faster in the lab
+    # than with the debug build, session 14). Unset, a lab test binary run by hand uses its
+    # own debug build.
+    cargo build --quiet --release -p hull-vmm -p containerd-shim-hull-v2 -p hull-tools
+    export HULL_LAB_BIN_DIR="$root/target/release"
     # Static tools the lab tests bring into containers: the file-system stress
     # cases (fs_conformance) and the vsock attacker (hostile_guest).
     cargo build --quiet -p hull-fscheck -p hull-hostile --release --target x86_64-unknown-linux-musl

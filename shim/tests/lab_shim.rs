@@ -88,12 +88,9 @@ fn containerd() -> (&'static Containerd, std::sync::MutexGuard<'static, ()>) {
     (CTRD.get_or_init(Containerd::start), guard)
 }
 
-/// Where the shim and hull-vmm under test are: this build's, or `HULL_LAB_BIN_DIR` (another
-/// build of them, e.g. `target/release`).
+/// Where the shim, hull-vmm and hull-monitor under test are (see `lab_bin_dir`).
 fn bin_dir() -> PathBuf {
-    std::env::var_os("HULL_LAB_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(SHIM).parent().unwrap().to_path_buf())
+    hull_tests::lab_bin_dir(Path::new(SHIM).parent().unwrap())
 }
 
 /// Runs `tests/lab/containerd.sh ACTION` for this binary's containerd; its stdout.

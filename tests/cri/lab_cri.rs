@@ -71,7 +71,7 @@ const CNI_MTU: u32 = 1460;
 /// Where this checkout's binaries are (`target/<profile>`, the test's `deps/` parent).
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().into()
+    hull_tests::lab_bin_dir(exe.parent().unwrap().parent().unwrap())
 }
 
 extern "C" fn stop_at_exit() {

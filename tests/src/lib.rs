@@ -25,6 +25,15 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where the lab tests find the programs they run (the shim, hull-vmm, hull-monitor):
+/// `HULL_LAB_BIN_DIR` when set (scripts/test.sh sets it to the release build, what ships and
+/// what `make install` installs), else `default` (the test's own build).
+pub fn lab_bin_dir(default: &Path) -> PathBuf {
+    std::env::var_os("HULL_LAB_BIN_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| default.to_path_buf(), PathBuf::from)
+}
+
 /// Runs `script` (relative to the checkout) with `args`; its standard output, trimmed.
 pub fn script_output(script: &str, args: &[&str]) -> String {
     let out = Command::new(repo_root().join(script))

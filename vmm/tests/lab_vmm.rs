@@ -15,6 +15,12 @@ use hull_tests::{guest_initrd as initrd, guest_kernel as kernel, virtiofsd_on_pa
 mod lab_net;
 
 const READY: &str = "HULL_AGENT_READY";
+
+/// The hull-vmm under test: this build's, or the one in `HULL_LAB_BIN_DIR` (see `lab_bin_dir`).
+fn vmm_bin() -> PathBuf {
+    let own = Path::new(env!("CARGO_BIN_EXE_hull-vmm"));
+    hull_tests::lab_bin_dir(own.parent().unwrap()).join("hull-vmm")
+}
 // Generous: the lab is 30-100x slower than hardware, and SMP guests on its single emulated CPU
 // are slower still.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
@@ -31,7 +37,7 @@ pub struct Run {
 
 fn run_vmm(args: &[String], timeout: Duration) -> Run {
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+    let mut child = Command::new(vmm_bin())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -120,7 +126,7 @@ fn spawn_with_console(
     Arc<Mutex<String>>,
     std::thread::JoinHandle<()>,
 ) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+    let mut child = Command::new(vmm_bin())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -640,7 +646,7 @@ fn forbidden_syscall_kills_the_vmm_with_sigsys() {
     use std::os::unix::process::ExitStatusExt;
     let dir = scratch("sigsys");
     let uds = dir.join("v.sock");
-    let out = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+    let out = Command::new(vmm_bin())
         .args(["--kernel", &kernel().display().to_string()])
         .args(["--initrd", &initrd().display().to_string()])
         .args(["--vsock", &format!("3,{}", uds.display())])

@@ -13,7 +13,7 @@ struct Monitor {
 
 impl Monitor {
     fn start() -> Self {
-        let bin = Path::new(SHIM).parent().unwrap().join("hull-monitor");
+        let bin = bin_dir().join("hull-monitor");
         assert!(bin.is_file(), "no {bin:?}: cargo build -p hull-tools");
         let mut child = Command::new(&bin)
             .args(["--listen", "127.0.0.1:0", "--config"])
