@@ -11,6 +11,8 @@ use anyhow::{ensure, Context, Result};
 use crate::sys;
 
 const MIB: i64 = 1 << 20;
+/// Blocks a hole punch may spend on file-system metadata instead of freeing (16 of 4 KiB).
+const PUNCH_SLACK: i64 = 64 << 10;
 
 fn allocated(f: &File) -> Result<i64> {
     Ok(f.metadata()?.blocks() as i64 * 512)
@@ -101,8 +103,11 @@ pub fn sparse_fallocate(dir: &Path, _: crate::Sizes) -> Result<String> {
         buf.iter().all(|b| *b == b'y'),
         "data after the punched range changed"
     );
+    // The file system may spend a few blocks of the freed space on its own bookkeeping: the
+    // hole splits an extent, and ext4 then allocates an extent-tree block (1 MiB - 4 KiB
+    // freed, measured on ext4 after the sync).
     ensure!(
-        allocated(&full)? <= before - MIB,
+        allocated(&full)? <= before - (MIB - PUNCH_SLACK),
         "PUNCH_HOLE of 1 MiB freed {} bytes",
         before - allocated(&full)?
     );
