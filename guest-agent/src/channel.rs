@@ -8,6 +8,7 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
@@ -84,22 +85,13 @@ impl Channel {
 
     /// Whether a message (or end-of-file) is waiting, after up to `timeout`.
     pub fn readable(&self, timeout: std::time::Duration) -> Result<bool, ChannelError> {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         loop {
-            // SAFETY: one valid pollfd on our own descriptor, for the length given.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            match rc {
-                0 => return Ok(false),
-                n if n > 0 => return Ok(true),
-                _ => match nix::errno::Errno::last() {
-                    nix::errno::Errno::EINTR => continue,
-                    e => return Err(ChannelError::Recv(e)),
-                },
+            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, ms) {
+                Ok(n) => return Ok(n > 0),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(ChannelError::Recv(e)),
             }
         }
     }

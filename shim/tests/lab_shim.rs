@@ -130,18 +130,18 @@ impl Containerd {
                 "kernel = {:?}\ninitrd = {initrd:?}\nhull_vmm = {vmm:?}\nvirtiofsd = {:?}\n\
                  run_dir = {:?}\nmemory_mib = 256\ndebug = true\n\
                  vmm_uid = {JAIL_ID}\nvmm_gid = {JAIL_ID}\nwritable_layer = {:?}\n\
-                 image_cache_dir = {:?}\nagent_timeout_secs = {}\n",
+                 image_cache_dir = {:?}\n{}",
                 kernel,
                 virtiofsd(),
                 base.join("pods"),
                 hull_tests::writable_layer(),
                 base.join("images"),
-                // The shim's bound on each agent call (its default, 120 s, unless
-                // HULL_LAB_AGENT_TIMEOUT_SECS says otherwise: a slow lab, a diagnosis).
+                // The shim's bound on each agent call: its default unless
+                // HULL_LAB_AGENT_TIMEOUT_SECS says otherwise (a slow lab, a diagnosis).
                 std::env::var("HULL_LAB_AGENT_TIMEOUT_SECS")
                     .ok()
                     .and_then(|v| v.parse::<u32>().ok())
-                    .unwrap_or(120),
+                    .map_or_else(String::new, |s| format!("agent_timeout_secs = {s}\n")),
             ),
         )
         .unwrap();
@@ -280,9 +280,14 @@ impl Containerd {
         }
     }
 
+    /// containerd's whole log (empty if it cannot be read).
+    fn log(&self) -> String {
+        std::fs::read_to_string(Path::new(BASE).join("containerd/containerd.log"))
+            .unwrap_or_default()
+    }
+
     fn shim_log(&self) -> String {
-        let log = Path::new(BASE).join("containerd/containerd.log");
-        let all = std::fs::read_to_string(log).unwrap_or_default();
+        let all = self.log();
         let lines: Vec<&str> = all
             .lines()
             .filter(|l| l.contains("sandbox=") || l.contains("hull"))
@@ -292,12 +297,11 @@ impl Containerd {
 
     /// Every line of containerd's log about one pod (`sandbox=ID`).
     fn pod_log(&self, id: &str) -> String {
-        let log = Path::new(BASE).join("containerd/containerd.log");
-        let all = std::fs::read_to_string(log).unwrap_or_default();
-        let tag = format!("sandbox={id} ");
+        let (tag, within) = (format!("sandbox={id}"), format!("sandbox={id} "));
+        let all = self.log();
         let lines: Vec<&str> = all
             .lines()
-            .filter(|l| l.contains(&tag) || l.ends_with(&tag[..tag.len() - 1]))
+            .filter(|l| l.contains(&within) || l.ends_with(&tag))
             .collect();
         lines.join("\n")
     }

@@ -68,7 +68,8 @@ const BASE_MEMORY_MIB: u64 = 128;
 const CNI_NETWORK: &str = "hull-lab";
 const CNI_MTU: u32 = 1460;
 
-/// Where this checkout's binaries are (`target/<profile>`, the test's `deps/` parent).
+/// Where the shim and hull-vmm under test are: `HULL_LAB_BIN_DIR` (see `lab_bin_dir`), else
+/// this checkout's `target/<profile>`, the test's `deps/` parent.
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     hull_tests::lab_bin_dir(exe.parent().unwrap().parent().unwrap())

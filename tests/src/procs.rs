@@ -69,17 +69,7 @@ pub fn alive(pid: &str) -> bool {
 
 /// User + system CPU time of a process, in clock ticks.
 pub fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect()
-        })
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15; 11 and 12 after the state.
-    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+    stat_ticks(Path::new(&format!("/proc/{pid}/stat"))).map_or(0, |(_, ticks)| ticks)
 }
 
 /// Clock ticks per second (`_SC_CLK_TCK`; 100 if the system does not say).

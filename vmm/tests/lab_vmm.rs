@@ -15,15 +15,15 @@ use hull_tests::{guest_initrd as initrd, guest_kernel as kernel, virtiofsd_on_pa
 mod lab_net;
 
 const READY: &str = "HULL_AGENT_READY";
+// Generous: the lab is 30-100x slower than hardware, and SMP guests on its single emulated CPU
+// are slower still.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 
 /// The hull-vmm under test: this build's, or the one in `HULL_LAB_BIN_DIR` (see `lab_bin_dir`).
 fn vmm_bin() -> PathBuf {
     let own = Path::new(env!("CARGO_BIN_EXE_hull-vmm"));
     hull_tests::lab_bin_dir(own.parent().unwrap()).join("hull-vmm")
 }
-// Generous: the lab is 30-100x slower than hardware, and SMP guests on its single emulated CPU
-// are slower still.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 
 /// Output and exit status of one VMM run, killed after `timeout`.
 pub struct Run {

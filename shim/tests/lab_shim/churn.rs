@@ -162,19 +162,21 @@ fn lab_churn_cycles_and_parallel_pods_leave_nothing_behind() {
     });
     let all_up = started.elapsed().as_secs_f64();
     let cpu = cpu.into_inner().unwrap().summary();
-    let failed: Vec<String> = starts
+    let failed: Vec<&(String, f64, Output)> = starts
         .iter()
         .filter(|(_, _, out)| !out.status.success())
-        .map(|(id, took, out)| format!("{id} after {took:.1} s: {}", text(&out.stderr).trim()))
         .collect();
-    if !failed.is_empty() {
-        let first = failed[0].split(' ').next().unwrap_or_default();
+    if let Some((first, _, _)) = failed.first() {
+        let lines: Vec<String> = failed
+            .iter()
+            .map(|(id, took, out)| format!("{id} after {took:.1} s: {}", text(&out.stderr).trim()))
+            .collect();
         panic!(
             "{} of {} parallel starts failed:\n{}\nCPU during the starts: {cpu}\n\
              containerd's lines of {first}:\n{}",
             failed.len(),
             starts.len(),
-            failed.join("\n"),
+            lines.join("\n"),
             ctrd.pod_log(first),
         );
     }
