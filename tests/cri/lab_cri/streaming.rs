@@ -52,14 +52,25 @@ fn exec_with_stdin(cri: &mut Cri, id: &str) -> std::result::Result<(Output, i32)
 
 /// Step 2: a terminal: the process's stdin is a pty, input goes through it,
 /// the size sent on the resize channel is the terminal's.
+///
+/// containerd's CRI reads the resize channel from before it starts the exec,
+/// and runc's shim drops a resize that comes before the exec has its console
+/// (it answers success). So the size is sent again once the pty's path shows
+/// the process runs, as a terminal client sends its size on a change; the
+/// script then waits up to 5 s for a size, because the resize and stdin take
+/// separate paths. A size that never arrives still fails the check.
 fn exec_with_tty(cri: &mut Cri, id: &str) -> std::result::Result<(Output, i32), String> {
-    let cmd = ["sh", "-c", "tty; read l; stty size; echo \"got $l\""];
+    let script = "tty; read l; i=0; \
+                  until stty size >/dev/null 2>&1 || [ $i -ge 50 ]; do sleep 0.1; i=$((i+1)); done; \
+                  stty size; echo \"got $l\"";
+    let cmd = ["sh", "-c", script];
     let mut s = exec_stream(cri, id, &cmd, true)?;
     s.resize(100, 30).map_err(|e| e.to_string())?;
     s.wait_for("the pty's path", IO_TIMEOUT, |o| {
         o.stdout_text().contains("/dev/pts/")
     })
     .map_err(|e| e.to_string())?;
+    s.resize(100, 30).map_err(|e| e.to_string())?;
     s.send_stdin(b"hi\n").map_err(|e| e.to_string())?;
     let out = s.finish(IO_TIMEOUT).map_err(|e| e.to_string())?;
     let code = out
