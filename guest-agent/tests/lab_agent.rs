@@ -66,7 +66,8 @@ impl Agent {
             line.starts_with(hull_protocol::READY_MARKER),
             "agent said {line:?}"
         );
-        let client = ttrpc::Client::connect(&format!("unix://{}", sock.display())).unwrap();
+        let stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let client = hull_protocol::rpc::Client::new(stream, "agent").unwrap();
         Agent {
             child,
             client: AgentClient::new(client),

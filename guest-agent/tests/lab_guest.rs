@@ -118,6 +118,21 @@ fn vsock_listen(port: u32) -> OwnedFd {
     fd
 }
 
+/// A stream connected to the guest's vsock `port`.
+fn vsock(cid: u32, port: u32) -> OwnedFd {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("vsock socket");
+    connect(fd.as_raw_fd(), &VsockAddr::new(cid, port))
+        .unwrap_or_else(|e| panic!("connect to vsock {cid}:{port}: {e}"));
+    fd
+}
+
 fn vsock_accept(listener: &OwnedFd) -> std::fs::File {
     // SAFETY: accept(2) on our listening socket with no address out-parameters.
     let fd = unsafe {
@@ -172,7 +187,8 @@ fn lab_guest_agent_answers_over_vsock_and_runs_a_container() {
     }
     println!("{}", ready.unwrap());
 
-    let client = AgentClient::new(ttrpc::Client::connect(&format!("vsock://{CID}:1024")).unwrap());
+    let client =
+        AgentClient::new(hull_protocol::rpc::Client::new(vsock(CID, 1024), "agent").unwrap());
     let ctx = || ttrpc::context::with_timeout(0);
     let mut req = VersionRequest::new();
     req.api_version = hull_protocol::API_VERSION.into();

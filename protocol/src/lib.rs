@@ -3,7 +3,8 @@
 //! Both sides depend on this crate and nothing else of each other. The agent
 //! API itself lives in `proto/agent.proto` (package `hull.agent.v1`) and is
 //! compiled to ttrpc code at build time: see [`agent`] (messages) and
-//! [`agent_ttrpc`] (client, server trait and service registration). The VM
+//! [`agent_ttrpc`] (client, server trait and service registration); the
+//! client runs on [`rpc::Client`], a ttrpc client that does not poll. The VM
 //! configuration the shim hands to hull-vmm is [`vm`], hull-vmm's control
 //! socket protocol [`control`], the id rule [`ids`], and the one error-chain
 //! formatter [`error::chain`].
@@ -11,6 +12,7 @@
 pub mod control;
 pub mod error;
 pub mod ids;
+pub mod rpc;
 pub mod vm;
 
 /// vsock port on which the guest agent serves its ttrpc API.

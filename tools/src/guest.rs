@@ -5,7 +5,6 @@
 //! (more free memory than there is, more CPUs than the VM has) are refused
 //! whole rather than exported.
 
-use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -127,7 +126,7 @@ pub fn guest_stats(
             source,
         }
     })?;
-    let client = ttrpc::Client::new(stream.into_raw_fd())
+    let client = hull_protocol::rpc::Client::new(stream, "agent")
         .map(AgentClient::new)
         .map_err(|e| GuestError::Call(format!("ttrpc client: {e}")))?;
     let nanos = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX);

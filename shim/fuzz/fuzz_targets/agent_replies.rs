@@ -1,5 +1,5 @@
-//! Fuzzes the shim's side of every agent call whose answer it reads: a real ttrpc
-//! client (the shim's `AgentClient`) on a socketpair whose other end plays a
+//! Fuzzes the shim's side of every agent call whose answer it reads: the
+//! shim's `AgentClient` on its ttrpc client (`hull_protocol::rpc`) on a socketpair whose other end plays a
 //! hostile agent, answering the request with the input's bytes (frames with
 //! any header, length, stream id and body) and hanging up. The call must end
 //! (with its reply or an error) and the decoded reply goes through what the
@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -19,24 +18,6 @@ use libfuzzer_sys::fuzz_target;
 
 /// ttrpc's frame header: length, stream id (both big-endian u32), type, flags.
 const HEADER: usize = 10;
-/// ttrpc's largest frame body; a longer one is read and discarded.
-const MAX_BODY: u32 = 4 << 20;
-
-/// Caps each frame's declared length just above [`MAX_BODY`]. ttrpc 0.10
-/// discards an oversized body 4 KiB at a time without stopping at end of
-/// stream: a 4 GiB length before a hang-up costs about a million empty reads
-/// (under a second of one thread in a release shim, ~7 s under ASan, and never
-/// more: the connection is dead afterwards). Past the cap the path is the same,
-/// so the fuzzer keeps covering it without tripping libFuzzer's timeout.
-fn cap_lengths(reply: &mut [u8]) {
-    let mut at = 0;
-    while at + HEADER <= reply.len() {
-        let declared = u32::from_be_bytes([reply[at], reply[at + 1], reply[at + 2], reply[at + 3]]);
-        let len = declared.min(MAX_BODY + 1);
-        reply[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        at += HEADER + len as usize;
-    }
-}
 
 /// The hostile agent: reads one request frame, writes `reply`, hangs up.
 fn agent(mut sock: UnixStream, reply: Vec<u8>) {
@@ -55,10 +36,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let mut reply = reply.to_vec();
-    cap_lengths(&mut reply);
+    let reply = reply.to_vec();
     let peer = std::thread::spawn(move || agent(theirs, reply));
-    let client = AgentClient::new(ttrpc::Client::new(ours.into_raw_fd()).expect("ttrpc client"));
+    let client = AgentClient::new(
+        hull_protocol::rpc::Client::new(ours, "agent").expect("ttrpc client"),
+    );
     // No deadline: a reply that leaves a call hanging is a finding (libFuzzer's -timeout).
     let ctx = || ttrpc::context::with_timeout(0);
     match call % 8 {

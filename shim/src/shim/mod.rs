@@ -23,8 +23,6 @@ pub enum ShimError {
     },
     #[error("ttrpc server")]
     Ttrpc(#[source] containerd_shim::protos::ttrpc::Error),
-    #[error("containerd shim library")]
-    Shim(#[source] containerd_shim::Error),
 }
 
 /// The pod a bundle's container belongs to: its CRI sandbox id, or its own id.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
 use containerd_shim::protos::ttrpc::{MethodHandler, Server};
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Flags, Task};
 
 use super::{logging, sandbox_id, socket_path, write_address, ShimError};
@@ -39,11 +38,9 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
         return Ok(());
     };
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
-    let publisher = RemotePublisher::new(&ttrpc_address).map_err(ShimError::Shim)?;
-    let (events, _publisher_thread) = Events::start(RemoteSink {
-        publisher,
-        namespace: flags.namespace.clone(),
-    });
+    let sink = RemoteSink::connect(&ttrpc_address, &flags.namespace)
+        .context("connect to containerd's event service")?;
+    let (events, _publisher_thread) = Events::start(sink);
     let exit = Arc::new(ExitSignal::default());
     let pod = Pod::new(
         &flags.namespace,

@@ -7,8 +7,17 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use containerd_shim::protos::protobuf::MessageDyn;
+use std::os::unix::net::UnixStream;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{Message, MessageDyn, MessageField};
+use containerd_shim::protos::shim::event::Envelope;
+use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::topics::TASK_OOM_EVENT_TOPIC;
+use hull_protocol::rpc::Client;
+use ttrpc::Request;
 
 /// OOM events waiting for containerd beyond this many are dropped (and logged).
 pub const MAX_QUEUED_OOM: usize = 64;
@@ -78,19 +87,107 @@ impl Events {
     }
 }
 
-/// Sends events to containerd through its ttrpc event service.
+/// Sends events to containerd's event service (`Events.Forward`) over ttrpc,
+/// at the address containerd gives the shim (`TTRPC_ADDRESS`). Runs on
+/// [`hull_protocol::rpc::Client`], which sleeps while no event is sent; a
+/// broken connection (containerd restarted) is dialled again once per event.
 pub struct RemoteSink {
-    pub publisher: containerd_shim::publisher::RemotePublisher,
-    pub namespace: String,
+    address: String,
+    namespace: String,
+    client: Option<Client>,
+}
+
+const EVENTS_SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
+
+impl RemoteSink {
+    /// Connects to containerd's ttrpc socket (`unix://` prefix optional).
+    pub fn connect(address: &str, namespace: &str) -> std::io::Result<Self> {
+        let mut sink = Self {
+            address: address.to_string(),
+            namespace: namespace.to_string(),
+            client: None,
+        };
+        sink.client = Some(sink.dial()?);
+        Ok(sink)
+    }
+
+    fn dial(&self) -> std::io::Result<Client> {
+        let path = self
+            .address
+            .strip_prefix("unix://")
+            .unwrap_or(&self.address);
+        let stream = UnixStream::connect(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("connect to containerd's ttrpc socket {path}: {e}"),
+            )
+        })?;
+        Client::new(stream, "events")
+    }
+
+    /// The Forward request for one event.
+    fn request(&self, event: &Event) -> Result<Request, String> {
+        let value = event
+            .payload
+            .write_to_bytes_dyn()
+            .map_err(|e| format!("encode the event: {e}"))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut envelope = Envelope::new();
+        envelope.timestamp = MessageField::some(Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+            ..Default::default()
+        });
+        envelope.namespace = self.namespace.clone();
+        envelope.topic = event.topic.to_string();
+        envelope.event = MessageField::some(Any {
+            type_url: event.payload.descriptor_dyn().full_name().to_string(),
+            value,
+            ..Default::default()
+        });
+        let mut forward = ForwardRequest::new();
+        forward.envelope = MessageField::some(envelope);
+        let mut req = Request::new();
+        req.service = EVENTS_SERVICE.into();
+        req.method = "Forward".into();
+        req.payload = forward
+            .write_to_bytes()
+            .map_err(|e| format!("encode the request: {e}"))?;
+        // No deadline, as containerd's own shims: an event is not dropped
+        // because containerd is slow.
+        req.timeout_nano = 0;
+        Ok(req)
+    }
+
+    fn forward(&mut self, req: Request) -> Result<(), String> {
+        for attempt in 0..2 {
+            let client = match self.client.take() {
+                Some(c) => c,
+                None => self.dial().map_err(|e| e.to_string())?,
+            };
+            match client.request(req.clone()) {
+                Ok(_) => {
+                    self.client = Some(client);
+                    return Ok(());
+                }
+                Err(ttrpc::Error::Socket(why)) if attempt == 0 => {
+                    tracing::warn!("containerd's event connection broke ({why}); dialling again");
+                }
+                Err(e) => {
+                    self.client = Some(client);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Err("containerd's event connection broke twice".into())
+    }
 }
 
 impl EventSink for RemoteSink {
     fn publish(&mut self, event: Event) {
-        let ctx = containerd_shim::Context::default();
-        if let Err(e) = self
-            .publisher
-            .publish(ctx, event.topic, &self.namespace, event.payload)
-        {
+        if let Err(e) = self.request(&event).and_then(|req| self.forward(req)) {
             tracing::error!(topic = event.topic, "publish event: {e}");
         }
     }
@@ -169,6 +266,100 @@ pub(crate) mod tests {
             got.last(),
             Some(&"/tasks/exit"),
             "lifecycle events always pass"
+        );
+    }
+
+    /// containerd's side, played by ttrpc's own server with the generated
+    /// Events service: records each forwarded envelope.
+    struct Containerd(Arc<Mutex<Vec<Envelope>>>);
+
+    impl containerd_shim::protos::shim::events_ttrpc::Events for Containerd {
+        fn forward(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            req: ForwardRequest,
+        ) -> ttrpc::Result<containerd_shim::protos::types::empty::Empty> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(req.envelope.unwrap_or_default());
+            Ok(Default::default())
+        }
+    }
+
+    fn containerd(path: &std::path::Path) -> (ttrpc::Server, Arc<Mutex<Vec<Envelope>>>) {
+        use containerd_shim::protos::shim::events_ttrpc::create_events;
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let service = create_events(Arc::new(Containerd(got.clone())));
+        let mut server = ttrpc::Server::new()
+            .bind(&format!("unix://{}", path.display()))
+            .unwrap()
+            .register_service(service);
+        server.start().unwrap();
+        (server, got)
+    }
+
+    /// Events reach a real ttrpc event service in order, with the namespace,
+    /// topic and typed payload containerd needs; after containerd restarts,
+    /// the sink dials again and the next event still arrives.
+    #[test]
+    fn the_remote_sink_forwards_to_containerds_event_service() {
+        use containerd_shim::protos::events::task::{TaskExit, TaskStart};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("containerd.sock.ttrpc");
+        let (server, got) = containerd(&path);
+        let mut sink =
+            RemoteSink::connect(&format!("unix://{}", path.display()), "k8s.io").unwrap();
+        let mut exit = TaskExit::new();
+        exit.container_id = "c1".into();
+        exit.exit_status = 3;
+        sink.publish(Event {
+            topic: "/tasks/start",
+            payload: Box::new(TaskStart::new()),
+        });
+        sink.publish(Event {
+            topic: "/tasks/exit",
+            payload: Box::new(exit.clone()),
+        });
+        {
+            let got = got.lock().unwrap();
+            let topics: Vec<_> = got.iter().map(|e| e.topic.as_str()).collect();
+            assert_eq!(topics, ["/tasks/start", "/tasks/exit"]);
+            let e = &got[1];
+            assert_eq!(e.namespace, "k8s.io");
+            assert!(e.timestamp.seconds > 0);
+            assert_eq!(e.event.type_url, "containerd.events.TaskExit");
+            assert_eq!(TaskExit::parse_from_bytes(&e.event.value).unwrap(), exit);
+        }
+        server.shutdown();
+        let _ = std::fs::remove_file(&path);
+        let (_server, again) = containerd(&path);
+        sink.publish(Event {
+            topic: "/tasks/delete",
+            payload: Box::new(TaskStart::new()),
+        });
+        let topics: Vec<_> = again
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.topic.clone())
+            .collect();
+        assert_eq!(
+            topics,
+            ["/tasks/delete"],
+            "the sink dialled the new containerd"
+        );
+    }
+
+    #[test]
+    fn the_remote_sink_says_which_socket_it_could_not_reach() {
+        let err = RemoteSink::connect("unix:///nonexistent/containerd.sock.ttrpc", "default")
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("containerd's ttrpc socket /nonexistent/containerd.sock.ttrpc"),
+            "{err}"
         );
     }
 }

@@ -772,14 +772,13 @@ mod tests {
         timeout: Duration,
     ) -> (VmBackend, std::thread::JoinHandle<()>) {
         use std::io::Read;
-        use std::os::fd::IntoRawFd;
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let agent = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while matches!(theirs.read(&mut buf), Ok(n) if n > 0) {}
         });
         let conn = OwnedFd::from(ours.try_clone().unwrap());
-        let client = AgentClient::new(ttrpc::Client::new(ours.into_raw_fd()).unwrap());
+        let client = AgentClient::new(hull_protocol::rpc::Client::new(ours, "agent").unwrap());
         let sleeper = || {
             std::process::Command::new("sleep")
                 .arg("1000")
