@@ -44,6 +44,8 @@ pub enum SandboxError {
     },
     #[error("cgroup")]
     Cgroup(#[from] cgroup::CgroupError),
+    #[error("start the OOM monitor")]
+    OomMonitor(#[source] std::io::Error),
     #[error("removing containers")]
     Container(#[from] ContainerError),
     #[error(transparent)]
@@ -66,7 +68,7 @@ impl Sandbox {
         Ok(Sandbox {
             config,
             containers: Mutex::default(),
-            oom: OomMonitor::start(),
+            oom: OomMonitor::start().map_err(SandboxError::OomMonitor)?,
             pod_netns: Mutex::default(),
         })
     }
