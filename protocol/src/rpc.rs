@@ -18,15 +18,16 @@
 //! flight with the reason; replies to unknown or abandoned streams are dropped.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use nix::errno::Errno;
 use protobuf::Message;
 use ttrpc::proto::{
     MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE,
@@ -206,14 +207,29 @@ impl Drop for Inner {
 
 /// The sender thread: writes queued frames in order until the queue closes
 /// or a write fails.
-fn send(mut stream: UnixStream, frames: Receiver<Vec<u8>>, calls: &Calls) {
+fn send(stream: UnixStream, frames: Receiver<Vec<u8>>, calls: &Calls) {
     for frame in frames {
-        if let Err(e) = stream.write_all(&frame) {
+        if let Err(e) = send_all(&stream, &frame) {
             calls.close(format!("write to the connection: {e}"));
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
     }
+}
+
+/// Writes all of `buf` with MSG_NOSIGNAL: a peer that hung up is an error,
+/// never a SIGPIPE, whatever the program's signal disposition.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> nix::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    while !buf.is_empty() {
+        match send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The receiver thread: reads frames and hands each response to its call,
@@ -251,6 +267,27 @@ fn receive(mut stream: UnixStream, calls: &Calls) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    /// Reads one request frame: its stream id and decoded request.
+    fn read_request(sock: &mut UnixStream) -> Option<([u8; 4], Request)> {
+        let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+        sock.read_exact(&mut header).ok()?;
+        let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len];
+        sock.read_exact(&mut body).ok()?;
+        let id = header[4..8].try_into().unwrap();
+        Some((id, Request::parse_from_bytes(&body).unwrap()))
+    }
+
+    /// A frame: header (length, stream id, type, no flags) and body.
+    fn frame(id: [u8; 4], kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&id);
+        f.extend_from_slice(&[kind, 0]);
+        f.extend_from_slice(body);
+        f
+    }
 
     /// A server on the other end of a socket pair: answers each request with
     /// `answer(request)` (None: no answer).
@@ -260,27 +297,19 @@ mod tests {
     ) -> JoinHandle<usize> {
         thread::spawn(move || {
             let mut served = 0;
-            loop {
-                let mut header = [0u8; MESSAGE_HEADER_LENGTH];
-                if theirs.read_exact(&mut header).is_err() {
-                    return served;
-                }
-                let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
-                let mut body = vec![0u8; len];
-                theirs.read_exact(&mut body).unwrap();
+            while let Some((id, req)) = read_request(&mut theirs) {
                 served += 1;
-                let req = Request::parse_from_bytes(&body).unwrap();
                 if let Some(res) = answer(&req) {
                     let out = res.write_to_bytes().unwrap();
-                    let mut frame = (out.len() as u32).to_be_bytes().to_vec();
-                    frame.extend_from_slice(&header[4..8]);
-                    frame.extend_from_slice(&[MESSAGE_TYPE_RESPONSE, 0]);
-                    frame.extend_from_slice(&out);
-                    if theirs.write_all(&frame).is_err() {
-                        return served;
+                    if theirs
+                        .write_all(&frame(id, MESSAGE_TYPE_RESPONSE, &out))
+                        .is_err()
+                    {
+                        break;
                     }
                 }
             }
+            served
         })
     }
 
@@ -385,15 +414,10 @@ mod tests {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let client = Client::new(ours, "test").unwrap();
         let srv = thread::spawn(move || {
-            let mut header = [0u8; MESSAGE_HEADER_LENGTH];
-            theirs.read_exact(&mut header).unwrap();
-            let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
-            let mut body = vec![0u8; len];
-            theirs.read_exact(&mut body).unwrap();
-            let mut frame = u32::MAX.to_be_bytes().to_vec();
-            frame.extend_from_slice(&header[4..8]);
-            frame.extend_from_slice(&[MESSAGE_TYPE_RESPONSE, 0]);
-            theirs.write_all(&frame).unwrap();
+            let (id, _) = read_request(&mut theirs).unwrap();
+            let mut header = frame(id, MESSAGE_TYPE_RESPONSE, &[]);
+            header[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+            theirs.write_all(&header).unwrap();
             // Keep the socket open: the client must not wait for a body.
             let mut rest = Vec::new();
             let _ = theirs.read_to_end(&mut rest);
@@ -414,27 +438,17 @@ mod tests {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let client = Client::new(ours, "test").unwrap();
         let srv = thread::spawn(move || {
-            let mut header = [0u8; MESSAGE_HEADER_LENGTH];
-            theirs.read_exact(&mut header).unwrap();
-            let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
-            let mut body = vec![0u8; len];
-            theirs.read_exact(&mut body).unwrap();
+            let (id, _) = read_request(&mut theirs).unwrap();
             let mut res = Response::new();
             res.payload = b"mine".to_vec();
             let out = res.write_to_bytes().unwrap();
-            let frame = |id: &[u8], kind: u8, body: &[u8]| {
-                let mut f = (body.len() as u32).to_be_bytes().to_vec();
-                f.extend_from_slice(id);
-                f.extend_from_slice(&[kind, 0]);
-                f.extend_from_slice(body);
-                f
-            };
+            let stray = 77u32.to_be_bytes();
             theirs
-                .write_all(&frame(&77u32.to_be_bytes(), MESSAGE_TYPE_RESPONSE, b"junk"))
+                .write_all(&frame(stray, MESSAGE_TYPE_RESPONSE, b"junk"))
                 .unwrap();
-            theirs.write_all(&frame(&header[4..8], 3, b"data")).unwrap();
+            theirs.write_all(&frame(id, 3, b"data")).unwrap();
             theirs
-                .write_all(&frame(&header[4..8], MESSAGE_TYPE_RESPONSE, &out))
+                .write_all(&frame(id, MESSAGE_TYPE_RESPONSE, &out))
                 .unwrap();
             theirs
         });
