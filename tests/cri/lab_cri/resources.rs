@@ -172,6 +172,76 @@ fn crash_and_restart(
     );
 }
 
+/// A container over its memory limit is OOM-killed, and the CRI says so as
+/// kubelet reads it (`kubectl describe`'s "Reason: OOMKilled"): EXITED with
+/// 137 and the reason `OOMKilled`, which containerd sets only from the
+/// runtime's TaskOOM event. Under Hull that event travels from the guest's
+/// memory.events through the agent's OomEvent and the shim to containerd.
+fn oom_killed(
+    r: &mut Report,
+    cri: &mut Cri,
+    handler: &str,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+) {
+    let hog = container_config(
+        "hog",
+        IMAGE,
+        // tail keeps the line it is reading: /dev/zero has no newline.
+        &["tail", "/dev/zero"],
+        &[],
+        false,
+        Some(resources(1, 32)),
+    );
+    let Some(id) = r.result(
+        handler,
+        "CreateContainer of a container over its 32 MiB limit",
+        cri.create_container(pod, &hog, pod_config),
+    ) else {
+        return;
+    };
+    let started = Instant::now();
+    r.result(
+        handler,
+        "StartContainer (the hog)",
+        cri.start_container(&id),
+    );
+    // The exit first, then the reason: containerd may handle the two events
+    // in either order, and the shim passes the guest's OOM events on at most
+    // one a second per container.
+    let deadline = started + Duration::from_secs(120);
+    let mut status = cri.container_status(&id).ok();
+    while Instant::now() < deadline
+        && status.as_ref().is_none_or(|s| {
+            s.state != ContainerState::ContainerExited as i32 || s.reason != "OOMKilled"
+        })
+    {
+        std::thread::sleep(Duration::from_millis(500));
+        status = cri.container_status(&id).ok();
+    }
+    let got = status
+        .as_ref()
+        .map(|s| (s.state, s.exit_code, s.reason.clone()));
+    r.check(
+        handler,
+        got == Some((
+            ContainerState::ContainerExited as i32,
+            137,
+            "OOMKilled".to_string(),
+        )),
+        format!(
+            "the hog is EXITED with 137 and reason OOMKilled: (state, code, reason) {got:?} \
+             ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    r.result(
+        handler,
+        "RemoveContainer (the hog)",
+        cri.remove_container(&id),
+    );
+}
+
 #[test]
 #[ignore = "lab: needs a KVM that boots a standard guest kernel, runc, CNI plugins (make test-lab)"]
 fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
@@ -221,6 +291,7 @@ fn lab_cri_pod_resources_size_the_vm_and_its_host_cgroup_holds_it() {
         );
         measure_overhead(&mut r, &mut cri, handler, &a, &fx.cgroup_dir);
         crash_and_restart(&mut r, &mut cri, handler, &pod, &fx.config);
+        oom_killed(&mut r, &mut cri, handler, &pod, &fx.config);
         if handler == "hull" {
             r.check(
                 handler,
