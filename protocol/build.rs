@@ -17,7 +17,7 @@ fn main() {
         })
         .run()
         .expect("generate ttrpc code from proto/agent.proto");
-    // The generated client runs on our own ttrpc client (see src/client.rs),
+    // The generated client runs on our own ttrpc client (see src/rpc.rs),
     // which keeps ttrpc's call contract but does not poll.
     let client = out.join("agent_ttrpc.rs");
     let code = std::fs::read_to_string(&client).expect("read the generated agent_ttrpc.rs");

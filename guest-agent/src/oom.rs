@@ -40,6 +40,17 @@ struct Watch {
     wd: Option<WatchDescriptor>,
 }
 
+impl Watch {
+    /// Whether the cgroup's oom_kill count grew since last seen (and takes
+    /// the new count as seen).
+    fn killed_since(&mut self) -> bool {
+        let now = self.cgroup.oom_kills();
+        let grew = now > self.seen;
+        self.seen = self.seen.max(now);
+        grew
+    }
+}
+
 impl OomMonitor {
     /// A monitor with its watcher thread.
     pub fn start() -> std::io::Result<Arc<OomMonitor>> {
@@ -93,14 +104,14 @@ impl OomMonitor {
 
     /// Stops watching, reporting a last kill if one slipped in.
     pub fn unwatch(&self, id: &str) {
-        let Some(w) = self.shared.watched().remove(id) else {
+        let Some(mut w) = self.shared.watched().remove(id) else {
             return;
         };
         if let Some(wd) = w.wd {
             // Fails harmlessly when the cgroup is already gone.
             let _ = self.shared.inotify.rm_watch(wd);
         }
-        if w.cgroup.oom_kills() > w.seen {
+        if w.killed_since() {
             self.shared.push(id.into());
         }
     }
@@ -165,14 +176,11 @@ impl Shared {
                     return;
                 }
             }
-            let mut fired = Vec::new();
-            for (id, w) in self.watched().iter_mut() {
-                let now = w.cgroup.oom_kills();
-                if now > w.seen {
-                    w.seen = now;
-                    fired.push(id.clone());
-                }
-            }
+            let fired: Vec<String> = self
+                .watched()
+                .iter_mut()
+                .filter_map(|(id, w)| w.killed_since().then(|| id.clone()))
+                .collect();
             for id in fired {
                 self.push(id);
             }

@@ -158,12 +158,8 @@ impl Client {
         let (tx, rx) = mpsc::sync_channel(1);
         let calls = &self.inner.calls;
         let id = calls.register(tx)?;
-        let mut frame = Vec::with_capacity(MESSAGE_HEADER_LENGTH + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&id.to_be_bytes());
-        frame.extend_from_slice(&[MESSAGE_TYPE_REQUEST, 0]);
-        frame.extend_from_slice(&body);
-        let queued = self.inner.queue.as_ref().map(|q| q.send(frame));
+        let request = frame(id, MESSAGE_TYPE_REQUEST, &body);
+        let queued = self.inner.queue.as_ref().map(|q| q.send(request));
         if !matches!(queued, Some(Ok(()))) {
             calls.take(id);
             return Err(Error::Socket("the connection's sender has stopped".into()));
@@ -203,6 +199,16 @@ impl Drop for Inner {
             let _ = t.join();
         }
     }
+}
+
+/// A frame: the header (body length, stream id, type, no flags) and the body.
+fn frame(id: u32, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(MESSAGE_HEADER_LENGTH + body.len());
+    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&[kind, 0]);
+    f.extend_from_slice(body);
+    f
 }
 
 /// The sender thread: writes queued frames in order until the queue closes
@@ -270,23 +276,14 @@ mod tests {
     use std::io::Write;
 
     /// Reads one request frame: its stream id and decoded request.
-    fn read_request(sock: &mut UnixStream) -> Option<([u8; 4], Request)> {
+    fn read_request(sock: &mut UnixStream) -> Option<(u32, Request)> {
         let mut header = [0u8; MESSAGE_HEADER_LENGTH];
         sock.read_exact(&mut header).ok()?;
         let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
         let mut body = vec![0u8; len];
         sock.read_exact(&mut body).ok()?;
-        let id = header[4..8].try_into().unwrap();
+        let id = u32::from_be_bytes(header[4..8].try_into().unwrap());
         Some((id, Request::parse_from_bytes(&body).unwrap()))
-    }
-
-    /// A frame: header (length, stream id, type, no flags) and body.
-    fn frame(id: [u8; 4], kind: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = (body.len() as u32).to_be_bytes().to_vec();
-        f.extend_from_slice(&id);
-        f.extend_from_slice(&[kind, 0]);
-        f.extend_from_slice(body);
-        f
     }
 
     /// A server on the other end of a socket pair: answers each request with
@@ -442,7 +439,7 @@ mod tests {
             let mut res = Response::new();
             res.payload = b"mine".to_vec();
             let out = res.write_to_bytes().unwrap();
-            let stray = 77u32.to_be_bytes();
+            let stray = 77;
             theirs
                 .write_all(&frame(stray, MESSAGE_TYPE_RESPONSE, b"junk"))
                 .unwrap();

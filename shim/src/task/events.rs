@@ -2,12 +2,11 @@
 //! emitted, so a slow containerd never blocks an RPC or reorders events. OOM
 //! events, which the guest triggers at will, are bounded in the queue.
 
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-use std::os::unix::net::UnixStream;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -112,10 +111,7 @@ impl RemoteSink {
     }
 
     fn dial(&self) -> std::io::Result<Client> {
-        let path = self
-            .address
-            .strip_prefix("unix://")
-            .unwrap_or(&self.address);
+        let path = crate::shim::socket_path(&self.address);
         let stream = UnixStream::connect(path).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -162,26 +158,18 @@ impl RemoteSink {
     }
 
     fn forward(&mut self, req: Request) -> Result<(), String> {
-        for attempt in 0..2 {
-            let client = match self.client.take() {
-                Some(c) => c,
-                None => self.dial().map_err(|e| e.to_string())?,
-            };
-            match client.request(req.clone()) {
-                Ok(_) => {
-                    self.client = Some(client);
-                    return Ok(());
-                }
-                Err(ttrpc::Error::Socket(why)) if attempt == 0 => {
-                    tracing::warn!("containerd's event connection broke ({why}); dialling again");
-                }
-                Err(e) => {
-                    self.client = Some(client);
-                    return Err(e.to_string());
-                }
-            }
+        let mut client = match self.client.take() {
+            Some(c) => c,
+            None => self.dial().map_err(|e| e.to_string())?,
+        };
+        let mut sent = client.request(req.clone());
+        if let Err(ttrpc::Error::Socket(why)) = &sent {
+            tracing::warn!("containerd's event connection broke ({why}); dialling again");
+            client = self.dial().map_err(|e| e.to_string())?;
+            sent = client.request(req);
         }
-        Err("containerd's event connection broke twice".into())
+        self.client = Some(client);
+        sent.map(drop).map_err(|e| e.to_string())
     }
 }
 
