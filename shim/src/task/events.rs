@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -86,14 +86,27 @@ impl Events {
     }
 }
 
+/// How long containerd has to answer one Forward (containerd's own shims give it 5 s; the
+/// lab's containerd is slower).
+pub const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+/// Tries after the first before an event is dropped; the n-th waits n seconds first, as
+/// containerd's own shims do, and keeps the events behind it waiting (their order holds).
+pub const FORWARD_RETRIES: u32 = 5;
+
 /// Sends events to containerd's event service (`Events.Forward`) over ttrpc,
 /// at the address containerd gives the shim (`TTRPC_ADDRESS`). Runs on
 /// [`hull_protocol::rpc::Client`], which sleeps while no event is sent; a
-/// broken connection (containerd restarted) is dialled again once per event.
+/// broken connection (containerd restarted) is dialled again at once. An event
+/// containerd does not answer within [`FORWARD_DEADLINE`] is sent again, up to
+/// [`FORWARD_RETRIES`] times, then dropped with an error in the log, so a
+/// containerd that accepts and never answers cannot hold the queue for ever.
 pub struct RemoteSink {
     address: String,
     namespace: String,
     client: Option<Client>,
+    deadline: Duration,
+    retry_delay: Duration,
+    retries: u32,
 }
 
 const EVENTS_SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
@@ -105,6 +118,9 @@ impl RemoteSink {
             address: address.to_string(),
             namespace: namespace.to_string(),
             client: None,
+            deadline: FORWARD_DEADLINE,
+            retry_delay: Duration::from_secs(1),
+            retries: FORWARD_RETRIES,
         };
         sink.client = Some(sink.dial()?);
         Ok(sink)
@@ -151,31 +167,60 @@ impl RemoteSink {
         req.payload = forward
             .write_to_bytes()
             .map_err(|e| format!("encode the request: {e}"))?;
-        // No deadline, as containerd's own shims: an event is not dropped
-        // because containerd is slow.
-        req.timeout_nano = 0;
+        req.timeout_nano = i64::try_from(self.deadline.as_nanos()).unwrap_or(i64::MAX);
         Ok(req)
     }
 
-    fn forward(&mut self, req: Request) -> Result<(), String> {
+    /// One Forward; a connection that broke is dialled again once, at once.
+    fn forward_once(&mut self, req: &Request) -> ttrpc::Result<()> {
+        let socket = |e: std::io::Error| ttrpc::Error::Socket(e.to_string());
         let mut client = match self.client.take() {
             Some(c) => c,
-            None => self.dial().map_err(|e| e.to_string())?,
+            None => self.dial().map_err(socket)?,
         };
         let mut sent = client.request(req.clone());
         if let Err(ttrpc::Error::Socket(why)) = &sent {
             tracing::warn!("containerd's event connection broke ({why}); dialling again");
-            client = self.dial().map_err(|e| e.to_string())?;
-            sent = client.request(req);
+            client = self.dial().map_err(socket)?;
+            sent = client.request(req.clone());
         }
         self.client = Some(client);
-        sent.map(drop).map_err(|e| e.to_string())
+        sent.map(drop)
+    }
+
+    /// Forwards `req`, again after a pause while containerd does not answer; an
+    /// error status is containerd's answer, and is not retried.
+    fn forward(&mut self, topic: &str, req: Request) -> Result<(), String> {
+        let mut tries = 0;
+        loop {
+            match self.forward_once(&req) {
+                Ok(()) => return Ok(()),
+                Err(e @ ttrpc::Error::RpcStatus(_)) => return Err(e.to_string()),
+                Err(e) if tries == self.retries => {
+                    return Err(format!("dropped after {} tries: {e}", tries + 1))
+                }
+                Err(e) => {
+                    tries += 1;
+                    tracing::warn!(
+                        topic,
+                        "containerd did not take an event ({e}); \
+                        sending it again (try {} of {})",
+                        tries + 1,
+                        self.retries + 1
+                    );
+                    std::thread::sleep(self.retry_delay * tries);
+                }
+            }
+        }
     }
 }
 
 impl EventSink for RemoteSink {
     fn publish(&mut self, event: Event) {
-        if let Err(e) = self.request(&event).and_then(|req| self.forward(req)) {
+        if let Err(e) = self
+            .request(&event)
+            .and_then(|req| self.forward(event.topic, req))
+        {
             tracing::error!(topic = event.topic, "publish event: {e}");
         }
     }
@@ -337,6 +382,54 @@ pub(crate) mod tests {
             ["/tasks/delete"],
             "the sink dialled the new containerd"
         );
+    }
+
+    /// A containerd that accepts the connection and reads every request but
+    /// never answers: each event is sent 1 + retries times, each within the
+    /// deadline, then dropped, and the publisher moves on to the next event.
+    #[test]
+    fn an_unanswered_event_is_sent_again_then_dropped() {
+        use containerd_shim::protos::events::task::TaskStart;
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock.ttrpc");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let frames = Arc::new(AtomicUsize::new(0));
+        let counted = frames.clone();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut header = [0u8; 10];
+            while conn.read_exact(&mut header).is_ok() {
+                let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+                let mut body = vec![0u8; len];
+                if conn.read_exact(&mut body).is_err() {
+                    break;
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut sink = RemoteSink::connect(&format!("unix://{}", path.display()), "ns").unwrap();
+        sink.deadline = Duration::from_millis(100);
+        sink.retry_delay = Duration::from_millis(10);
+        sink.retries = 2;
+        let start = std::time::Instant::now();
+        for topic in ["/tasks/start", "/tasks/exit"] {
+            sink.publish(Event {
+                topic,
+                payload: Box::new(TaskStart::new()),
+            });
+        }
+        let took = start.elapsed();
+        // The last frame may still be in the reader's hands.
+        while frames.load(Ordering::SeqCst) < 6 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            frames.load(Ordering::SeqCst),
+            6,
+            "3 tries for each of 2 events"
+        );
+        assert!(took < Duration::from_secs(5), "publishing took {took:?}");
     }
 
     #[test]

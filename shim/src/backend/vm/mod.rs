@@ -46,8 +46,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 /// How long hull-vmm's control socket may take to answer.
 const STATS_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long one OomEvent call blocks before the watcher checks for shutdown.
-const OOM_POLL_MS: u32 = 2000;
+/// How long the OOM watcher waits after a failed OomEvent before it calls again.
+const OOM_RETRY: Duration = Duration::from_secs(2);
 /// Exit status reported for processes whose VM died under them (128 + SIGKILL).
 const VM_GONE_STATUS: u32 = 128 + libc::SIGKILL as u32;
 
@@ -656,8 +656,9 @@ impl Backend for VmBackend {
     }
 
     fn next_oom(&self) -> Option<String> {
-        let mut req = OomEventRequest::new();
-        req.timeout_ms = OOM_POLL_MS;
+        // One call blocks until the guest reports a kill (timeout_ms 0, no deadline): an
+        // idle pod costs no wake-ups. The VM's end closes the connection, which ends it.
+        let req = OomEventRequest::new();
         loop {
             let wait = self
                 .oom
@@ -666,13 +667,13 @@ impl Backend for VmBackend {
                 .pace(Instant::now());
             std::thread::sleep(wait);
             let vm = self.vm().ok()?;
-            let id = match vm.client.oom_event(vm.prompt(), &req) {
+            let id = match vm.client.oom_event(agent::blocking(), &req) {
                 Ok(r) if !r.container_id.is_empty() => r.container_id,
                 Ok(_) => continue,
                 Err(_) if self.vm_gone() => return None,
                 Err(e) => {
                     tracing::warn!(sandbox = %vm.sandbox_id, "OomEvent: {e}");
-                    std::thread::sleep(Duration::from_millis(u64::from(OOM_POLL_MS)));
+                    std::thread::sleep(OOM_RETRY);
                     continue;
                 }
             };
