@@ -2,6 +2,8 @@
 //! disk (found by its slot's serial) with the writable layer in the guest over it; the pod's
 //! second container of the same image shares the slot; the disk is made once per image; and a
 //! privileged container, root of its guest, cannot change the image file every pod shares.
+//! The middle setting too (`image_layers = "share"`): the image's layers read-only over
+//! virtio-fs, under the same writable layer in the guest.
 
 use super::*;
 
@@ -121,4 +123,100 @@ fn lab_the_image_is_a_read_only_disk_the_guest_cannot_change() {
         disks,
         "the disk stays cached for the next pod"
     );
+}
+
+/// Files named `name` anywhere under this binary's directory on the host (containerd's
+/// snapshots, the pods' shares).
+fn host_files_named(name: &str) -> Vec<String> {
+    let out = Command::new("find")
+        .args([BASE, "-name", name])
+        .output()
+        .unwrap();
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+#[ignore = "lab: needs a KVM that boots a standard guest kernel (make test-lab)"]
+fn lab_the_image_through_the_share_under_a_layer_in_the_guest() {
+    if hull_tests::writable_layer() != "guest" {
+        println!("skipped: image_layers = \"share\" needs writable_layer = \"guest\" (HULL_TEST_WRITABLE_LAYER)");
+        return;
+    }
+    let (ctrd, _one) = containerd();
+    let _cleanup = Remove(ctrd, &["imgs-ro", "imgs"]);
+    let pod = [
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=imgs",
+        "--annotation",
+        "io.hull.image_layers=share",
+    ];
+    ctrd.run_detached("imgs", &pod, &["sleep", "1000"]);
+    let lower = root_lower(ctrd, "imgs", "m1");
+    assert!(
+        lower.starts_with(hull_protocol::vm::GUEST_SHARE_DIR) && !lower.contains("hull-image-"),
+        "the root's image comes through the share: lowerdir={lower}"
+    );
+    println!("the root's image: lowerdir={lower}");
+    let marker = "hull-middle-setting-marker";
+    let trues = host_files_named("true");
+    assert!(!trues.is_empty(), "the image's /bin/true is on the host");
+    let said = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "w",
+        "imgs",
+        "sh",
+        "-c",
+        &format!(
+            "echo layer > /{marker} && cat /{marker} && rm /bin/true && \
+             ls /bin/true 2>/dev/null || echo GONE; grep -c ^root: /etc/passwd"
+        ),
+    ]);
+    assert_eq!(
+        said, "layer\nGONE\n1\n",
+        "the root takes writes and deletes over the image"
+    );
+    assert_eq!(
+        host_files_named(marker),
+        Vec::<String>::new(),
+        "what the container wrote stays in the guest"
+    );
+    assert_eq!(
+        host_files_named("true"),
+        trues,
+        "the image's /bin/true is still on the host"
+    );
+    // The pod's second container, read-only: its root refuses writes.
+    ctrd.run_detached(
+        "imgs-ro",
+        &[
+            &pod[..],
+            &[
+                "--annotation",
+                "io.kubernetes.cri.container-type=container",
+                "--read-only",
+            ],
+        ]
+        .concat(),
+        &["sleep", "1000"],
+    );
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "w2",
+        "imgs-ro",
+        "sh",
+        "-c",
+        "touch /x 2>&1; ls /bin/true",
+    ]);
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("Read-only file system") && said.contains("/bin/true"),
+        "--read-only holds, the image reads: {said}"
+    );
+    ctrd.remove("imgs-ro");
+    ctrd.remove("imgs");
+    assert_clean(ctrd, "the pod with its image through the share");
 }
