@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: the isolation benchmark, Hull vs runc (and crun), through one
 # private containerd, then the pod network benchmark (pod<->node TCP, runc and
-# Hull pods through CRI: lab_cri's net_bench test; HULL_BENCH_NET=0 skips it).
+# Hull pods through CRI: lab_cri's net_bench test; HULL_BENCH_NET=0 skips it),
+# then hull-vmm's boot against QEMU microvm's (bench/vmm-boot-lab.sh;
+# HULL_BENCH_BOOT=0 skips it).
 # Builds what it needs, then runs both inside the lab (a nested VM with a
 # /dev/kvm that boots standard guests) unless this host's KVM can boot guests
 # itself. Results land in bench/results/<UTC time>/ (report.md, data.json,
-# data.csv, network.json, the plots, log.txt, network-log.txt).
+# data.csv, network.json, boot.json, the plots, log.txt, network-log.txt,
+# boot-log.txt).
 #
 # usage: bench/run.sh [OUT_DIR]        HULL_BENCH_* variables: see bench/README.md
 set -euo pipefail
@@ -38,6 +41,20 @@ if [[ -n "${HULL_BENCH_INSIDE:-}" ]]; then
         elif [[ $net_rc -ne 0 ]]; then
             echo "bench: the network benchmark reported failures (exit $net_rc): see $out/network-log.txt" >&2
         fi
+    fi
+    # hull-vmm against QEMU microvm, same guest: boot.json, read by `render`.
+    if [[ "${HULL_BENCH_BOOT:-1}" == 0 ]]; then
+        echo "skipped: HULL_BENCH_BOOT=0" > "$out/boot-note.txt"
+    elif ! command -v qemu-system-x86_64 > /dev/null; then
+        echo "qemu-system-x86_64 is not installed (apt install qemu-system-x86)" > "$out/boot-note.txt"
+    elif [[ -z "${HULL_BENCH_KERNEL:-}" || -z "${HULL_BENCH_INITRD:-}" ]]; then
+        echo "no guest kernel or image was built" > "$out/boot-note.txt"
+    else
+        echo "bench: boot, hull-vmm against QEMU microvm (log: $out/boot-log.txt)" >&2
+        HULL_LAB=1 HULL_KERNEL="$HULL_BENCH_KERNEL" HULL_INITRD="$HULL_BENCH_INITRD" \
+            HULL_BOOT_JSON="$out/boot.json" "$root/bench/vmm-boot-lab.sh" "${HULL_BENCH_BOOT_RUNS:-5}" \
+            > "$out/boot-log.txt" 2>&1 || echo "the boot comparison failed: see boot-log.txt" > "$out/boot-note.txt"
+        grep '^median' "$out/boot-log.txt" >&2 || true
     fi
     exit "$rc"
 fi
@@ -87,7 +104,7 @@ if kvm="$(scripts/kvm-check.sh)"; then
 else
     echo "bench: $kvm" >&2
     echo "bench: running inside the lab; results go to $out" >&2
-    lab_timeout=2400; [[ "${HULL_BENCH_NET:-1}" == 0 ]] && lab_timeout=1500
+    lab_timeout=3000; [[ "${HULL_BENCH_NET:-1}" == 0 ]] && lab_timeout=2100
     # The lab caches the read-only host root, as the test command's lab tier does
     # (nothing on the host changes during the run; HULL_LAB_ROOT_CACHE=none turns it off).
     HULL_LAB_ROOT_CACHE="${HULL_LAB_ROOT_CACHE:-always}" \

@@ -10,6 +10,7 @@
 #
 # usage (host):  bench/vmm-boot-lab.sh [RUNS]     runs itself inside the lab (tests/lab/lab.sh)
 # usage (lab):   HULL_LAB=1 bench/vmm-boot-lab.sh [RUNS]
+# HULL_BOOT_JSON=FILE also writes every boot's figures there (`make bench`'s boot.json).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 runs="${1:-5}"
@@ -80,3 +81,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo "median start-to-ready: hull-vmm $h ms, without huge pages $n ms, qemu-microvm $q ms; ratio to qemu $(ratio "$h" "$q") ($(ratio "$n" "$q") without huge pages)"
 echo "median guest uptime at ready: hull-vmm $(med "${hull_up[@]}") s, without huge pages $(med "${nothp_up[@]}") s, qemu-microvm $(med "${qemu_up[@]}") s"
 echo "median start-to-exit: hull-vmm $(med "${hull_end[@]}") ms, without huge pages $(med "${nothp_end[@]}") ms, qemu-microvm $(med "${qemu_end[@]}") ms"
+# JSON arrays of the figures that arrived ("n/a": the ready line never came).
+arr() { local v out=(); for v in "$@"; do [[ $v =~ ^[0-9.]+$ ]] && out+=("$v"); done; local IFS=,; echo "[${out[*]}]"; }
+runs_json() { # names of the READY, UPTIME and EXIT arrays
+    local -n r="$1" u="$2" e="$3"
+    echo "{\"ready_ms\": $(arr "${r[@]}"), \"uptime_s\": $(arr "${u[@]}"), \"exit_ms\": $(arr "${e[@]}")}"
+}
+if [[ -n "${HULL_BOOT_JSON:-}" ]]; then
+    printf '{"memory_mib": %s, "vcpus": %s,\n "hull": %s,\n "hull_no_thp": %s,\n "qemu": %s}\n' \
+        "$mem" "$vcpus" "$(runs_json hull hull_up hull_end)" "$(runs_json nothp nothp_up nothp_end)" \
+        "$(runs_json qemu qemu_up qemu_end)" > "$HULL_BOOT_JSON"
+fi

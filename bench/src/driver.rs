@@ -45,8 +45,8 @@ fn env_u32(name: &str, default: u32) -> Result<u32> {
     }
 }
 
-/// Run counts from `HULL_HULL_BENCH_*` variables, with defaults that fit the lab's 20-minute budget.
-pub fn config_from_env(lab: bool, cpus: usize) -> Result<Config> {
+/// Run counts from `HULL_BENCH_*` variables, with defaults that fit the lab's 25-minute budget.
+pub fn config_from_env(lab: bool) -> Result<Config> {
     let pick = |lab_v: u32, host_v: u32| if lab { lab_v } else { host_v };
     let runtimes =
         std::env::var("HULL_BENCH_RUNTIMES").unwrap_or_else(|_| "runc,crun,hull,hull-host".into());
@@ -59,7 +59,7 @@ pub fn config_from_env(lab: bool, cpus: usize) -> Result<Config> {
         start_runs: env_u32("HULL_BENCH_START_RUNS", pick(3, 10))?,
         first_byte_runs: env_u32("HULL_BENCH_FIRST_BYTE_RUNS", pick(2, 5))?,
         exec_runs: env_u32("HULL_BENCH_EXEC_RUNS", pick(3, 10))?,
-        density: env_u32("HULL_BENCH_DENSITY", pick(3, (2 * cpus as u32).clamp(2, 8)))?,
+        density: env_u32("HULL_BENCH_DENSITY", 10)?,
         loop_ms: env_u32("HULL_BENCH_LOOP_MS", 1000)?,
         seq_mib: env_u32("HULL_BENCH_SEQ_MIB", pick(32, 256))?,
         small_files: env_u32("HULL_BENCH_SMALL_FILES", pick(300, 2000))?,
@@ -831,7 +831,7 @@ pub fn run(paths: Paths) -> Result<RunData> {
     };
     let lab = std::env::var("HULL_LAB").is_ok_and(|v| v == "1");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let config = config_from_env(lab, cpus)?;
+    let config = config_from_env(lab)?;
     let _ = fs::remove_dir_all(&paths.work);
     let volume = paths.work.join("vol");
     fs::create_dir_all(&volume)?;

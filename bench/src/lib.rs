@@ -4,6 +4,7 @@
 //! (`hull-bench-probe`) measures and looks around inside them; this library
 //! holds both sides' logic and the report.
 
+pub mod boot;
 pub mod ctr;
 pub mod inside;
 pub mod isolation;

@@ -3,8 +3,8 @@
 //! usage: hull-bench run --out DIR --checkout DIR --image-tar TAR [--work DIR]
 //!                       [--shim-dir DIR --hull-vmm BIN --kernel VMLINUX --initrd IMG --virtiofsd BIN]
 //!        hull-bench render DIR      re-render report.md, data.csv and the plots from DIR/data.json
-//!                                   (and DIR/whole-command.txt, DIR/network.json and
-//!                                   DIR/network-note.txt when there)
+//!                                   (and DIR/whole-command.txt, DIR/network.json,
+//!                                   DIR/boot.json and their notes when there)
 //!
 //! Run counts come from HULL_BENCH_* variables (bench/README.md); HULL_BENCH_REQUIRE_HULL=1
 //! makes a run without Hull figures exit 2; leftovers after the run exit 3.
@@ -61,6 +61,12 @@ fn main() -> Result<()> {
             }
             if let Ok(note) = std::fs::read_to_string(dir.join("network-note.txt")) {
                 data.network_note = Some(note.trim().to_string());
+            }
+            if let Ok(boot) = std::fs::read_to_string(dir.join("boot.json")) {
+                data.boot = Some(serde_json::from_str(&boot).context("parse boot.json")?);
+            }
+            if let Ok(note) = std::fs::read_to_string(dir.join("boot-note.txt")) {
+                data.boot_note = Some(note.trim().to_string());
             }
             driver::write_results(&dir, &data)
         }

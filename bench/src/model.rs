@@ -31,6 +31,12 @@ pub struct RunData {
     /// Why there is no `network` (bench/run.sh's `network-note.txt`).
     #[serde(default)]
     pub network_note: Option<String>,
+    /// hull-vmm against QEMU microvm (bench/run.sh's last step: `boot.json`, read by `render`).
+    #[serde(default)]
+    pub boot: Option<crate::boot::BootData>,
+    /// Why there is no `boot` (bench/run.sh's `boot-note.txt`).
+    #[serde(default)]
+    pub boot_note: Option<String>,
 }
 
 /// Where it ran.
@@ -190,7 +196,8 @@ impl Metric {
     }
 }
 
-fn ok_walls(s: &[Sample]) -> Vec<f64> {
+/// Wall times of the samples that succeeded.
+pub fn ok_walls(s: &[Sample]) -> Vec<f64> {
     s.iter().filter(|s| s.ok).map(|s| s.wall_s).collect()
 }
 

@@ -290,17 +290,28 @@ pub fn markdown(data: &RunData) -> String {
         );
     }
     s.push_str(
-        "\n### Density\n\n| runtime | N | total s | failures | errors |\n|---|---|---|---|---|\n",
+        "\n### Density\n\nN containers started at once (`ctr run --rm` true each); per pod: the total over N, \
+         against one start alone (the median of the start figure above).\n\n\
+         | runtime | N | total s | per pod s | one alone s | per pod / alone | failures | errors |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for rt in &data.runtimes {
         match &rt.density {
             Some(d) => {
+                let per_pod = d.total_s / f64::from(d.n.max(1));
+                let alone =
+                    crate::stats::summarize(&crate::model::ok_walls(&rt.start)).map(|s| s.median);
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.1} | {} | {} |",
+                    "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |",
                     rt.name,
                     d.n,
                     d.total_s,
+                    per_pod,
+                    alone.map_or_else(|| "no data".into(), |a| format!("{a:.1}")),
+                    alone
+                        .filter(|a| *a > 0.0)
+                        .map_or_else(|| "n/a".into(), |a| format!("{:.2}x", per_pod / a)),
                     d.failures,
                     md_cell(&d.errors.join("; "))
                 );
@@ -308,7 +319,7 @@ pub fn markdown(data: &RunData) -> String {
             None => {
                 let _ = writeln!(
                     s,
-                    "| {} | | | | {} |",
+                    "| {} | | | | | | | {} |",
                     rt.name,
                     md_cell(&why_missing(rt, "density"))
                 );
@@ -318,6 +329,10 @@ pub fn markdown(data: &RunData) -> String {
     s.push_str(&crate::netreport::section(
         data.network.as_ref(),
         data.network_note.as_deref(),
+    ));
+    s.push_str(&crate::boot::section(
+        data.boot.as_ref(),
+        data.boot_note.as_deref(),
     ));
     s.push_str(
         "\n## Isolation\n\nEach cell is what `hull-bench-probe` printed inside a container of that runtime (the privileged \
