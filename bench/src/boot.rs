@@ -102,12 +102,38 @@ pub fn section(boot: Option<&BootData>, note: Option<&str>) -> String {
     let _ = writeln!(
         s,
         "\nBoots: hull-vmm {}, without huge pages {}, QEMU {} (a boot whose ready line never came \
-         counts in none of the medians).",
+         counts in none of the medians).\n\n![boot](boot.svg)",
         b.hull.ready_ms.len(),
         b.hull_no_thp.ready_ms.len(),
         b.qemu.ready_ms.len()
     );
     s
+}
+
+/// The plot, (file name, SVG text): start to ready and guest uptime at ready, in seconds,
+/// one bar per VMM setting.
+pub fn plot(b: &BootData, lab: bool) -> (&'static str, String) {
+    let where_ = if lab { " (lab)" } else { "" };
+    let series = [
+        ("hull-vmm", &b.hull),
+        ("hull-vmm, no huge pages", &b.hull_no_thp),
+        ("QEMU microvm", &b.qemu),
+    ]
+    .map(|(name, r)| {
+        (
+            name.to_string(),
+            vec![median(&r.ready_ms).map(|ms| ms / 1e3), median(&r.uptime_s)],
+        )
+    });
+    (
+        "boot.svg",
+        crate::svg::grouped_bars(
+            &format!("Boot of the same guest: hull-vmm vs QEMU microvm{where_}"),
+            "seconds (median)",
+            &["VMM start to agent ready", "guest uptime at ready"],
+            &series,
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -140,6 +166,12 @@ mod tests {
         assert!(
             s.contains("Boots: hull-vmm 3, without huge pages 1, QEMU 3"),
             "{s}"
+        );
+        let (name, svg) = plot(&data, true);
+        assert_eq!(name, "boot.svg");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("QEMU microvm"),
+            "{svg}"
         );
     }
 

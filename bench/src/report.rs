@@ -392,7 +392,7 @@ pub fn csv(data: &RunData) -> String {
     s
 }
 
-/// The plots: (file name, SVG text): start latency, memory, and the pod network's when measured.
+/// The plots: (file name, SVG text): start latency, memory, and the pod network's and the boot's when measured.
 pub fn plots(data: &RunData) -> Vec<(&'static str, String)> {
     let series: Vec<svg::Series> = data
         .runtimes
@@ -442,6 +442,9 @@ pub fn plots(data: &RunData) -> Vec<(&'static str, String)> {
     ];
     if let Some(net) = &data.network {
         plots.extend(crate::netreport::plots(net, data.env.place == "lab"));
+    }
+    if let Some(boot) = &data.boot {
+        plots.push(crate::boot::plot(boot, data.env.place == "lab"));
     }
     plots
 }
