@@ -28,22 +28,27 @@ kernel="$HULL_KERNEL" initrd="$HULL_INITRD"
 cmdline="console=ttyS0 reboot=t panic=-1 quiet hull.selftest=ready"
 mem=256 vcpus=1
 
-# Prints "<ready ms> <guest uptime s> <exit ms>" for one boot of the given command: wall
-# time from the VMM's start to the agent's ready line (stamped when the line arrives), the
-# guest's uptime in that line, and the wall time until the VMM exited (the self-test
-# powers the guest off after its line).
+# Prints "<ready ms> <guest uptime s> <exit ms> <first KVM_RUN ms>" for one boot of the
+# given command: wall time from the VMM's start to the agent's ready line (stamped when the
+# line arrives), the guest's uptime in that line, the wall time until the VMM exited (the
+# self-test powers the guest off after its line), and the time of hull-vmm's first KVM_RUN
+# from its own debug line's timestamp ("n/a" for QEMU, which prints none).
 measure() {
     local start
     start=$(date +%s%N)
-    "$@" 2>/dev/null | {
-        ready="n/a" up="n/a"
+    "$@" 2>&1 | {
+        ready="n/a" up="n/a" kvm="n/a"
         while IFS= read -r line; do
             if [[ $ready == n/a && $line == *HULL_AGENT_READY* ]]; then
                 ready=$(( ($(date +%s%N) - start) / 1000000 ))
                 up="${line##*uptime=}"; up="${up%% *}"
+            elif [[ $kvm == n/a && $line == *"first KVM_RUN"* ]]; then
+                # tracing's wall-clock timestamp opens the line (after a colour code).
+                ts="$(sed -E 's/\x1b\[[0-9;]*m//g; s/ .*//' <<< "$line")"
+                ns="$(date -d "$ts" +%s%N 2>/dev/null)" && kvm=$(( (ns - start) / 1000000 ))
             fi
         done
-        echo "$ready $up $(( ($(date +%s%N) - start) / 1000000 ))"
+        echo "$ready $up $(( ($(date +%s%N) - start) / 1000000 )) $kvm"
     }
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "n/a")}'; }
@@ -52,7 +57,7 @@ thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
 thp_before="$(sed -E 's/.*\[([a-z_]+)\].*/\1/' "$thp")"
 hull_boot() { # SHMEM-THP-SETTING
     echo "$1" > "$thp"
-    measure "$root/target/release/hull-vmm" --kernel "$kernel" --initrd "$initrd" \
+    HULL_LOG=warn,hull_vmm::vcpu=debug measure "$root/target/release/hull-vmm" --kernel "$kernel" --initrd "$initrd" \
         --memory "$mem" --vcpus "$vcpus" --cmdline "$cmdline"
 }
 qemu_boot() {
@@ -63,16 +68,17 @@ qemu_boot() {
 # One untimed boot of each first: binaries, kernel and image in the page cache.
 hull_boot advise > /dev/null; qemu_boot > /dev/null
 hull=() nothp=() qemu=() hull_up=() nothp_up=() qemu_up=() hull_end=() nothp_end=() qemu_end=()
+hull_kvm=() nothp_kvm=() qemu_kvm=()
 for i in $(seq "$runs"); do
     # No process substitution: the lab has no /dev/fd.
-    read -r ms up end <<< "$(hull_boot advise)"
-    hull+=("$ms"); hull_up+=("$up"); hull_end+=("$end")
-    read -r ms up end <<< "$(hull_boot never)"
-    nothp+=("$ms"); nothp_up+=("$up"); nothp_end+=("$end")
+    read -r ms up end kvm <<< "$(hull_boot advise)"
+    hull+=("$ms"); hull_up+=("$up"); hull_end+=("$end"); hull_kvm+=("$kvm")
+    read -r ms up end kvm <<< "$(hull_boot never)"
+    nothp+=("$ms"); nothp_up+=("$up"); nothp_end+=("$end"); nothp_kvm+=("$kvm")
     echo "$thp_before" > "$thp"
-    read -r ms up end <<< "$(qemu_boot)"
-    qemu+=("$ms"); qemu_up+=("$up"); qemu_end+=("$end")
-    echo "run $i: ready (guest uptime, exit): hull-vmm ${hull[-1]} ms (${hull_up[-1]} s, ${hull_end[-1]} ms)  without huge pages ${nothp[-1]} ms (${nothp_up[-1]} s, ${nothp_end[-1]} ms)  qemu-microvm ${qemu[-1]} ms (${qemu_up[-1]} s, ${qemu_end[-1]} ms)"
+    read -r ms up end kvm <<< "$(qemu_boot)"
+    qemu+=("$ms"); qemu_up+=("$up"); qemu_end+=("$end"); qemu_kvm+=("$kvm")
+    echo "run $i: ready (guest uptime, exit): hull-vmm ${hull[-1]} ms (${hull_up[-1]} s, ${hull_end[-1]} ms)  without huge pages ${nothp[-1]} ms (${nothp_up[-1]} s, ${nothp_end[-1]} ms)  qemu-microvm ${qemu[-1]} ms (${qemu_up[-1]} s, ${qemu_end[-1]} ms); hull-vmm's first KVM_RUN ${hull_kvm[-1]} / ${nothp_kvm[-1]} ms"
 done
 echo "$thp_before" > "$thp"
 med() { printf '%s\n' "$@" | median; }
@@ -81,14 +87,16 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo "median start-to-ready: hull-vmm $h ms, without huge pages $n ms, qemu-microvm $q ms; ratio to qemu $(ratio "$h" "$q") ($(ratio "$n" "$q") without huge pages)"
 echo "median guest uptime at ready: hull-vmm $(med "${hull_up[@]}") s, without huge pages $(med "${nothp_up[@]}") s, qemu-microvm $(med "${qemu_up[@]}") s"
 echo "median start-to-exit: hull-vmm $(med "${hull_end[@]}") ms, without huge pages $(med "${nothp_end[@]}") ms, qemu-microvm $(med "${qemu_end[@]}") ms"
+echo "median start to the first KVM_RUN: hull-vmm $(med "${hull_kvm[@]}") ms, without huge pages $(med "${nothp_kvm[@]}") ms"
 # JSON arrays of the figures that arrived ("n/a": the ready line never came).
 arr() { local v out=(); for v in "$@"; do [[ $v =~ ^[0-9.]+$ ]] && out+=("$v"); done; local IFS=,; echo "[${out[*]}]"; }
-runs_json() { # names of the READY, UPTIME and EXIT arrays
-    local -n r="$1" u="$2" e="$3"
-    echo "{\"ready_ms\": $(arr "${r[@]}"), \"uptime_s\": $(arr "${u[@]}"), \"exit_ms\": $(arr "${e[@]}")}"
+runs_json() { # names of the READY, UPTIME, EXIT and first KVM_RUN arrays
+    local -n r="$1" u="$2" e="$3" k="$4"
+    echo "{\"ready_ms\": $(arr "${r[@]}"), \"uptime_s\": $(arr "${u[@]}"), \"exit_ms\": $(arr "${e[@]}"), \"first_run_ms\": $(arr "${k[@]}")}"
 }
 if [[ -n "${HULL_BOOT_JSON:-}" ]]; then
     printf '{"memory_mib": %s, "vcpus": %s,\n "hull": %s,\n "hull_no_thp": %s,\n "qemu": %s}\n' \
-        "$mem" "$vcpus" "$(runs_json hull hull_up hull_end)" "$(runs_json nothp nothp_up nothp_end)" \
-        "$(runs_json qemu qemu_up qemu_end)" > "$HULL_BOOT_JSON"
+        "$mem" "$vcpus" "$(runs_json hull hull_up hull_end hull_kvm)" \
+        "$(runs_json nothp nothp_up nothp_end nothp_kvm)" "$(runs_json qemu qemu_up qemu_end qemu_kvm)" \
+        > "$HULL_BOOT_JSON"
 fi

@@ -393,6 +393,8 @@ impl Vcpu {
                 KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
                 // SAFETY: pthread_self has no preconditions.
                 let _ = tx.send(Ok(unsafe { libc::pthread_self() }));
+                // Its timestamp is where a boot's time leaves the VMM (bench/vmm-boot-lab.sh).
+                tracing::debug!(vcpu = self.id, "first KVM_RUN");
                 let reason = self.run();
                 KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
                 if let Some(reason) = reason {
