@@ -8,6 +8,7 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
@@ -59,9 +60,30 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     release_start_process();
     exit.wait();
     tracing::info!(container = %flags.id, "shim exiting");
-    server.shutdown();
+    // First the socket's name: a new shim of the same id (containerd starts one for the
+    // next container of that name) must never find this one still listening as it goes.
     let _ = std::fs::remove_file(path);
+    if !stop_server(server, SERVER_STOP_GRACE) {
+        tracing::warn!(container = %flags.id, grace_secs = SERVER_STOP_GRACE.as_secs(),
+            "the ttrpc server did not stop in time (a call still in a handler); exiting anyway");
+    }
     Ok(())
+}
+
+/// How long the ttrpc server may take to close its connections once the shim exits.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Stops `server` (listener, then connections) within `grace`. ttrpc's shutdown waits for
+/// every handler in flight to return; a handler that never does must not keep an exiting
+/// shim alive, so the stop runs on a thread of its own and the shim stops waiting after
+/// `grace`. Returns whether it stopped in time.
+fn stop_server(server: Server, grace: Duration) -> bool {
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = done.send(());
+    });
+    stopped.recv_timeout(grace).is_ok()
 }
 
 /// containerd 1.6/1.7 call `/containerd.task.v2.Task/*`; the messages are the same as v3's.
@@ -113,6 +135,61 @@ mod tests {
 
     struct Nop;
     impl containerd_shim::protos::shim::shim_ttrpc::Task for Nop {}
+
+    /// A Task service whose State blocks until the test ends.
+    struct Stuck(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+    impl containerd_shim::protos::shim::shim_ttrpc::Task for Stuck {
+        fn state(
+            &self,
+            _: &containerd_shim::TtrpcContext,
+            _: containerd_shim::protos::api::StateRequest,
+        ) -> containerd_shim::protos::ttrpc::Result<containerd_shim::protos::api::StateResponse>
+        {
+            let _ = self.0.lock().unwrap().recv();
+            Ok(Default::default())
+        }
+    }
+
+    fn serving(dir: &Path, service: Arc<dyn Task + Send + Sync>) -> (Server, UnixStream) {
+        let path = dir.join("shim.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut server = Server::new()
+            .add_listener(listener.into_raw_fd())
+            .unwrap()
+            .register_service(create_task(service));
+        server.start().unwrap();
+        (server, UnixStream::connect(&path).unwrap())
+    }
+
+    #[test]
+    fn an_exiting_shim_does_not_wait_for_a_handler_that_never_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (release, blocked) = std::sync::mpsc::channel();
+        let (server, conn) = serving(dir.path(), Arc::new(Stuck(std::sync::Mutex::new(blocked))));
+        let client = hull_protocol::rpc::Client::new(conn, "test").unwrap();
+        let caller = std::thread::spawn(move || {
+            let mut req = ttrpc::Request::new();
+            req.service = "containerd.task.v3.Task".into();
+            req.method = "State".into();
+            client.request(req)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        assert!(
+            !stop_server(server, Duration::from_millis(300)),
+            "ttrpc's shutdown waited for the stuck handler"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(release);
+        let _ = caller.join();
+    }
+
+    #[test]
+    fn an_idle_server_stops_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, _conn) = serving(dir.path(), Arc::new(Nop));
+        assert!(stop_server(server, Duration::from_secs(5)));
+    }
 
     #[test]
     fn every_v3_method_has_a_v2_alias() {
