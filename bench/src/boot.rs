@@ -7,7 +7,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::report::md_cell;
-use crate::stats::summarize;
+use crate::stats::{median, ratio};
 
 /// The boots of one VMM setting.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -37,18 +37,14 @@ pub struct BootData {
     pub vcpus: u32,
 }
 
-fn median(v: &[f64]) -> Option<f64> {
-    summarize(v).map(|s| s.median)
-}
-
 fn cell(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "no data".into(), |v| format!("{v:.decimals$}"))
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+fn times(a: Option<f64>, b: Option<f64>) -> String {
     a.zip(b)
-        .filter(|(_, b)| *b > 0.0)
-        .map_or_else(|| "n/a".into(), |(a, b)| format!("{:.2}x", a / b))
+        .and_then(|(a, b)| ratio(a, b))
+        .map_or_else(|| "n/a".into(), |r| format!("{r:.2}x"))
 }
 
 /// The markdown section; `note` says why there is no data when `boot` is `None`.
@@ -75,26 +71,15 @@ pub fn section(boot: Option<&BootData>, note: Option<&str>) -> String {
         "| median of the boots | hull-vmm | hull-vmm, no huge pages | QEMU microvm | hull-vmm/QEMU | \
          no huge pages/QEMU |\n|---|---|---|---|---|---|\n",
     );
+    let vmms = [&b.hull, &b.hull_no_thp, &b.qemu];
     let rows = [
-        (
-            "start to agent ready, ms",
-            0,
-            [&b.hull, &b.hull_no_thp, &b.qemu].map(|r| &r.ready_ms),
-        ),
-        (
-            "guest uptime at ready, s",
-            2,
-            [&b.hull, &b.hull_no_thp, &b.qemu].map(|r| &r.uptime_s),
-        ),
-        (
-            "start to VMM exit, ms",
-            0,
-            [&b.hull, &b.hull_no_thp, &b.qemu].map(|r| &r.exit_ms),
-        ),
+        ("start to agent ready, ms", 0, vmms.map(|r| &r.ready_ms)),
+        ("guest uptime at ready, s", 2, vmms.map(|r| &r.uptime_s)),
+        ("start to VMM exit, ms", 0, vmms.map(|r| &r.exit_ms)),
         (
             "start to the first KVM_RUN, ms",
             0,
-            [&b.hull, &b.hull_no_thp, &b.qemu].map(|r| &r.first_run_ms),
+            vmms.map(|r| &r.first_run_ms),
         ),
     ];
     for (label, decimals, samples) in rows {
@@ -105,8 +90,8 @@ pub fn section(boot: Option<&BootData>, note: Option<&str>) -> String {
             cell(h, decimals),
             cell(n, decimals),
             cell(q, decimals),
-            ratio(h, q),
-            ratio(n, q)
+            times(h, q),
+            times(n, q)
         );
     }
     let _ = writeln!(

@@ -5,12 +5,8 @@ use std::fmt::Write;
 
 use crate::net::{NetData, NetHandler};
 use crate::report::md_cell;
-use crate::stats::summarize;
+use crate::stats::{median, summarize};
 use crate::svg;
-
-fn median(v: &[f64]) -> Option<f64> {
-    summarize(v).map(|s| s.median)
-}
 
 /// The four figures of one handler: node→pod and pod→node Mbit/s (medians of
 /// the rounds), round-trip median and p95 µs (over every timed round trip).

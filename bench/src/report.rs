@@ -299,8 +299,7 @@ pub fn markdown(data: &RunData) -> String {
         match &rt.density {
             Some(d) => {
                 let per_pod = d.total_s / f64::from(d.n.max(1));
-                let alone =
-                    crate::stats::summarize(&crate::model::ok_walls(&rt.start)).map(|s| s.median);
+                let alone = crate::stats::median(&crate::model::ok_walls(&rt.start));
                 let _ = writeln!(
                     s,
                     "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |",
@@ -310,8 +309,8 @@ pub fn markdown(data: &RunData) -> String {
                     per_pod,
                     alone.map_or_else(|| "no data".into(), |a| format!("{a:.1}")),
                     alone
-                        .filter(|a| *a > 0.0)
-                        .map_or_else(|| "n/a".into(), |a| format!("{:.2}x", per_pod / a)),
+                        .and_then(|a| ratio(per_pod, a))
+                        .map_or_else(|| "n/a".into(), |r| format!("{r:.2}x")),
                     d.failures,
                     md_cell(&d.errors.join("; "))
                 );

@@ -43,6 +43,11 @@ fn percentile_nearest_rank(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The median of `samples` (see [`summarize`]); `None` when there are none.
+pub fn median(samples: &[f64]) -> Option<f64> {
+    summarize(samples).map(|s| s.median)
+}
+
 /// `a / b` when both are finite and `b` is non-zero.
 pub fn ratio(a: f64, b: f64) -> Option<f64> {
     (a.is_finite() && b.is_finite() && b != 0.0).then(|| a / b)
